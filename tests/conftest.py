@@ -1,0 +1,91 @@
+"""Shared fixtures: a throw-away MariaDB database per test run, migrated with the real migrations."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pymysql
+import pytest
+
+from tickstream.db import connect
+from tickstream.migrate import migrate
+from tickstream.settings import DatabaseSettings, database_settings
+
+pytest_plugins: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def db_settings() -> Iterator[DatabaseSettings]:
+    """A fresh database on the real server named by DB_HOST/DB_PORT/DB_USER/DB_PASSWORD, dropped afterwards."""
+    server = database_settings()
+    settings = DatabaseSettings(server.host, server.port, server.user, server.password,
+                                f"tickstream_test_{uuid.uuid4().hex[:10]}")
+    migrate(settings)
+    yield settings
+    conn = connect(settings, database=False, autocommit=True)
+    with conn.cursor() as cursor:
+        cursor.execute(f"DROP DATABASE IF EXISTS `{settings.name}`")
+    conn.close()
+
+
+@pytest.fixture(scope="session")
+def db_env(db_settings: DatabaseSettings) -> dict[str, str]:
+    """The environment a tickstream process needs to reach the test database."""
+    return {
+        "DB_HOST": db_settings.host,
+        "DB_PORT": str(db_settings.port),
+        "DB_USER": db_settings.user,
+        "DB_PASSWORD": db_settings.password,
+        "DB_NAME": db_settings.name,
+    }
+
+
+@pytest.fixture
+def db(db_settings: DatabaseSettings) -> Iterator[pymysql.Connection]:
+    """An autocommit connection to an empty schema."""
+    conn = connect(db_settings, autocommit=True)
+    with conn.cursor() as cursor:
+        cursor.execute("DELETE FROM ticks")
+        cursor.execute("DELETE FROM scripts")
+        cursor.execute("DELETE FROM brokers")
+    yield conn
+    conn.close()
+
+
+def make_broker(conn: pymysql.Connection, name: str = "Binance Test", api_config: str = "{}") -> int:
+    with conn.cursor() as cursor:
+        cursor.execute("INSERT INTO brokers (type, name, api_config) VALUES ('binance', %s, %s)", (name, api_config))
+        return cursor.lastrowid
+
+
+def make_script(conn: pymysql.Connection, broker_id: int, symbol: str, stream: str = "aggTrade") -> int:
+    with conn.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO scripts (broker_id, name, trading_symbol, additional_data) VALUES (%s, %s, %s, %s)",
+            (broker_id, symbol, symbol, f'{{"stream": "{stream}"}}'),
+        )
+        return cursor.lastrowid
+
+
+def stored_ticks(conn: pymysql.Connection, script_id: int) -> list[tuple]:
+    with conn.cursor() as cursor:
+        cursor.execute(
+            "SELECT trade_id, CAST(price AS CHAR), CAST(quantity AS CHAR), is_buyer_maker,"
+            " traded_at, event_at, received_at_producer FROM ticks WHERE script_id = %s ORDER BY trade_id",
+            (script_id,),
+        )
+        return list(cursor.fetchall())
+
+
+def tick_count(conn: pymysql.Connection) -> int:
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT COUNT(*) FROM ticks")
+        return cursor.fetchone()[0]
+
+
+if os.environ.get("TICKSTREAM_LOCALSTACK_FIXTURES", "1") == "1" and os.path.exists(
+    os.path.join(os.path.dirname(__file__), "localstack_fixtures.py")
+):
+    pytest_plugins.append("tests.localstack_fixtures")

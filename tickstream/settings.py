@@ -1,0 +1,60 @@
+"""Settings read once from the environment into a typed object.
+
+Names follow the Django seed where it had one (DB_HOST, DB_PORT, DB_USER, DB_PASSWORD, DB_NAME, BROKER_ID) so its
+users feel at home. Every variable is listed, with its default, in `.env.example`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseSettings:
+    host: str
+    port: int
+    user: str
+    password: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    db: DatabaseSettings
+    aws_endpoint_url: str | None
+    aws_region: str
+    ticks_queue_url: str | None
+    ticks_dlq_url: str | None
+    api_token: str | None
+    api_token_secret_arn: str | None
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+def database_settings(environ_prefix: str = "DB_") -> DatabaseSettings:
+    return DatabaseSettings(
+        host=_env(f"{environ_prefix}HOST", "127.0.0.1"),
+        port=int(_env(f"{environ_prefix}PORT", "3306")),
+        user=_env(f"{environ_prefix}USER", "root"),
+        password=_env(f"{environ_prefix}PASSWORD", ""),
+        name=_env(f"{environ_prefix}NAME", "market_ticks_db"),
+    )
+
+
+@lru_cache(maxsize=1)
+def load_settings() -> Settings:
+    """The process's settings. Cached: Lambda containers and the producer read the environment once."""
+    return Settings(
+        db=database_settings(),
+        aws_endpoint_url=_env("AWS_ENDPOINT_URL"),
+        aws_region=_env("AWS_REGION", _env("AWS_DEFAULT_REGION", "us-east-1")),
+        ticks_queue_url=_env("TICKS_QUEUE_URL"),
+        ticks_dlq_url=_env("TICKS_DLQ_URL"),
+        api_token=_env("API_TOKEN"),
+        api_token_secret_arn=_env("API_TOKEN_SECRET_ARN"),
+    )

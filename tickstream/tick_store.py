@@ -1,0 +1,137 @@
+"""Writing ticks to MySQL: idempotent bulk inserts keyed by (script_id, trade_id).
+
+Two paths, both idempotent (a duplicate key is skipped, never an error and never a second row):
+- `LOAD DATA LOCAL INFILE` — the fastest path measured here (~2.4× multi-row INSERT); LOCAL turns duplicate-key
+  errors into skipped rows. Used when the server allows `local_infile` (MariaDB's default; MySQL 8 and RDS
+  default to OFF).
+- multi-row `INSERT IGNORE`, parameterised, otherwise.
+Callers validate ticks first (`tickstream.ticks.validate_tick`): both paths would otherwise coerce bad values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pymysql
+
+from tickstream.ticks import Tick
+
+COLUMNS = "script_id, trade_id, price, quantity, is_buyer_maker, traded_at, event_at, received_at_producer"
+# Epoch + INTERVAL µs is exact and reaches 2100; FROM_UNIXTIME would stop at 2038 on MariaDB 10.11 (NULL, which
+# an IGNORE load turns into a zero date) and depend on the session time zone.
+_TIME = "TIMESTAMP'1970-01-01 00:00:00' + INTERVAL {} MICROSECOND"
+_ROW_PLACEHOLDERS = "(%s, %s, %s, %s, %s, " + ", ".join(_TIME.format("%s") for _ in range(3)) + ")"
+INSERT_CHUNK_ROWS = 2000
+LOAD_DATA_SQL = (
+    "LOAD DATA LOCAL INFILE %s IGNORE INTO TABLE ticks"
+    " FIELDS TERMINATED BY '\\t' LINES TERMINATED BY '\\n'"
+    " (script_id, trade_id, price, quantity, is_buyer_maker, @traded, @event, @received)"
+    " SET traded_at = " + _TIME.format("CAST(@traded AS UNSIGNED)")
+    + ", event_at = " + _TIME.format("CAST(@event AS UNSIGNED)")
+    + ", received_at_producer = " + _TIME.format("CAST(@received AS UNSIGNED)")
+)
+
+
+@dataclass(frozen=True, slots=True)
+class InsertResult:
+    inserted: int
+    duplicates: int
+
+
+def server_allows_load_data(conn: pymysql.Connection) -> bool:
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT @@GLOBAL.local_infile")
+        (value,) = cursor.fetchone()
+    return bool(int(value))
+
+
+def insert_ticks_ignore(conn: pymysql.Connection, ticks: Sequence[Tick]) -> InsertResult:
+    """Multi-row INSERT IGNORE in chunks; does not commit."""
+    inserted = 0
+    with conn.cursor() as cursor:
+        for start in range(0, len(ticks), INSERT_CHUNK_ROWS):
+            chunk = ticks[start:start + INSERT_CHUNK_ROWS]
+            sql = f"INSERT IGNORE INTO ticks ({COLUMNS}) VALUES " + ",".join([_ROW_PLACEHOLDERS] * len(chunk))
+            inserted += cursor.execute(sql, [value for tick in chunk for value in tick])
+    return InsertResult(inserted, len(ticks) - inserted)
+
+
+def _tsv(ticks: Sequence[Tick]) -> bytes:
+    # Validated ticks hold only digits, dots and booleans: nothing needs escaping.
+    return "".join(
+        f"{t.script_id}\t{t.trade_id}\t{t.price}\t{t.quantity}\t{t.is_buyer_maker:d}\t"
+        f"{t.traded_at_us}\t{t.event_at_us}\t{t.received_at_us}\n"
+        for t in ticks
+    ).encode()
+
+
+class LoadDataFile:
+    """A scratch file for LOAD DATA LOCAL, reused across batches (in memory where /dev/shm exists)."""
+
+    def __init__(self) -> None:
+        directory = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+        handle, self.path = tempfile.mkstemp(prefix="tickstream-", suffix=".tsv", dir=directory)
+        os.close(handle)
+
+    def insert(self, conn: pymysql.Connection, ticks: Sequence[Tick]) -> InsertResult:
+        """LOAD DATA LOCAL … IGNORE; does not commit."""
+        with open(self.path, "wb") as scratch:
+            scratch.write(_tsv(ticks))
+        with conn.cursor() as cursor:
+            inserted = cursor.execute(LOAD_DATA_SQL, (self.path,))
+        return InsertResult(inserted, len(ticks) - inserted)
+
+    def close(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+class TickStore:
+    """One connection's tick writer: picks the fastest idempotent path the server allows."""
+
+    def __init__(self, conn: pymysql.Connection, use_load_data: bool | None = None) -> None:
+        self.conn = conn
+        if use_load_data is None:
+            use_load_data = server_allows_load_data(conn)
+        self._load_file = LoadDataFile() if use_load_data else None
+
+    @property
+    def method(self) -> str:
+        return "load_data" if self._load_file else "insert_ignore"
+
+    def insert_ticks(self, ticks: Sequence[Tick]) -> InsertResult:
+        """Store `ticks` (duplicates skipped) and commit; on any error roll back and raise."""
+        if not ticks:
+            return InsertResult(0, 0)
+        try:
+            if self._load_file:
+                result = self._load_file.insert(self.conn, ticks)
+            else:
+                result = insert_ticks_ignore(self.conn, ticks)
+            self.conn.commit()
+        except BaseException:
+            _rollback_quietly(self.conn)
+            raise
+        return result
+
+    def existing_script_ids(self) -> set[int]:
+        with self.conn.cursor() as cursor:
+            cursor.execute("SELECT id FROM scripts")
+            ids = {row[0] for row in cursor.fetchall()}
+        self.conn.commit()  # end the read view so the next look sees new scripts
+        return ids
+
+    def close(self) -> None:
+        if self._load_file:
+            self._load_file.close()
+        with contextlib.suppress(pymysql.err.Error):
+            self.conn.close()
+
+
+def _rollback_quietly(conn: pymysql.Connection) -> None:
+    with contextlib.suppress(pymysql.err.Error):  # the connection is gone; the server rolls back on its own
+        conn.rollback()

@@ -1,0 +1,64 @@
+"""The normalised tick: one trade of one script, as every part of tickstream sees it.
+
+Prices and quantities stay decimal *strings* end to end (exchange → SQS → MySQL DECIMAL): never floats, so
+PEPEUSDT's `0.00000712` is stored exactly. Times are integer microseconds since the epoch (UTC).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+# DECIMAL(36,18) in the schema: up to 18 integer and 18 fractional digits, no sign, no exponent.
+_DECIMAL = re.compile(r"\d{1,18}(?:\.\d{1,18})?")
+# 2000-01-01 .. 2100-01-01: anything outside is an absurd time, not a trade.
+MIN_TIME_US = 946_684_800_000_000
+MAX_TIME_US = 4_102_444_800_000_000
+MAX_TRADE_ID = 2**63 - 1
+MAX_SCRIPT_ID = 2**32 - 1
+
+
+class Tick(NamedTuple):
+    """A NamedTuple rather than a dataclass: millions are built per minute on the hot path."""
+
+    script_id: int
+    trade_id: int
+    price: str
+    quantity: str
+    is_buyer_maker: bool
+    traded_at_us: int
+    event_at_us: int
+    received_at_us: int
+
+
+class InvalidTick(ValueError):
+    """A tick with a field that cannot be stored as it is."""
+
+
+def _is_int_in(value: object, low: int, high: int) -> bool:
+    return type(value) is int and low <= value <= high
+
+
+def tick_problem(tick: Tick) -> str | None:
+    """Why `tick` cannot be stored, or None when it is valid."""
+    if not _is_int_in(tick.script_id, 1, MAX_SCRIPT_ID):
+        return f"script_id {tick.script_id!r} is not a positive 32-bit integer"
+    if not _is_int_in(tick.trade_id, 0, MAX_TRADE_ID):
+        return f"trade_id {tick.trade_id!r} is not a non-negative 64-bit integer"
+    for name in ("price", "quantity"):
+        value = getattr(tick, name)
+        if type(value) is not str or not _DECIMAL.fullmatch(value):
+            return f"{name} {value!r} is not a decimal string of at most 18.18 digits"
+    if type(tick.is_buyer_maker) is not bool:
+        return f"is_buyer_maker {tick.is_buyer_maker!r} is not a boolean"
+    for name in ("traded_at_us", "event_at_us", "received_at_us"):
+        if not _is_int_in(getattr(tick, name), MIN_TIME_US, MAX_TIME_US):
+            return f"{name} {getattr(tick, name)!r} is not a microsecond time between 2000 and 2100"
+    return None
+
+
+def validate_tick(tick: Tick) -> Tick:
+    problem = tick_problem(tick)
+    if problem:
+        raise InvalidTick(problem)
+    return tick
