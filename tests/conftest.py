@@ -15,6 +15,11 @@ from tickstream.settings import DatabaseSettings, database_settings
 
 pytest_plugins: list[str] = []
 
+# Tests only ever talk to LocalStack on loopback; dummy credentials keep a developer's real AWS profile out of it.
+for _name, _value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+                      "AWS_EC2_METADATA_DISABLED": "true"}.items():
+    os.environ[_name] = _value
+
 
 @pytest.fixture(scope="session")
 def db_settings() -> Iterator[DatabaseSettings]:

@@ -135,3 +135,35 @@ class TickStore:
 def _rollback_quietly(conn: pymysql.Connection) -> None:
     with contextlib.suppress(pymysql.err.Error):  # the connection is gone; the server rolls back on its own
         conn.rollback()
+
+
+def last_trade_ids(conn: pymysql.Connection, script_ids: Sequence[int]) -> dict[int, int]:
+    """The highest stored trade id per script (scripts without ticks are absent)."""
+    if not script_ids:
+        return {}
+    placeholders = ",".join(["%s"] * len(script_ids))
+    with conn.cursor() as cursor:
+        cursor.execute(f"SELECT script_id, MAX(trade_id) FROM ticks WHERE script_id IN ({placeholders})"
+                       " GROUP BY script_id", list(script_ids))
+        result = {script_id: last for script_id, last in cursor.fetchall()}
+    conn.commit()
+    return result
+
+
+def missing_trade_id_ranges(conn: pymysql.Connection, script_id: int, window: int) -> list[tuple[int, int]]:
+    """Holes (first, last inclusive) among the newest `window` ids stored for a script, oldest first.
+
+    Ids still in flight (in SQS, not yet stored) show up as holes too; fetching them again is harmless.
+    """
+    with conn.cursor() as cursor:
+        cursor.execute(
+            "SELECT trade_id + 1, next_id - 1 FROM ("
+            "  SELECT trade_id, LEAD(trade_id) OVER (ORDER BY trade_id) AS next_id FROM ticks"
+            "  WHERE script_id = %s AND trade_id > (SELECT COALESCE(MAX(trade_id), 0) FROM ticks"
+            "                                       WHERE script_id = %s) - %s"
+            ") AS ordered WHERE next_id > trade_id + 1 ORDER BY trade_id",
+            (script_id, script_id, window),
+        )
+        holes = [(int(first), int(last)) for first, last in cursor.fetchall()]
+    conn.commit()
+    return holes

@@ -1,0 +1,1 @@
+"""The tickstream producer: Binance WebSocket trades → packed SQS messages, gap-free."""

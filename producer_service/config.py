@@ -1,0 +1,63 @@
+"""Producer settings, read once from the environment (all listed in .env.example)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from tickstream.codec import DEFAULT_MAX_MESSAGE_BYTES
+
+
+def _float(name: str, default: float) -> float:
+    return float(os.environ.get(name) or default)
+
+
+def _int(name: str, default: int) -> int:
+    return int(os.environ.get(name) or default)
+
+
+def broker_ids_from_env() -> list[int]:
+    """BROKER_ID (the seed's name) may hold one id or a comma-separated list; empty means all brokers."""
+    raw = os.environ.get("BROKER_ID", "")
+    return [int(part) for part in raw.replace(" ", "").split(",") if part]
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerSettings:
+    refresh_seconds: float = 5.0  # how often scripts/brokers are re-read (live changes)
+    max_streams_per_connection: int = 1024  # Binance's cap
+    rotate_after_seconds: float = 23 * 3600.0  # Binance cuts a connection at 24 h
+    watchdog_seconds: float = 45.0  # a healthy connection sees at least a ping every 20 s
+    control_messages_per_second: float = 3.0  # of Binance's 5/s, pongs included: leave room for pongs
+    reconnect_backoff_max_seconds: float = 30.0
+    connection_attempts_per_5_min: int = 250  # Binance allows 300 per IP
+    linger_seconds: float = 0.1  # how long a partly filled SQS message may wait
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    buffer_ticks: int = 200_000  # in-memory ticks between the sockets and the sender
+    journal_dir: Path = Path(".state/journal")
+    journal_max_bytes: int = 2 * 1024**3
+    rest_weight_per_minute: int = 6000
+    rest_weight_share: float = 0.8  # keep 20 % of the IP's REST budget for everyone else
+    max_backfill_trades: int = 5_000_000  # larger gaps are reported, not fetched
+    stats_log_seconds: float = 30.0
+    unknown_symbol_recheck_seconds: float = 300.0
+
+    @classmethod
+    def from_env(cls) -> ProducerSettings:
+        default = cls()
+        return cls(
+            refresh_seconds=_float("PRODUCER_REFRESH_SECONDS", default.refresh_seconds),
+            max_streams_per_connection=min(1024, _int("PRODUCER_MAX_STREAMS_PER_CONNECTION",
+                                                      default.max_streams_per_connection)),
+            rotate_after_seconds=_float("PRODUCER_ROTATE_AFTER_SECONDS", default.rotate_after_seconds),
+            watchdog_seconds=_float("PRODUCER_WATCHDOG_SECONDS", default.watchdog_seconds),
+            linger_seconds=_float("PRODUCER_LINGER_MS", default.linger_seconds * 1000) / 1000,
+            max_message_bytes=_int("SQS_MESSAGE_MAX_BYTES", default.max_message_bytes),
+            buffer_ticks=_int("PRODUCER_BUFFER_TICKS", default.buffer_ticks),
+            journal_dir=Path(os.environ.get("PRODUCER_JOURNAL_DIR") or default.journal_dir),
+            journal_max_bytes=_int("PRODUCER_JOURNAL_MAX_BYTES", default.journal_max_bytes),
+            rest_weight_per_minute=_int("BINANCE_REST_WEIGHT_PER_MINUTE", default.rest_weight_per_minute),
+            max_backfill_trades=_int("PRODUCER_MAX_BACKFILL_TRADES", default.max_backfill_trades),
+            stats_log_seconds=_float("PRODUCER_STATS_LOG_SECONDS", default.stats_log_seconds),
+        )

@@ -1,0 +1,206 @@
+"""The Binance adapter for one broker: its connections (sharded), the stream → script map, rotation, parsing.
+
+The hot path is `_on_frame`: parse the envelope, map the stream to its script, normalise, drop duplicates by id,
+hand the tick to the sink, and hand any gap to the backfiller.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from producer_service.backfill import Backfiller, BackfillJob
+from producer_service.config import ProducerSettings
+from producer_service.connection import ConnectionLimits, StreamConnection
+from producer_service.pacing import RateLimiter
+from producer_service.rest import BinanceRest
+from producer_service.sequencer import Sequencer
+from producer_service.sink import TickSink
+from tickstream.binance import SERVER_SHUTDOWN, MalformedPayload, event_to_tick, parse_frame, stream_name
+
+log = logging.getLogger(__name__)
+MALFORMED_SAMPLE_CHARS = 200
+# A rotation's new connection takes over once it has delivered data, or after this long at the latest.
+HANDOVER_SECONDS = 10.0
+SYMBOL_CHECK_SECONDS = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptTarget:
+    script_id: int
+    symbol: str
+    stream_type: str
+
+    @property
+    def stream(self) -> str:
+        return stream_name(self.symbol, self.stream_type)
+
+
+class BinanceFeed:
+    def __init__(self, name: str, ws_url: str, rest: BinanceRest, settings: ProducerSettings, sink: TickSink,
+                 sequencer: Sequencer, attempts: RateLimiter, stop: threading.Event) -> None:
+        self.name = name
+        self.ws_url = ws_url
+        self.rest = rest
+        self.settings = settings
+        self.sink = sink
+        self.sequencer = sequencer
+        self.attempts = attempts
+        self.backfiller = Backfiller(rest, sink.put, settings.max_backfill_trades, stop)
+        self.by_stream: dict[str, ScriptTarget] = {}
+        self.connections: list[StreamConnection] = []
+        self.counts: Counter[int] = Counter()
+        self.malformed = 0
+        self.last_trade_us: dict[int, int] = {}
+        self._retiring: dict[StreamConnection, tuple[StreamConnection, float]] = {}
+        self._rotate_requests: set[StreamConnection] = set()
+        self._known_symbols: set[str] | None = None
+        self._symbols_checked_at = float("-inf")
+        self._rejected: dict[str, float] = {}
+        self._serial = 0
+        self._limits = ConnectionLimits(settings.control_messages_per_second, settings.watchdog_seconds,
+                                        settings.reconnect_backoff_max_seconds)
+        self.backfiller.start()
+
+    # -- subscriptions -------------------------------------------------------------------------------------
+    def apply(self, targets: list[ScriptTarget]) -> list[ScriptTarget]:
+        """Make the subscriptions match `targets`; returns the targets newly subscribed."""
+        wanted = {target.stream: target for target in self._listed(targets)}
+        for stream in set(self.by_stream) - set(wanted):
+            self._unsubscribe(stream)
+        added = [target for stream, target in wanted.items() if stream not in self.by_stream]
+        for target in added:
+            self.by_stream[target.stream] = target
+        self._subscribe({target.stream for target in added})
+        return added
+
+    def _listed(self, targets: list[ScriptTarget]) -> list[ScriptTarget]:
+        """Targets whose symbol the exchange lists; unknown symbols are reported, then rechecked slowly."""
+        symbols = self._exchange_symbols()
+        if symbols is None:
+            return targets  # cannot tell: subscribe, Binance ignores unknown streams
+        listed = []
+        for target in targets:
+            if target.symbol in symbols:
+                listed.append(target)
+            elif time.monotonic() - self._rejected.get(target.symbol, float("-inf")) > SYMBOL_CHECK_SECONDS:
+                log.error("%s: %s is not a trading symbol on %s; not subscribing (rechecked every %.0f s)",
+                          self.name, target.symbol, self.rest.base_url, SYMBOL_CHECK_SECONDS)
+                self._rejected[target.symbol] = time.monotonic()
+        return listed
+
+    def _exchange_symbols(self) -> set[str] | None:
+        if time.monotonic() - self._symbols_checked_at > SYMBOL_CHECK_SECONDS or self._known_symbols is None:
+            self._symbols_checked_at = time.monotonic()
+            try:
+                self._known_symbols = self.rest.trading_symbols()
+            except Exception as error:  # REST down: keep the previous answer
+                log.warning("%s: could not read exchangeInfo (%s)", self.name, error)
+        return self._known_symbols
+
+    def _subscribe(self, streams: set[str]) -> None:
+        cap = self.settings.max_streams_per_connection
+        remaining = sorted(streams)
+        for conn in self.connections:
+            room = cap - len(conn.streams)
+            if remaining and room > 0:
+                conn.subscribe(set(remaining[:room]))
+                remaining = remaining[room:]
+        while remaining:
+            self._open_connection(set(remaining[:cap]))
+            remaining = remaining[cap:]
+
+    def _unsubscribe(self, stream: str) -> None:
+        self.by_stream.pop(stream)
+        for conn in self.connections:
+            conn.unsubscribe({stream})
+        for conn in [conn for conn in self.connections if not conn.streams]:
+            self.connections.remove(conn)
+            threading.Thread(target=conn.close, daemon=True).start()
+
+    def _open_connection(self, streams: set[str]) -> StreamConnection:
+        self._serial += 1
+        conn = StreamConnection(f"{self.name}#{self._serial}", self.ws_url, self._limits, self.attempts,
+                                self._on_frame, self._on_connected)
+        self.connections.append(conn)
+        conn.start(streams)
+        return conn
+
+    def _on_connected(self, conn: StreamConnection) -> None:
+        symbols = sorted(self.by_stream[s].symbol for s in conn.streams if s in self.by_stream)
+        log.info("%s: connected, subscribed to %d symbols: %s", conn.name, len(symbols), ", ".join(symbols))
+
+    # -- rotation ------------------------------------------------------------------------------------------
+    def maintain(self) -> None:
+        """Called periodically: rotate old or shutting-down connections (make-before-break), finish handovers."""
+        for conn in list(self.connections):
+            too_old = conn.age_seconds > self.settings.rotate_after_seconds
+            if (too_old or conn in self._rotate_requests) and conn not in self._retiring:
+                self._rotate(conn, "age limit" if too_old else SERVER_SHUTDOWN)
+        for old, (new, since) in list(self._retiring.items()):
+            if new.frames > 0 or time.monotonic() - since > HANDOVER_SECONDS:
+                del self._retiring[old]
+                self._rotate_requests.discard(old)
+                if old in self.connections:
+                    self.connections.remove(old)
+                threading.Thread(target=old.close, daemon=True).start()
+                log.info("%s: handed over to %s", old.name, new.name)
+
+    def _rotate(self, old: StreamConnection, reason: str) -> None:
+        log.info("%s: rotating (%s): opening the new connection before closing this one", old.name, reason)
+        new = self._open_connection(set(old.streams))
+        self._retiring[old] = (new, time.monotonic())
+
+    # -- the hot path --------------------------------------------------------------------------------------
+    def _on_frame(self, conn: StreamConnection, raw: bytes, received_us: int) -> None:
+        try:
+            frame = parse_frame(raw)
+        except MalformedPayload as error:
+            self._malformed(raw, error)
+            return
+        data = frame.get("data")
+        target = self.by_stream.get(frame.get("stream"))  # type: ignore[arg-type]
+        if target is None or not isinstance(data, dict):
+            self._on_other_frame(conn, frame, raw)
+            return
+        try:
+            tick = event_to_tick(data, target.script_id, received_us)
+        except MalformedPayload as error:
+            if data.get("e") == SERVER_SHUTDOWN:
+                self._on_other_frame(conn, frame, raw)
+            else:
+                self._malformed(raw, error)
+            return
+        verdict = self.sequencer.accept(target.script_id, tick.trade_id)
+        if verdict is False:
+            return
+        self.sink.put(tick)
+        self.counts[target.script_id] += 1
+        self.last_trade_us[target.script_id] = tick.traded_at_us
+        if verdict is not True:
+            self.backfiller.request(BackfillJob(verdict, target.symbol, target.stream_type))
+
+    def _on_other_frame(self, conn: StreamConnection, frame: dict, raw: bytes) -> None:
+        data = frame.get("data") if isinstance(frame.get("data"), dict) else frame
+        if data.get("e") == SERVER_SHUTDOWN:
+            log.warning("%s: server announced shutdown; rotating now", conn.name)
+            self._rotate_requests.add(conn)
+        elif "error" in frame:
+            log.error("%s: exchange refused a request: %s", self.name, frame["error"])
+        elif "result" in frame or frame.get("stream") is not None:
+            pass  # a control acknowledgement, or a late frame of a stream just unsubscribed
+        else:
+            self._malformed(raw, MalformedPayload("not a stream envelope, a control reply or an event"))
+
+    def _malformed(self, raw: bytes, error: Exception) -> None:
+        self.malformed += 1
+        if self.malformed <= 10 or self.malformed % 1000 == 0:
+            log.warning("%s: skipped malformed frame #%d (%s): %r", self.name, self.malformed, error,
+                        bytes(raw[:MALFORMED_SAMPLE_CHARS]))
+
+    def close(self) -> None:
+        for conn in self.connections + [new for new, _ in self._retiring.values()]:
+            conn.close()

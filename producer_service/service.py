@@ -1,0 +1,171 @@
+"""The producer process: follows the catalog (brokers, scripts) live and runs one feed per broker endpoint."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import boto3
+import pymysql
+from botocore.config import Config
+
+from producer_service.backfill import BackfillJob
+from producer_service.catalog_targets import BrokerTargets, load_targets_for
+from producer_service.config import ProducerSettings
+from producer_service.feed import BinanceFeed, ScriptTarget
+from producer_service.journal import Journal
+from producer_service.pacing import RateLimiter
+from producer_service.rest import BinanceRest
+from producer_service.sequencer import Gap, Sequencer
+from producer_service.sink import SqsSender, TickSink
+from tickstream.db import CONNECTION_ERRORS, connect
+from tickstream.settings import Settings
+from tickstream.tick_store import last_trade_ids, missing_trade_id_ranges
+
+log = logging.getLogger(__name__)
+HOLE_SCAN_IDS = 1_000_000  # how far back, in ids, a (re)started producer looks for holes in what is stored
+
+
+class ProducerService:
+    def __init__(self, settings: ProducerSettings, sink: TickSink,
+                 connect_db: Callable[[], pymysql.Connection],
+                 load_targets: Callable[[pymysql.Connection], list[BrokerTargets]]) -> None:
+        self.settings = settings
+        self.sink = sink
+        self.connect_db = connect_db
+        self.load_targets = load_targets
+        self.stop_requested = threading.Event()  # SIGTERM: leave the run loop
+        self.stop_event = threading.Event()  # set last, in close(): stops backfills and REST waits
+        self.sequencer = Sequencer(max_jump=settings.max_backfill_trades)
+        self.attempts = RateLimiter(settings.connection_attempts_per_5_min, 300.0)
+        self.feeds: dict[tuple[int, str, str], BinanceFeed] = {}
+        self._db: pymysql.Connection | None = None
+        self._stats_at = time.monotonic()
+        self._stats_counts: dict[int, int] = {}
+
+    def run(self) -> None:
+        """Until `stop()`: refresh the catalog every refresh_seconds, maintain connections twice a second."""
+        next_refresh = 0.0
+        while not self.stop_requested.is_set():
+            if time.monotonic() >= next_refresh:
+                self.refresh()
+                next_refresh = time.monotonic() + self.settings.refresh_seconds
+            for feed in list(self.feeds.values()):
+                feed.maintain()
+            self._log_stats()
+            self.stop_requested.wait(0.5)
+
+    def stop(self) -> None:
+        self.stop_requested.set()
+
+    def refresh(self) -> None:
+        try:
+            brokers = self.load_targets(self._connection())
+        except CONNECTION_ERRORS as error:
+            log.warning("catalog unavailable (%s); keeping current subscriptions", error)
+            self._drop_connection()
+            return
+        wanted = {broker.endpoint: broker for broker in brokers}
+        for endpoint in set(self.feeds) - set(wanted):
+            self._close_feed(endpoint)
+        for broker in wanted.values():
+            self._apply(broker)
+
+    def _apply(self, broker: BrokerTargets) -> None:
+        feed = self.feeds.get(broker.endpoint)
+        if feed is None:
+            rest = BinanceRest(broker.rest_url, self.settings.rest_weight_per_minute, self.settings.rest_weight_share,
+                               self.stop_event)
+            feed = BinanceFeed(f"broker {broker.broker_id}", broker.ws_url, rest, self.settings,
+                               self.sink, self.sequencer, self.attempts, self.stop_event)
+            self.feeds[broker.endpoint] = feed
+        gone = [target for stream, target in feed.by_stream.items()
+                if stream not in {t.stream for t in broker.targets}]
+        new = [target for target in broker.targets if target.stream not in feed.by_stream]
+        self._resume(feed, new)  # before subscribing: the first live id must be compared with what is stored
+        feed.apply(list(broker.targets))
+        for target in gone:
+            self.sequencer.forget(target.script_id)
+
+    def _resume(self, feed: BinanceFeed, targets: list[ScriptTarget]) -> None:
+        if not targets:
+            return
+        conn = self._connection()
+        stored = last_trade_ids(conn, [target.script_id for target in targets])
+        for target in targets:
+            self.sequencer.resume(target.script_id, stored.get(target.script_id))
+            for first, last in missing_trade_id_ranges(conn, target.script_id, HOLE_SCAN_IDS):
+                feed.backfiller.request(BackfillJob(Gap(target.script_id, first, last), target.symbol,
+                                                    target.stream_type))
+
+    def _close_feed(self, endpoint: tuple[int, str, str]) -> None:
+        feed = self.feeds.pop(endpoint)
+        for target in feed.by_stream.values():
+            self.sequencer.forget(target.script_id)
+        feed.close()
+
+    def close(self, drain_seconds: float = 10.0) -> None:
+        """SIGTERM path: stop reading, let running backfills finish (bounded), flush the sink."""
+        deadline = time.monotonic() + drain_seconds
+        for feed in self.feeds.values():
+            for conn in feed.connections:
+                conn.close()
+        while time.monotonic() < deadline and not all(f.backfiller.idle() for f in self.feeds.values()):
+            time.sleep(0.05)
+        self.stop_event.set()
+        for feed in self.feeds.values():
+            feed.close()
+        self.sink.close()
+        self._drop_connection()
+
+    def _connection(self) -> pymysql.Connection:
+        if self._db is None:
+            self._db = self.connect_db()
+        return self._db
+
+    def _drop_connection(self) -> None:
+        if self._db is not None:
+            with contextlib.suppress(pymysql.err.Error):
+                self._db.close()
+            self._db = None
+
+    def _log_stats(self) -> None:
+        elapsed = time.monotonic() - self._stats_at
+        if elapsed < self.settings.stats_log_seconds:
+            return
+        now_us = time.time_ns() // 1000
+        for feed in self.feeds.values():
+            parts = []
+            for target in sorted(feed.by_stream.values(), key=lambda t: t.symbol):
+                count = feed.counts[target.script_id]
+                rate = (count - self._stats_counts.get(target.script_id, 0)) / elapsed
+                self._stats_counts[target.script_id] = count
+                last = feed.last_trade_us.get(target.script_id)
+                lag = f"{(now_us - last) / 1000:.0f} ms" if last else "n/a"
+                parts.append(f"{target.symbol} {rate:.1f}/s lag {lag}")
+            if parts:
+                log.info("%s: %s; malformed %d, backfilled %d", feed.name, "; ".join(parts), feed.malformed,
+                         feed.backfiller.filled)
+        self._stats_at = time.monotonic()
+
+
+def sqs_client(settings: Settings):
+    config = Config(connect_timeout=2, read_timeout=10, retries={"max_attempts": 2, "mode": "standard"},
+                    max_pool_connections=4)
+    return boto3.client("sqs", endpoint_url=settings.aws_endpoint_url, region_name=settings.aws_region,
+                        config=config)
+
+
+def build_service(settings: Settings, producer: ProducerSettings, broker_ids: list[int] | None) -> ProducerService:
+    """The producer wired to SQS, its journal and the catalog; the sink is started, the feeds start on run()."""
+    if not settings.ticks_queue_url:
+        raise SystemExit("TICKS_QUEUE_URL is not set (make up sets it from the deployed stack)")
+    journal = Journal(producer.journal_dir, producer.journal_max_bytes)
+    sink = TickSink(SqsSender(sqs_client(settings), settings.ticks_queue_url), journal, producer.max_message_bytes,
+                    producer.linger_seconds, producer.buffer_ticks)
+    sink.start()
+    return ProducerService(producer, sink, lambda: connect(settings.db, autocommit=True),
+                           load_targets_for(broker_ids or None))

@@ -1,0 +1,171 @@
+"""Ticks → packed SQS messages, with a disk journal when SQS cannot take them.
+
+One sender thread packs ticks into size-bounded bodies (flushed when full or after a short linger) and sends them
+with SendMessageBatch (10 entries), retrying the per-entry `Failed` list. While SQS is unreachable, or while older
+bodies still wait in the journal, new bodies go to the journal too, so the journal is replayed in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from producer_service.journal import Journal, wait_until_empty
+from producer_service.pacing import Backoff
+from tickstream.codec import MessagePacker, encode_tick
+from tickstream.ticks import Tick
+
+log = logging.getLogger(__name__)
+SQS_BATCH_ENTRIES = 10
+SQS_BATCH_MAX_BYTES = 1024 * 1024
+ENTRY_RETRIES = 5
+
+
+class SqsUnavailable(RuntimeError):
+    """SQS did not take every body; the caller keeps them (journal)."""
+
+
+class SqsSender:
+    def __init__(self, client: Any, queue_url: str) -> None:
+        self.client = client
+        self.queue_url = queue_url
+        self.requests = 0
+        self.messages = 0
+
+    def send(self, bodies: list[str]) -> None:
+        """Send all bodies or raise SqsUnavailable; entries SQS reports as Failed are retried."""
+        for batch in _batches(bodies):
+            self._send_batch(batch)
+
+    def _send_batch(self, bodies: list[str]) -> None:
+        pending = {str(index): body for index, body in enumerate(bodies)}
+        backoff = Backoff(base=0.05, cap=1.0)
+        for _ in range(ENTRY_RETRIES):
+            entries = [{"Id": key, "MessageBody": body} for key, body in pending.items()]
+            try:
+                self.requests += 1
+                response = self.client.send_message_batch(QueueUrl=self.queue_url, Entries=entries)
+            except (BotoCoreError, ClientError) as error:
+                raise SqsUnavailable(str(error)) from error
+            for ok in response.get("Successful", []):
+                pending.pop(ok["Id"], None)
+                self.messages += 1
+            if not pending:
+                return
+            log.warning("SQS refused %d of %d entries (%s); retrying", len(pending), len(entries),
+                        response.get("Failed", [{}])[0].get("Code"))
+            time.sleep(backoff.next_delay())
+        raise SqsUnavailable(f"{len(pending)} entries still failing after {ENTRY_RETRIES} tries")
+
+
+def _batches(bodies: list[str]) -> list[list[str]]:
+    batches: list[list[str]] = []
+    size = 0
+    for body in bodies:
+        body_size = len(body.encode())
+        if not batches or len(batches[-1]) == SQS_BATCH_ENTRIES or size + body_size > SQS_BATCH_MAX_BYTES:
+            batches.append([])
+            size = 0
+        batches[-1].append(body)
+        size += body_size
+    return batches
+
+
+class TickSink:
+    """Thread-safe `put(tick)`; a sender thread does the rest. `close()` flushes everything."""
+
+    def __init__(self, sender: SqsSender, journal: Journal, max_message_bytes: int, linger_seconds: float,
+                 buffer_ticks: int) -> None:
+        self.sender = sender
+        self.journal = journal
+        self.linger = linger_seconds
+        self._queue: queue.Queue[Tick | None] = queue.Queue(maxsize=buffer_ticks)
+        self._packer = MessagePacker(max_message_bytes)
+        self._ready: list[str] = []
+        self._oldest_at: float | None = None
+        self._stopping = threading.Event()
+        self._threads = [threading.Thread(target=self._pack_loop, name="sink-packer", daemon=True),
+                         threading.Thread(target=self._replay_loop, name="sink-replayer", daemon=True)]
+        self.ticks_in = 0
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def put(self, tick: Tick) -> None:
+        """Blocks while the buffer is full: the sockets slow down rather than drop anything."""
+        self._queue.put(tick)
+
+    def close(self, replay_seconds: float = 10.0) -> None:
+        """Stop, send or journal every buffered tick, then give the journal a little time to drain."""
+        self._queue.put(None)
+        self._threads[0].join()
+        wait_until_empty(self.journal, time.monotonic() + replay_seconds)
+        self._stopping.set()
+        self._threads[1].join(timeout=5)
+        self.journal.close()
+        if self.journal.pending():
+            log.warning("journal keeps %d bytes for the next start (SQS still unavailable)", self.journal.size_bytes)
+
+    def _pack_loop(self) -> None:
+        while True:
+            try:
+                tick = self._queue.get(timeout=self._linger_left())
+            except queue.Empty:
+                tick = ...
+            if tick is None:
+                break
+            if tick is not ...:
+                self._add(tick)
+            if self._oldest_at is not None and time.monotonic() - self._oldest_at >= self.linger:
+                self._ready.extend(self._packer.flush())
+                self._oldest_at = None
+            if self._ready and (len(self._ready) >= SQS_BATCH_ENTRIES or self._oldest_at is None):
+                self._deliver()
+        self._ready.extend(self._packer.flush())
+        self._deliver()
+
+    def _add(self, tick: Tick) -> None:
+        self.ticks_in += 1
+        if self._oldest_at is None:
+            self._oldest_at = time.monotonic()
+        full = self._packer.add(encode_tick(tick))
+        if full:
+            self._ready.extend(full)
+            self._oldest_at = time.monotonic() if len(self._packer) else None
+
+    def _linger_left(self) -> float:
+        if self._oldest_at is None:
+            return 0.5
+        return max(0.0, self.linger - (time.monotonic() - self._oldest_at))
+
+    def _deliver(self) -> None:
+        bodies, self._ready = self._ready, []
+        if not bodies:
+            return
+        if not self.journal.pending():
+            try:
+                self.sender.send(bodies)
+                return
+            except SqsUnavailable as error:
+                log.warning("SQS unavailable (%s): journaling %d messages", error, len(bodies))
+        self.journal.append(bodies)
+
+    def _replay_loop(self) -> None:
+        backoff = Backoff(base=0.2, cap=5.0)
+        while not self._stopping.is_set():
+            if not self.journal.pending():
+                self._stopping.wait(0.05)
+                continue
+            try:
+                sent = self.journal.replay(self.sender.send)
+                if sent:
+                    log.info("replayed %d journaled messages to SQS", sent)
+                backoff.reset()
+            except SqsUnavailable:
+                self._stopping.wait(backoff.next_delay())
