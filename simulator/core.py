@@ -1,0 +1,312 @@
+"""The simulator's event-loop side: listeners, trade emission, clients and faults."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from email.utils import formatdate
+from functools import partial
+from http import HTTPStatus
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame
+from websockets.http11 import Request, Response
+
+from simulator.config import SimulatorConfig
+from simulator.connection import (
+    CLOSE_GOING_AWAY,
+    CLOSE_NORMAL,
+    CLOSE_POLICY,
+    COUNTED_OPCODES,
+    Client,
+    CountingConnection,
+    Outgoing,
+)
+from simulator.market import AGG_TRADE, KINDS, TRADE, SymbolMarket
+from simulator.protocol import (
+    SHUTDOWN_STREAM,
+    Session,
+    agg_event,
+    dumps,
+    handle_control,
+    malformed_payload,
+    parse_ws_path,
+    shutdown_event,
+    stream_name,
+    trade_event,
+)
+from simulator.rest import RestApi, now_ms
+
+log = logging.getLogger("simulator")
+
+MAX_CATCH_UP = 1.0  # seconds of trades generated at most after a stalled tick
+
+
+class Endpoints(NamedTuple):
+    ws_url: str
+    rest_url: str
+
+
+class FaultDice:
+    """Seeded random decisions for injected faults, independent of the trade tape."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(f"{seed}:faults")
+
+    def roll(self, fraction: float) -> bool:
+        return fraction > 0 and self.rng.random() < fraction
+
+
+class SimulatorCore:
+    """Everything that runs inside the simulator's event loop."""
+
+    def __init__(self, config: SimulatorConfig) -> None:
+        self.config = config
+        self.markets = {
+            spec.symbol: SymbolMarket(
+                spec, config.seed, config.agg_start_id, config.trade_start_id, config.history_limit
+            )
+            for spec in config.specs()
+        }
+        self.rest = RestApi(config, self.markets)
+        self.dice = FaultDice(config.seed)
+        self.clients: set[Client] = set()
+        self.paused_until = 0.0  # time.monotonic() deadline
+        self.counts: dict[tuple[str, str], Counter[str]] = {
+            (s, k): Counter() for s in self.markets for k in KINDS
+        }
+        self.skipped: dict[tuple[str, str], set[int]] = {key: set() for key in self.counts}
+        self.background: set[asyncio.Task[Any]] = set()
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    async def serve(self, ready: Callable[[Endpoints], None], stop: asyncio.Future[None]) -> None:
+        """Listen until `stop` completes; `ready` receives the endpoints once bound."""
+        cfg = self.config
+        servers = [await self._listen(cfg.port)]
+        if cfg.rest_port is not None:
+            servers.append(await self._listen(cfg.rest_port))
+        ports = [s.sockets[0].getsockname()[1] for s in servers]
+        endpoints = Endpoints(f"ws://{cfg.host}:{ports[0]}", f"http://{cfg.host}:{ports[-1]}")
+        tasks = [asyncio.create_task(self._tick_loop()), *self._periodic_faults()]
+        ready(endpoints)
+        try:
+            await stop
+        finally:
+            for task in tasks:
+                task.cancel()
+            self._abort_all()
+            for server in servers:
+                server.close(close_connections=False)
+                await server.wait_closed()
+
+    async def _listen(self, port: int) -> Server:
+        cfg = self.config
+        return await serve(
+            self._serve_client, cfg.host, port,
+            process_request=self._process_request, create_connection=CountingConnection,
+            ping_interval=None, ping_timeout=None, close_timeout=cfg.close_timeout, compression=None,
+        )  # fmt: skip
+
+    def _periodic_faults(self) -> list[asyncio.Task[None]]:
+        cfg = self.config
+        actions: list[tuple[float | None, Callable[[], object]]] = [
+            (cfg.drop_every, self.drop_connections),
+            (cfg.pause_every, lambda: self.pause(cfg.pause_for)),
+            (cfg.shutdown_every, lambda: self.announce_shutdown(None)),
+        ]
+        return [asyncio.create_task(_every(period, act)) for period, act in actions if period]
+
+    # --- HTTP and WebSocket handshake ------------------------------------------------------------
+
+    def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        if urlsplit(request.path).path.startswith("/api/"):
+            answer = self.rest.handle(request.path, str(conn.remote_address[0]))
+            return _json_response(answer.status, answer.encoded(), answer.headers)
+        wanted = parse_ws_path(request.path)
+        if wanted is None:
+            return _json_response(404, dumps({"code": -1, "msg": "Unknown path."}).encode())
+        if len(set(wanted.streams)) > self.config.max_streams:
+            msg = f"Too many streams; at most {self.config.max_streams} per connection."
+            return _json_response(400, dumps({"code": -1, "msg": msg}).encode())
+        return None
+
+    async def _serve_client(self, ws: ServerConnection) -> None:
+        assert isinstance(ws, CountingConnection) and ws.request is not None
+        wanted = parse_ws_path(ws.request.path)
+        assert wanted is not None
+        session = Session(wanted.combined, dict.fromkeys(wanted.streams), wanted.microseconds)
+        client = Client(ws, session, self.config.max_client_queue)
+        ws.frame_hook = lambda frame: self._count_frame(client, frame)
+        self.clients.add(client)
+        jobs = (client.writer(), self._keepalive(client), self._expire(client))
+        helpers = [asyncio.create_task(job) for job in jobs]
+        try:
+            async for message in ws:
+                client.enqueue(dumps(handle_control(message, session, self.config.max_streams)))
+        except ConnectionClosed:
+            pass
+        finally:
+            self.clients.discard(client)
+            for task in helpers:
+                task.cancel()
+
+    def _count_frame(self, client: Client, frame: Frame) -> None:
+        if frame.opcode in COUNTED_OPCODES and client.count_incoming(self.config.max_incoming_per_sec):
+            client.close(CLOSE_POLICY, "Too many requests")
+
+    async def _keepalive(self, client: Client) -> None:
+        """Ping every ping_interval; close if the oldest unanswered ping is older than pong_timeout."""
+        interval, timeout = self.config.ping_interval, self.config.pong_timeout
+        pending: list[tuple[float, asyncio.Future[float]]] = []
+        next_ping, last_payload = time.monotonic() + interval, 0
+        try:
+            while True:
+                pending = [p for p in pending if not p[1].done()]
+                now = time.monotonic()
+                if pending and now - pending[0][0] >= timeout:
+                    client.close(CLOSE_POLICY, "Pong timeout")
+                    return
+                if now >= next_ping:
+                    last_payload = max(now_ms(), last_payload + 1)
+                    pending.append((now, await client.ws.ping(str(last_payload))))
+                    next_ping = now + interval
+                wake = min(next_ping, pending[0][0] + timeout) if pending else next_ping
+                await asyncio.sleep(max(0.0, wake - time.monotonic()))
+        except ConnectionClosed:
+            return
+
+    async def _expire(self, client: Client) -> None:
+        await asyncio.sleep(self.config.max_lifetime)
+        client.close(CLOSE_NORMAL, "Connection lifetime expired")
+
+    # --- trade emission ---------------------------------------------------------------------------
+
+    async def _tick_loop(self) -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(self.config.tick_interval)
+            now = time.monotonic()
+            elapsed, last = min(now - last, MAX_CATCH_UP), now
+            try:
+                self._publish(self._emit(elapsed, now_ms()))
+            except Exception:
+                log.exception("trade emission failed; continuing")
+
+    def _emit(self, elapsed: float, ms: int) -> list[Outgoing]:
+        batch: list[Outgoing] = []
+        active = {s for client in self.clients for s in client.session.streams}
+        paused = self.paused_until > time.monotonic()
+        for symbol, market in self.markets.items():
+            for agg, trades in market.generate(elapsed, self.config.rate, ms):
+                make = partial(agg_event, symbol, agg, ms)
+                self._offer(batch, symbol, AGG_TRADE, agg.id, make, active, paused)
+                for trade in trades:
+                    make = partial(trade_event, symbol, trade, ms)
+                    self._offer(batch, symbol, TRADE, trade.id, make, active, paused)
+        return batch
+
+    def _offer(
+        self, batch: list[Outgoing], symbol: str, kind: str, row_id: int,
+        make: Callable[[], dict[str, Any]], active: set[str], paused: bool,
+    ) -> None:  # fmt: skip
+        """Apply the fault knobs to one generated event and add what should be sent to `batch`."""
+        cfg, counts = self.config, self.counts[(symbol, kind)]
+        counts["generated"] += 1
+        skip = self.dice.roll(cfg.skip_fraction)
+        bad = self.dice.roll(cfg.malformed_fraction)
+        dup = self.dice.roll(cfg.duplicate_fraction)
+        if skip:
+            counts["skipped"] += 1
+            self.skipped[(symbol, kind)].add(row_id)
+            return
+        if paused:
+            counts["paused"] += 1
+            return
+        stream = stream_name(symbol, kind)
+        if stream not in active:
+            return
+        if bad:
+            counts["malformed"] += 1
+            batch.append(self._malformed(stream, symbol, kind))
+        out = Outgoing(stream, make())
+        batch.extend([out, out] if dup else [out])
+        counts["published"] += 1
+        counts["duplicated"] += dup
+
+    def _malformed(self, stream: str, symbol: str, kind: str) -> Outgoing:
+        sort, value = malformed_payload(self.dice.rng, symbol, kind, now_ms())
+        return Outgoing(stream, None, verbatim=value) if sort == "text" else Outgoing(stream, value)
+
+    def _publish(self, batch: list[Outgoing]) -> None:
+        if not batch:
+            return
+        for client in list(self.clients):
+            streams = client.session.streams
+            for out in batch:
+                if out.stream in streams:
+                    client.send(out)
+
+    # --- faults -----------------------------------------------------------------------------------
+
+    def drop_connections(self) -> int:
+        """Cut every client's TCP connection without a close frame."""
+        count = self._abort_all()
+        log.info("fault: dropped %d connections", count)
+        return count
+
+    def _abort_all(self) -> int:
+        clients = list(self.clients)
+        for client in clients:
+            client.abort()
+        return len(clients)
+
+    def pause(self, seconds: float) -> None:
+        self.paused_until = time.monotonic() + seconds
+        log.info("fault: data paused for %.1f s", seconds)
+
+    def announce_shutdown(self, delay: float | None) -> int:
+        """Send serverShutdown to every client, then close them after `delay` seconds."""
+        delay = self.config.shutdown_delay if delay is None else delay
+        clients = list(self.clients)
+        notice = Outgoing(SHUTDOWN_STREAM, shutdown_event(now_ms()))
+        for client in clients:
+            client.send(notice)
+        task = asyncio.create_task(self._close_later(clients, delay))
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+        log.info("fault: serverShutdown sent to %d connections, closing in %.1f s", len(clients), delay)
+        return len(clients)
+
+    @staticmethod
+    async def _close_later(clients: list[Client], delay: float) -> None:
+        await asyncio.sleep(delay)
+        for client in clients:
+            client.close(CLOSE_GOING_AWAY, "Server shutdown")
+
+
+async def _every(period: float, action: Callable[[], object]) -> None:
+    while True:
+        await asyncio.sleep(period)
+        action()
+
+
+def _json_response(status: int, body: bytes, extra: dict[str, str] | None = None) -> Response:
+    headers = Headers(
+        [
+            ("Date", formatdate(usegmt=True)),
+            ("Connection", "close"),
+            ("Content-Type", "application/json;charset=UTF-8"),
+            ("Content-Length", str(len(body))),
+            *(extra or {}).items(),
+        ]
+    )
+    return Response(status, HTTPStatus(status).phrase, headers, body)

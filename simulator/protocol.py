@@ -1,0 +1,207 @@
+"""The market-data wire protocol: URLs, control messages and payload shapes."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from simulator.market import AGG_TRADE, TRADE, AggTrade, Trade, fmt_units
+
+SHUTDOWN_STREAM = "!serverShutdown"
+METHODS = ("SUBSCRIBE", "UNSUBSCRIBE", "LIST_SUBSCRIPTIONS", "SET_PROPERTY", "GET_PROPERTY")
+ID_TEXT = re.compile(r"^[A-Za-z0-9_-]{0,36}$")
+BAD_ID = "Invalid request: request ID must be an int64, an alphanumeric string (max 36 characters) or null"
+INT64 = (-(2**63), 2**63 - 1)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def stream_name(symbol: str, kind: str) -> str:
+    return f"{symbol.lower()}@{kind}"
+
+
+@dataclass
+class StreamRequest:
+    """What a WebSocket URL asks for."""
+
+    combined: bool
+    streams: list[str]
+    microseconds: bool = False
+
+
+def parse_ws_path(path: str) -> StreamRequest | None:
+    """`/ws`, `/ws/<a>/<b>` (raw) or `/stream?streams=a/b` (combined); None for anything else."""
+    parts = urlsplit(path)
+    query = parse_qs(parts.query)
+    unit = query.get("timeUnit", ["MILLISECOND"])[-1].upper()
+    if unit not in ("MILLISECOND", "MICROSECOND"):
+        return None
+    micro = unit == "MICROSECOND"
+    segments = [s for s in parts.path.split("/") if s]
+    if segments[:1] == ["ws"]:
+        return StreamRequest(False, segments[1:], micro)
+    if segments == ["stream"]:
+        streams = [s for value in query.get("streams", []) for s in value.split("/") if s]
+        return StreamRequest(True, streams, micro)
+    return None
+
+
+@dataclass
+class Session:
+    """Per-connection protocol state."""
+
+    combined: bool
+    streams: dict[str, None] = field(default_factory=dict)  # ordered set
+    microseconds: bool = False
+
+
+class ControlError(Exception):
+    def __init__(self, code: int, msg: str) -> None:
+        super().__init__(msg)
+        self.code = code
+        self.msg = msg
+
+
+def error_reply(code: int, msg: str, req_id: Any) -> dict[str, Any]:
+    return {"error": {"code": code, "msg": msg}, "id": req_id}
+
+
+def handle_control(raw: str | bytes, session: Session, max_streams: int) -> dict[str, Any]:
+    """Apply one client text frame to `session` and return the reply object."""
+    try:
+        message = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
+        return error_reply(3, f"Invalid JSON: {getattr(exc, 'msg', 'invalid UTF-8')}{where}", None)
+    req_id = message.get("id") if isinstance(message, dict) else None
+    try:
+        if not isinstance(message, dict):
+            raise ControlError(2, "Invalid request: expected a JSON object")
+        req_id = _check_id(message)
+        return {"result": _dispatch(message, session, max_streams), "id": req_id}
+    except ControlError as exc:
+        return error_reply(exc.code, exc.msg, req_id if _valid_id(req_id) else None)
+
+
+def _valid_id(value: Any) -> bool:
+    if value is None or (isinstance(value, str) and ID_TEXT.match(value)):
+        return True
+    return isinstance(value, int) and not isinstance(value, bool) and INT64[0] <= value <= INT64[1]
+
+
+def _check_id(message: dict[str, Any]) -> Any:
+    if "id" not in message or not _valid_id(message["id"]):
+        raise ControlError(2, BAD_ID)
+    return message["id"]
+
+
+def _dispatch(message: dict[str, Any], session: Session, max_streams: int) -> Any:
+    method = message.get("method")
+    if method is None:
+        raise ControlError(2, "Invalid request: missing field `method`")
+    if method not in METHODS:
+        expected = ", ".join(f"`{m}`" for m in METHODS)
+        raise ControlError(2, f"Invalid request: unknown variant `{method}`, expected one of {expected}")
+    params = message.get("params", [])
+    if not isinstance(params, list):
+        raise ControlError(2, "Invalid request: `params` must be an array")
+    if method in ("SUBSCRIBE", "UNSUBSCRIBE"):
+        return _change_streams(method, params, session, max_streams)
+    if method == "LIST_SUBSCRIPTIONS":
+        if params:
+            raise ControlError(2, "Invalid request: too many parameters")
+        return list(session.streams)
+    return _property(method, params, session)
+
+
+def _change_streams(method: str, params: list[Any], session: Session, max_streams: int) -> None:
+    if not all(isinstance(p, str) for p in params):
+        raise ControlError(2, "Invalid request: stream names must be strings")
+    if method == "UNSUBSCRIBE":
+        for name in params:
+            session.streams.pop(name, None)
+        return None
+    new = [p for p in dict.fromkeys(params) if p not in session.streams]
+    if len(session.streams) + len(new) > max_streams:
+        raise ControlError(2, f"Invalid request: too many streams; at most {max_streams} per connection")
+    session.streams.update(dict.fromkeys(new))
+    return None
+
+
+def _property(method: str, params: list[Any], session: Session) -> Any:
+    expected = 2 if method == "SET_PROPERTY" else 1
+    if len(params) > expected:
+        raise ControlError(2, "Invalid request: too many parameters")
+    if not params or not isinstance(params[0], str):
+        raise ControlError(2, "Invalid request: property name must be a string")
+    if params[0] != "combined":
+        raise ControlError(0, "Unknown property")
+    if method == "GET_PROPERTY":
+        return session.combined
+    if len(params) < 2 or not isinstance(params[1], bool):
+        raise ControlError(1, "Invalid value type: expected Boolean")
+    session.combined = params[1]
+    return None
+
+
+# --- payloads -------------------------------------------------------------------------------------
+
+
+def agg_event(symbol: str, agg: AggTrade, event_ms: int) -> dict[str, Any]:
+    return {
+        "e": AGG_TRADE, "E": event_ms, "s": symbol, "a": agg.id, "p": fmt_units(agg.price),
+        "q": fmt_units(agg.qty), "f": agg.first, "l": agg.last, "T": agg.time, "m": bool(agg.maker),
+        "M": True,
+    }  # fmt: skip
+
+
+def trade_event(symbol: str, trade: Trade, event_ms: int) -> dict[str, Any]:
+    return {
+        "e": TRADE, "E": event_ms, "s": symbol, "t": trade.id, "p": fmt_units(trade.price),
+        "q": fmt_units(trade.qty), "T": trade.time, "m": bool(trade.maker), "M": True,
+    }  # fmt: skip
+
+
+def shutdown_event(event_ms: int) -> dict[str, Any]:
+    return {"e": "serverShutdown", "E": event_ms}
+
+
+def agg_rest(agg: AggTrade) -> dict[str, Any]:
+    return {
+        "a": agg.id, "p": fmt_units(agg.price), "q": fmt_units(agg.qty), "f": agg.first, "l": agg.last,
+        "T": agg.time, "m": bool(agg.maker), "M": True,
+    }  # fmt: skip
+
+
+def trade_rest(trade: Trade) -> dict[str, Any]:
+    return {
+        "id": trade.id, "price": fmt_units(trade.price), "qty": fmt_units(trade.qty),
+        "quoteQty": fmt_units(trade.price * trade.qty // 10**8), "time": trade.time,
+        "isBuyerMaker": bool(trade.maker), "isBestMatch": True,
+    }  # fmt: skip
+
+
+def to_microseconds(payload: dict[str, Any]) -> dict[str, Any]:
+    return {k: v * 1000 if k in ("E", "T") and isinstance(v, int) else v for k, v in payload.items()}
+
+
+def malformed_payload(rng: random.Random, symbol: str, kind: str, event_ms: int) -> tuple[str, Any]:
+    """A bad frame: ("text", str) to send verbatim, or ("json", data) to send as if it were a payload."""
+    sort = rng.randrange(4)
+    if sort == 0:
+        return "text", rng.choice(['{"e":"aggTrade","E":', "<<garbage>>", "", '{"stream":"x","data":{'])
+    if sort == 1:
+        return "json", rng.choice([[1, 2, 3], "aggTrade", 42, None, {"unexpected": True}])
+    if sort == 2:
+        return "json", {"e": "mysteryEvent", "E": event_ms, "s": symbol, "x": rng.random()}
+    id_key = "a" if kind == AGG_TRADE else "t"
+    return "json", {
+        "e": kind, "E": -1, "s": symbol, id_key: -rng.randint(1, 10**6), "p": "-42.00000000", "q": "1e999",
+        "f": 10**30, "l": -1, "T": 2**70, "m": "maybe", "M": True,
+    }  # fmt: skip
