@@ -55,6 +55,12 @@ migrate: venv db-ready
 test: venvs db-ready
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+up: venvs db-ready
+	$(PY) -m infra.up
+
+demo: venvs db-ready
+	$(PY) -m infra.up --demo
+
 lint: venv
 	$(VENV)/bin/ruff check .
 

@@ -1,0 +1,98 @@
+"""SQS → ingest Lambda → MariaDB through the unchanged template.yaml deployed on host-mode LocalStack.
+
+The queue, DLQ, event source mapping and function are LocalStack's own (run by the local executor); nothing here
+calls the handler directly. Without the executor, the mapping or the DLQ these tests fail.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+import pymysql
+import pytest
+
+from tests.conftest import make_broker, make_script, stored_ticks
+from tests.mariadb_control import mariadb_stopped
+from tickstream.codec import pack_ticks
+from tickstream.settings import DatabaseSettings
+from tickstream.ticks import Tick
+
+pytestmark = pytest.mark.localstack
+T0 = 1_760_000_000_000_000
+
+
+def ticks(script_id: int, ids: range) -> list[Tick]:
+    return [Tick(script_id, i, f"{i}.5", "0.00000712", i % 2 == 0, T0 + i, T0 + i, T0 + i) for i in ids]
+
+
+def send(aws: Any, queue_url: str, bodies: list[str]) -> None:
+    for start in range(0, len(bodies), 10):
+        entries = [{"Id": str(n), "MessageBody": body} for n, body in enumerate(bodies[start:start + 10])]
+        response = aws("sqs").send_message_batch(QueueUrl=queue_url, Entries=entries)
+        assert not response.get("Failed"), response["Failed"]
+
+
+def wait_for(condition: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.25)
+    return bool(condition())
+
+
+def count(db: pymysql.Connection, script_id: int) -> int:
+    with db.cursor() as cursor:
+        cursor.execute("SELECT COUNT(*) FROM ticks WHERE script_id = %s", (script_id,))
+        return cursor.fetchone()[0]
+
+
+def queue_depth(aws: Any, queue_url: str) -> int:
+    attributes = aws("sqs").get_queue_attributes(
+        QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])
+    return sum(int(value) for value in attributes["Attributes"].values())
+
+
+def test_packed_messages_land_exactly_once(aws: Any, tickstream_stack: dict[str, str],
+                                           db: pymysql.Connection) -> None:
+    script = make_script(db, make_broker(db), "BTCUSDT")
+    bodies = list(pack_ticks(ticks(script, range(1, 20_001)), max_bytes=16 * 1024))
+    send(aws, tickstream_stack["TicksQueueUrl"], bodies + bodies[:5])  # five redelivered messages
+    assert wait_for(lambda: count(db, script) == 20_000, timeout=60)
+    assert wait_for(lambda: queue_depth(aws, tickstream_stack["TicksQueueUrl"]) == 0, timeout=30)
+    assert [row[0] for row in stored_ticks(db, script)] == list(range(1, 20_001))
+
+
+def test_poison_message_reaches_the_dlq_and_its_batch_is_stored(aws: Any, tickstream_stack: dict[str, str],
+                                                                db: pymysql.Connection) -> None:
+    script = make_script(db, make_broker(db), "ETHUSDT")
+    poison = orjson.dumps({"v": 1, "ticks": [[script, 1, "not-a-price", "1", 0, T0, T0, T0]]}).decode()
+    good = list(pack_ticks(ticks(script, range(100, 400)), max_bytes=4 * 1024))
+    send(aws, tickstream_stack["TicksQueueUrl"], [*good[:3], poison, *good[3:]])
+    assert wait_for(lambda: count(db, script) == 300, timeout=30)
+    dlq = tickstream_stack["TicksDeadLetterQueueUrl"]
+    assert wait_for(lambda: queue_depth(aws, dlq) >= 1, timeout=90), "poison message moved after maxReceiveCount"
+    (message,) = aws("sqs").receive_message(QueueUrl=dlq, AttributeNames=["All"], MaxNumberOfMessages=10)["Messages"]
+    assert message["Body"] == poison
+    assert int(message["Attributes"]["ApproximateReceiveCount"]) >= 5
+    aws("sqs").delete_message(QueueUrl=dlq, ReceiptHandle=message["ReceiptHandle"])
+
+
+def test_messages_wait_while_mariadb_is_down(aws: Any, tickstream_stack: dict[str, str], db: pymysql.Connection,
+                                             db_settings: DatabaseSettings) -> None:
+    script = make_script(db, make_broker(db), "PEPEUSDT")
+    db.close()
+    bodies = list(pack_ticks(ticks(script, range(1, 5001)), max_bytes=8 * 1024))
+    with mariadb_stopped(db_settings):
+        send(aws, tickstream_stack["TicksQueueUrl"], bodies)
+        time.sleep(8)  # several failed invocations: the batch goes back to the queue each time
+        assert queue_depth(aws, tickstream_stack["TicksQueueUrl"]) > 0
+    from tickstream.db import connect
+
+    conn = connect(db_settings, autocommit=True)
+    try:
+        assert wait_for(lambda: count(conn, script) == 5000, timeout=120), "stored once MariaDB was back"
+    finally:
+        conn.close()
