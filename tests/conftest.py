@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -56,7 +57,8 @@ def db(db_settings: DatabaseSettings) -> Iterator[pymysql.Connection]:
         cursor.execute("DELETE FROM scripts")
         cursor.execute("DELETE FROM brokers")
     yield conn
-    conn.close()
+    with contextlib.suppress(pymysql.err.Error):  # a test may have closed it (e.g. before stopping MariaDB)
+        conn.close()
 
 
 def make_broker(conn: pymysql.Connection, name: str = "Binance Test", api_config: str = "{}") -> int:
