@@ -31,7 +31,7 @@ from infra.stack import DEFAULT_STACK_NAME, DEFAULT_TEMPLATE, delete_stack, depl
 __all__ = ["aws_client", "delete_stack", "deploy_stack", "is_healthy", "localstack_environment",
            "settings_from_env", "start_localstack", "status", "stop_localstack"]
 
-SERVICES = "sqs,lambda,cloudformation,s3,iam,sts,logs,apigateway"
+SERVICES = "sqs,lambda,cloudformation,s3,iam,sts,logs,apigateway,cloudwatch,secretsmanager"
 HEALTH_PATH = "/_localstack/health"
 EXECUTOR_DISTRIBUTION = "tickstream-localstack-executor"
 POLL_SECONDS = 0.1

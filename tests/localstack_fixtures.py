@@ -24,6 +24,7 @@ EXECUTOR_FIXTURE_TEMPLATE = Path(__file__).parent / "fixtures" / "executor_stack
 TEST_INGEST_TIMEOUT_SECONDS = 5
 TEST_VISIBILITY_TIMEOUT_SECONDS = 5
 Deployer = Callable[..., dict[str, str]]
+TEST_API_TOKEN = "deployed-stack-test-token"  # a throw-away stack on loopback LocalStack
 
 
 @pytest.fixture(scope="session")
@@ -81,6 +82,7 @@ def tickstream_stack(deploy: Deployer, db_env: dict[str, str]) -> dict[str, str]
         "DbName": db_env["DB_NAME"],
         "IngestTimeoutSeconds": str(TEST_INGEST_TIMEOUT_SECONDS),
         "TicksQueueVisibilityTimeoutSeconds": str(TEST_VISIBILITY_TIMEOUT_SECONDS),
+        "ApiToken": TEST_API_TOKEN,
     }
     return deploy(REPO_ROOT / "template.yaml", "tickstream-test", parameters)
 

@@ -7,13 +7,17 @@ calls the handler directly. Without the executor, the mapping or the DLQ these t
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
 import orjson
 import pymysql
 import pytest
+import requests
 
+from infra.localstack_config import REPO_ROOT
 from tests.conftest import make_broker, make_script, stored_ticks
+from tests.localstack_fixtures import TEST_API_TOKEN
 from tests.mariadb_control import mariadb_stopped
 from tickstream.codec import pack_ticks
 from tickstream.settings import DatabaseSettings
@@ -96,3 +100,33 @@ def test_messages_wait_while_mariadb_is_down(aws: Any, tickstream_stack: dict[st
         assert wait_for(lambda: count(conn, script) == 5000, timeout=120), "stored once MariaDB was back"
     finally:
         conn.close()
+
+
+def test_deployed_api_answers_through_api_gateway(localstack: Any, tickstream_stack: dict[str, str],
+                                                  db: pymysql.Connection) -> None:
+    api = f"{localstack.endpoint_url}/_aws/execute-api/{tickstream_stack['ApiId']}/api"
+    assert requests.get(f"{api}/health", timeout=30).status_code == 200
+    assert requests.get(f"{api}/brokers", timeout=30).status_code == 401
+    auth = {"Authorization": f"Bearer {TEST_API_TOKEN}"}
+    created = requests.post(f"{api}/brokers", json={"type": "binance", "name": "via API Gateway"}, headers=auth,
+                            timeout=30)
+    assert created.status_code == 201, created.text
+    broker_id = created.json()["id"]
+    fetched = requests.get(f"{api}/brokers/{broker_id}", headers=auth, timeout=30)
+    assert fetched.json()["name"] == "via API Gateway"
+
+
+def test_deploying_creates_and_migrates_the_database(deploy: Any, db_env: dict[str, str],
+                                                    db: pymysql.Connection) -> None:
+    """The SchemaMigration custom resource (MigrateFunction) runs the migrations on a database that did not exist."""
+    fresh = f"tickstream_deploy_{uuid.uuid4().hex[:8]}"
+    try:
+        deploy(REPO_ROOT / "template.yaml", "tickstream-migrate-test",
+               {"DbHost": db_env["DB_HOST"], "DbPort": db_env["DB_PORT"], "DbUser": db_env["DB_USER"],
+                "DbPassword": db_env["DB_PASSWORD"], "DbName": fresh})
+        with db.cursor() as cursor:
+            cursor.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (fresh,))
+            assert {"brokers", "scripts", "ticks"} <= {row[0] for row in cursor.fetchall()}
+    finally:
+        with db.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{fresh}`")

@@ -36,14 +36,24 @@ def _env(name: str, default: str | None = None) -> str | None:
     return value if value not in (None, "") else default
 
 
-def database_settings(environ_prefix: str = "DB_") -> DatabaseSettings:
-    return DatabaseSettings(
-        host=_env(f"{environ_prefix}HOST", "127.0.0.1"),
-        port=int(_env(f"{environ_prefix}PORT", "3306")),
-        user=_env(f"{environ_prefix}USER", "root"),
-        password=_env(f"{environ_prefix}PASSWORD", ""),
-        name=_env(f"{environ_prefix}NAME", "market_ticks_db"),
-    )
+def database_settings() -> DatabaseSettings:
+    """DB_* variables; with DB_SECRET_ARN (AWS), the secret's username/password (and host/port/dbname if present)
+    take precedence, so no password is ever a plain environment variable there."""
+    settings = {
+        "host": _env("DB_HOST", "127.0.0.1"),
+        "port": _env("DB_PORT", "3306"),
+        "user": _env("DB_USER", "root"),
+        "password": _env("DB_PASSWORD", ""),
+        "name": _env("DB_NAME", "market_ticks_db"),
+    }
+    if secret_arn := _env("DB_SECRET_ARN"):
+        from tickstream.secrets import secret_json  # boto3 only when a secret is configured
+
+        secret = secret_json(secret_arn)
+        renamed = {"username": "user", "password": "password", "host": "host", "port": "port", "dbname": "name"}
+        settings.update({ours: str(secret[theirs]) for theirs, ours in renamed.items() if secret.get(theirs)})
+    return DatabaseSettings(settings["host"], int(settings["port"]), settings["user"], settings["password"],
+                            settings["name"])
 
 
 @lru_cache(maxsize=1)

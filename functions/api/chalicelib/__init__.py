@@ -1,0 +1,1 @@
+"""API-only modules of the tickstream Chalice app (validation, auth, errors, OpenAPI, route logic)."""

@@ -1,0 +1,357 @@
+"""Request and response models (pydantic v2, the validation Powertools' parser uses). They validate input, shape
+output and are the source of the OpenAPI document's schemas, so the three cannot disagree.
+
+Request bodies are strict (no "5" for 5, no 1 for true) and refuse unknown fields, so a typo is a 422 that names
+the field, not a silently ignored change. Every string must also be storable as it is: no lone surrogates (utf8mb4
+cannot hold them) and, in names, no control characters.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StringConstraints,
+    WithJsonSchema,
+    model_validator,
+)
+
+MAX_ID = 2**32 - 1  # INT UNSIGNED
+MAX_TRADE_ID = 2**64 - 1  # BIGINT UNSIGNED
+MAX_EXTRA_KEYS = 50
+MAX_TICKS_PAGE = 1000
+_NO_CONTROL = r"^[^\x00-\x1f\x7f-\x9f]*$"
+
+
+def _storable(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (no lone surrogates)") from None
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+def _url_check(*schemes: str) -> AfterValidator:
+    def check(value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in schemes or not parts.hostname:
+            raise ValueError(f"must be a {' or '.join(schemes)} URL with a host")
+        _ = parts.port  # raises ValueError for a port out of range
+        return value
+
+    return AfterValidator(check)
+
+
+def _omit_default(schema: dict[str, Any]) -> None:
+    # PATCH fields default to "not given", which is not a value a client may send.
+    schema.pop("default", None)
+
+
+def optional() -> Any:
+    """A PATCH field: may be left out, but `null` is not a value (the column is NOT NULL)."""
+    return Field(default=None, json_schema_extra=_omit_default)
+
+
+Id = Annotated[StrictInt, Field(ge=1, le=MAX_ID)]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=_NO_CONTROL),
+                 AfterValidator(_storable), AfterValidator(_not_blank)]
+ExtraKey = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=_NO_CONTROL),
+                     AfterValidator(_storable)]
+
+
+def _scalar(value: Any) -> Any:
+    """Extra keys hold JSON scalars only: nothing nested (MySQL caps JSON depth), nothing unstorable."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int) and -(2**63) <= value < 2**63:
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    if isinstance(value, str) and len(value) <= 1000:
+        return _storable(value)
+    raise ValueError("must be a string of at most 1000 characters, a 64-bit integer, a finite number, a boolean"
+                     " or null")
+
+
+ExtraValue = Annotated[Any, AfterValidator(_scalar), WithJsonSchema({"anyOf": [
+    {"type": "string", "maxLength": 1000}, {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1},
+    {"type": "number"}, {"type": "boolean"}, {"type": "null"}]})]
+WsUrl = Annotated[str, StringConstraints(max_length=2048, pattern=r"^wss?://[^\s\x00-\x1f\x7f/?#]+[^\s]*$"),
+                  _url_check("ws", "wss")]
+HttpUrl = Annotated[str, StringConstraints(max_length=2048, pattern=r"^https?://[^\s\x00-\x1f\x7f/?#]+[^\s]*$"),
+                    _url_check("http", "https")]
+# Lower case is accepted and upper-cased; checked before upper-casing, since str.upper() maps some non-ASCII
+# letters (ı, ſ) onto ASCII ones.
+TradingSymbol = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9]{2,20}$"), AfterValidator(str.upper)]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+def _extensible_schema(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    schema["propertyNames"] = {"minLength": 1, "maxLength": 100, "pattern": _NO_CONTROL}
+    schema["maxProperties"] = len(model.model_fields) + MAX_EXTRA_KEYS
+
+
+class _Extensible(BaseModel):
+    """A JSON object with known keys and a bounded number of extra scalar keys, stored as given."""
+
+    model_config = ConfigDict(strict=True, extra="allow", json_schema_extra=_extensible_schema)
+    __pydantic_extra__: dict[ExtraKey, ExtraValue] = Field(init=False)
+
+    @model_validator(mode="after")
+    def _few_extras(self) -> _Extensible:
+        if len(self.__pydantic_extra__ or {}) > MAX_EXTRA_KEYS:
+            raise ValueError(f"at most {MAX_EXTRA_KEYS} extra keys")
+        return self
+
+
+class ApiConfig(_Extensible):
+    ws_url: WsUrl | None = Field(default=None, description="WebSocket base URL (ws/wss); Binance's by default")
+    rest_url: HttpUrl | None = Field(default=None, description="REST base URL (http/https); Binance's by default")
+
+
+class AdditionalData(_Extensible):
+    stream: Literal["aggTrade", "trade"] | None = Field(default=None, description="Binance stream; aggTrade if unset")
+
+
+class BrokerCreate(Body):
+    name: Name
+    type: Literal["binance"] = "binance"
+    api_config: ApiConfig = Field(default_factory=ApiConfig)
+    is_active: StrictBool = True
+
+
+class BrokerPatch(Body):
+    name: Name = optional()
+    type: Literal["binance"] = optional()
+    api_config: ApiConfig = Field(default=None, json_schema_extra=_omit_default,
+                                  description="replaces the whole object")
+    is_active: StrictBool = optional()
+
+
+class ScriptCreate(Body):
+    broker_id: Id
+    name: Name
+    trading_symbol: TradingSymbol
+    additional_data: AdditionalData = Field(default_factory=AdditionalData)
+    is_active: StrictBool = True
+
+
+class ScriptPatch(Body):
+    broker_id: Id = optional()
+    name: Name = optional()
+    trading_symbol: TradingSymbol = optional()
+    additional_data: AdditionalData = Field(default=None, json_schema_extra=_omit_default,
+                                            description="replaces the whole object")
+    is_active: StrictBool = optional()
+
+
+class RedriveRequest(Body):
+    method: Literal["auto", "message_move_task", "receive_send_delete"] = "auto"
+    max_messages: Annotated[StrictInt, Field(ge=1, le=1_000_000)] | None = Field(
+        default=None, description="bound the move (receive_send_delete only; auto then uses it)")
+
+    @model_validator(mode="after")
+    def _bounded_only_by_loop(self) -> RedriveRequest:
+        if self.method == "message_move_task" and self.max_messages is not None:
+            raise ValueError("max_messages needs method auto or receive_send_delete (a move task moves all)")
+        return self
+
+
+# --- query strings (strings in, so not strict) -----------------------------------------------------------------
+
+def parse_time(value: Any) -> datetime:
+    """ISO-8601 (no zone means UTC) or epoch milliseconds → an aware UTC datetime."""
+    if isinstance(value, datetime):
+        return value
+    text = str(value).strip()
+    try:
+        if text.isascii() and text.isdigit():
+            moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=int(text))
+        else:
+            moment = datetime.fromisoformat(text)
+    except (ValueError, OverflowError):
+        raise ValueError("must be an ISO-8601 time or epoch milliseconds") from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+TimeParam = Annotated[
+    datetime,
+    BeforeValidator(parse_time),
+    WithJsonSchema({"anyOf": [{"type": "string", "format": "date-time"},
+                              {"type": "string", "pattern": "^[0-9]{1,15}$"}],
+                    "description": "ISO-8601 (UTC if no offset) or epoch milliseconds"}),
+]
+
+
+class Query(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=False)
+
+
+class ScriptsQuery(Query):
+    broker_id: Annotated[int, Field(ge=1, le=MAX_ID)] | None = None
+
+
+class DeleteQuery(Query):
+    purge: bool = Field(default=False, description="also delete the scripts and ticks that would be lost")
+
+
+class TicksQuery(Query):
+    from_: TimeParam | None = Field(default=None, alias="from",
+                                         description="inclusive; ISO-8601 (UTC if no offset) or epoch ms")
+    to: TimeParam | None = Field(default=None, description="exclusive; ISO-8601 (UTC if no offset) or epoch ms")
+    limit: Annotated[int, Field(ge=1, le=MAX_TICKS_PAGE)] = 100
+    cursor: Annotated[str, StringConstraints(pattern=r"^[0-9]{1,20}$")] | None = Field(
+        default=None, description="next_cursor of the previous page")
+    order: Literal["asc", "desc"] = Field(default="desc", description="by trade id: desc is newest first")
+
+    @model_validator(mode="after")
+    def _sane(self) -> TicksQuery:
+        if self.from_ is not None and self.to is not None and self.from_ > self.to:
+            raise ValueError("from must not be after to")
+        if self.cursor is not None and int(self.cursor) > MAX_TRADE_ID:
+            raise ValueError("cursor is not a trade id")
+        return self
+
+
+# --- responses ---------------------------------------------------------------------------------------------------
+
+class Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BrokerOut(Out):
+    id: int
+    type: str
+    name: str
+    api_config: dict[str, Any]
+    is_active: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class BrokerList(Out):
+    brokers: list[BrokerOut]
+
+
+class ScriptOut(Out):
+    id: int
+    broker_id: int
+    name: str
+    trading_symbol: str
+    additional_data: dict[str, Any]
+    is_active: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class ScriptList(Out):
+    scripts: list[ScriptOut]
+
+
+class Deleted(Out):
+    id: int
+    deleted: Literal[True] = True
+    scripts_deleted: int
+    ticks_deleted: int
+
+
+DecimalText = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?$", description="exact decimal, never a float")]
+
+
+class TickOut(Out):
+    trade_id: int
+    price: DecimalText
+    quantity: DecimalText
+    is_buyer_maker: bool
+    traded_at: datetime
+    event_at: datetime
+    received_at_producer: datetime
+    stored_at: datetime
+
+
+class TickPage(Out):
+    script_id: int
+    order: Literal["asc", "desc"]
+    limit: int
+    ticks: list[TickOut]
+    next_cursor: str | None = Field(description="pass as cursor for the next page; null on the last page")
+
+
+class ScriptStatsOut(Out):
+    script_id: int
+    broker_id: int
+    name: str
+    trading_symbol: str
+    is_active: bool
+    tick_count: int
+    first_trade_at: datetime | None
+    last_trade_at: datetime | None
+    ticks_last_minute: int = Field(description="ticks traded in the last minute (database clock)")
+    lag_ms_p50: float | None = Field(description="stored_at − received_at_producer, ticks of the last minute")
+    lag_ms_p99: float | None
+
+
+class QueueDepthOut(Out):
+    approximate_messages: int | None
+    approximate_in_flight: int | None
+    approximate_delayed: int | None
+    reason: str | None = Field(description="why the numbers are null: not configured or not reachable")
+
+
+class QueuesOut(Out):
+    queue: QueueDepthOut
+    dlq: QueueDepthOut
+
+
+class StatsOut(Out):
+    generated_at: datetime
+    window_seconds: int
+    scripts: list[ScriptStatsOut]
+    queues: QueuesOut
+
+
+class RedriveOut(Out):
+    method: Literal["message_move_task", "receive_send_delete"]
+    moved: int
+    failed: int = Field(description="messages left in the DLQ because sending them failed")
+    complete: bool = Field(description="false: stopped early (time budget, max_messages, failures); call again")
+    task_handle: str | None
+
+
+class HealthOut(Out):
+    status: Literal["ok", "unavailable"]
+    database: Literal["reachable", "unreachable"]
+
+
+class FieldError(Out):
+    field: str
+    message: str
+
+
+class ErrorBody(Out):
+    code: str
+    message: str
+    fields: list[FieldError] | None = None
+
+
+class ErrorOut(Out):
+    error: ErrorBody

@@ -1,0 +1,227 @@
+"""What each route does, free of HTTP: validated models in, response models out, `ApiError` for refusals.
+
+Data access is `tickstream.catalog` (shared with the producer) and `tickstream.queues`; this module only maps
+their results and errors onto the API's vocabulary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from chalicelib.database import Database
+from chalicelib.errors import ApiError, conflict, invalid, not_found, unavailable
+from chalicelib.models import (
+    BrokerCreate,
+    BrokerList,
+    BrokerOut,
+    BrokerPatch,
+    Deleted,
+    HealthOut,
+    QueueDepthOut,
+    QueuesOut,
+    RedriveOut,
+    RedriveRequest,
+    ScriptCreate,
+    ScriptList,
+    ScriptOut,
+    ScriptPatch,
+    ScriptsQuery,
+    ScriptStatsOut,
+    StatsOut,
+    TickOut,
+    TickPage,
+    TicksQuery,
+)
+from tickstream import catalog, queues
+
+database = Database()
+
+
+@contextlib.contextmanager
+def _catalog_errors(subject: str) -> Iterator[None]:
+    try:
+        yield
+    except catalog.Duplicate:
+        raise conflict("duplicate", f"{subject} already exists") from None
+    except catalog.UnknownBroker:
+        raise invalid([{"field": "broker_id", "message": "no broker with this id"}]) from None
+    except catalog.InUse as error:
+        raise conflict("in_use", f"{error}: deactivate it (is_active: false) to stop collecting, or delete with"
+                                 " ?purge=true to delete the data too") from None
+
+
+# --- health --------------------------------------------------------------------------------------------------
+
+def health() -> tuple[int, HealthOut]:
+    try:
+        with database.connection() as conn, conn.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except ApiError:
+        return 503, HealthOut(status="unavailable", database="unreachable")
+    return 200, HealthOut(status="ok", database="reachable")
+
+
+# --- brokers -------------------------------------------------------------------------------------------------
+
+def _broker_out(broker: catalog.Broker) -> BrokerOut:
+    return BrokerOut(**dataclasses.asdict(broker))
+
+
+def list_brokers() -> BrokerList:
+    with database.connection() as conn:
+        return BrokerList(brokers=[_broker_out(b) for b in catalog.list_brokers(conn)])
+
+
+def get_broker(broker_id: int) -> BrokerOut:
+    with database.connection() as conn:
+        broker = catalog.get_broker(conn, broker_id)
+    if broker is None:
+        raise not_found(f"no broker with id {broker_id}")
+    return _broker_out(broker)
+
+
+def create_broker(body: BrokerCreate) -> BrokerOut:
+    with database.connection() as conn, _catalog_errors(f"a broker named {body.name!r}"):
+        broker = catalog.create_broker(conn, name=body.name, type=body.type,
+                                       api_config=body.api_config.model_dump(exclude_unset=True),
+                                       is_active=body.is_active)
+    return _broker_out(broker)
+
+
+def update_broker(broker_id: int, body: BrokerPatch) -> BrokerOut:
+    changes = _changes(body, json_fields=("api_config",))
+    with database.connection() as conn, _catalog_errors(f"a broker named {changes.get('name')!r}"):
+        broker = catalog.update_broker(conn, broker_id, changes)
+    if broker is None:
+        raise not_found(f"no broker with id {broker_id}")
+    return _broker_out(broker)
+
+
+def delete_broker(broker_id: int, purge: bool) -> Deleted:
+    with database.connection() as conn, _catalog_errors("broker"):
+        result = catalog.delete_broker(conn, broker_id, purge=purge)
+    if result is None:
+        raise not_found(f"no broker with id {broker_id}")
+    return Deleted(id=broker_id, scripts_deleted=result.scripts_deleted, ticks_deleted=result.ticks_deleted)
+
+
+def _changes(body: BrokerPatch | ScriptPatch, json_fields: tuple[str, ...]) -> dict[str, Any]:
+    """The fields the client sent, nested objects as the plain dicts to store."""
+    changes = {name: getattr(body, name) for name in body.model_fields_set}
+    for name in json_fields:
+        if name in changes:
+            changes[name] = changes[name].model_dump(exclude_unset=True)
+    return changes
+
+
+# --- scripts -------------------------------------------------------------------------------------------------
+
+def _script_out(script: catalog.Script) -> ScriptOut:
+    return ScriptOut(**dataclasses.asdict(script))
+
+
+def list_scripts(query: ScriptsQuery) -> ScriptList:
+    with database.connection() as conn:
+        return ScriptList(scripts=[_script_out(s) for s in catalog.list_scripts(conn, query.broker_id)])
+
+
+def get_script(script_id: int) -> ScriptOut:
+    with database.connection() as conn:
+        script = catalog.get_script(conn, script_id)
+    if script is None:
+        raise not_found(f"no script with id {script_id}")
+    return _script_out(script)
+
+
+def create_script(body: ScriptCreate) -> ScriptOut:
+    subject = f"a script with trading symbol {body.trading_symbol!r} on broker {body.broker_id}"
+    with database.connection() as conn, _catalog_errors(subject):
+        script = catalog.create_script(conn, broker_id=body.broker_id, name=body.name,
+                                       trading_symbol=body.trading_symbol,
+                                       additional_data=body.additional_data.model_dump(exclude_unset=True),
+                                       is_active=body.is_active)
+    return _script_out(script)
+
+
+def update_script(script_id: int, body: ScriptPatch) -> ScriptOut:
+    changes = _changes(body, json_fields=("additional_data",))
+    with database.connection() as conn, _catalog_errors("a script with this trading symbol on this broker"):
+        script = catalog.update_script(conn, script_id, changes)
+    if script is None:
+        raise not_found(f"no script with id {script_id}")
+    return _script_out(script)
+
+
+def delete_script(script_id: int, purge: bool) -> Deleted:
+    with database.connection() as conn, _catalog_errors("script"):
+        result = catalog.delete_script(conn, script_id, purge=purge)
+    if result is None:
+        raise not_found(f"no script with id {script_id}")
+    return Deleted(id=script_id, scripts_deleted=result.scripts_deleted, ticks_deleted=result.ticks_deleted)
+
+
+# --- ticks ---------------------------------------------------------------------------------------------------
+
+def read_ticks(script_id: int, query: TicksQuery) -> TickPage:
+    with database.connection() as conn:
+        if catalog.get_script(conn, script_id) is None:
+            raise not_found(f"no script with id {script_id}")
+        page = catalog.read_ticks(conn, script_id, start=query.from_, end=query.to,
+                                  after=None if query.cursor is None else int(query.cursor), limit=query.limit,
+                                  descending=query.order == "desc")
+    return TickPage(
+        script_id=script_id, order=query.order, limit=query.limit,
+        ticks=[TickOut(**dataclasses.asdict(tick)) for tick in page.ticks],
+        next_cursor=None if page.next_cursor is None else str(page.next_cursor),
+    )
+
+
+# --- stats and queues ----------------------------------------------------------------------------------------
+
+def stats() -> StatsOut:
+    with database.connection() as conn:
+        scripts = {script.id: script for script in catalog.list_scripts(conn)}
+        per_script = catalog.script_stats(conn)
+    rows = [_script_stats_out(scripts[s.script_id], s) for s in per_script if s.script_id in scripts]
+    depths = queues.queue_depths()  # outside the database lock: SQS may be slow to answer
+    return StatsOut(
+        generated_at=datetime.now(UTC), window_seconds=catalog.STATS_WINDOW_SECONDS, scripts=rows,
+        queues=QueuesOut(queue=_depth_out(depths["queue"]), dlq=_depth_out(depths["dlq"])),
+    )
+
+
+def _script_stats_out(script: catalog.Script, stats: catalog.ScriptStats) -> ScriptStatsOut:
+    return ScriptStatsOut(
+        script_id=script.id, broker_id=script.broker_id, name=script.name, trading_symbol=script.trading_symbol,
+        is_active=script.is_active, tick_count=stats.tick_count, first_trade_at=stats.first_trade_at,
+        last_trade_at=stats.last_trade_at, ticks_last_minute=stats.ticks_last_minute,
+        lag_ms_p50=stats.lag_p50_ms, lag_ms_p99=stats.lag_p99_ms,
+    )
+
+
+def _depth_out(depth: queues.QueueDepth) -> QueueDepthOut:
+    return QueueDepthOut(approximate_messages=depth.visible, approximate_in_flight=depth.in_flight,
+                         approximate_delayed=depth.delayed, reason=depth.reason)
+
+
+def redrive(body: RedriveRequest) -> RedriveOut:
+    try:
+        result = queues.redrive(method=body.method, max_messages=body.max_messages)
+    except queues.RedriveInProgress as error:
+        raise conflict("redrive_in_progress", str(error)) from None
+    except queues.RedriveError as error:
+        raise unavailable("queue_unavailable", str(error)) from None
+    except Exception as error:  # botocore: endpoint down, throttled, no permission
+        if not _is_aws_error(error):
+            raise
+        raise unavailable("queue_unavailable", f"SQS did not answer: {type(error).__name__}") from None
+    return RedriveOut(**dataclasses.asdict(result))
+
+
+def _is_aws_error(error: Exception) -> bool:
+    return type(error).__module__.startswith(("botocore", "boto3"))
+

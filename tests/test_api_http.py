@@ -1,0 +1,158 @@
+"""The management API over real HTTP: `chalice local` in a subprocess against MariaDB, and schemathesis fuzzing it
+from its own /openapi.json."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pymysql
+import pytest
+
+from tests.api_fixtures import TOKEN, HttpApi, LocalServer, load_api_app
+from tickstream.tick_store import insert_ticks_ignore
+from tickstream.ticks import Tick
+
+pytest_plugins = ["tests.api_fixtures"]
+
+APP = load_api_app().app
+from chalicelib import auth, openapi  # noqa: E402 - importable once load_api_app put it on sys.path
+
+ROUTES = sorted(openapi.chalice_routes(APP.routes))
+T0_US = 1_709_294_400_000_000  # 2024-03-01T12:00:00Z
+# Schemathesis bounds: examples per operation, and a fixed seed (override to explore) so a failure reproduces.
+FUZZ_EXAMPLES = int(os.environ.get("TICKSTREAM_FUZZ_EXAMPLES", "40"))
+FUZZ_SEED = os.environ.get("TICKSTREAM_FUZZ_SEED", "20260301")
+
+
+def test_health_is_public_and_openapi_is_served_true(http_api: HttpApi) -> None:
+    health = http_api.get("/health", token=None)
+    assert (health.status_code, health.json()) == (200, {"status": "ok", "database": "reachable"})
+    assert health.headers["Content-Type"] == "application/json"
+    assert http_api.get("/openapi.json", token=None).status_code == 401
+    served = http_api.get("/openapi.json").json()
+    assert served == openapi.build(APP.routes)
+    documented = {(path, method.upper()) for path, methods in served["paths"].items() for method in methods}
+    assert documented == set(ROUTES)
+
+
+@pytest.mark.parametrize(("path", "method"), [r for r in ROUTES if r[0] not in auth.PUBLIC_ROUTES])
+def test_every_route_needs_the_token_over_http(chalice_local: LocalServer, path: str, method: str) -> None:
+    http_api = HttpApi(chalice_local.url)
+    for token in (None, "nope"):
+        reply = http_api.request(method, re.sub(r"{\w+}", "1", path), token=token, json={})
+        assert reply.status_code == 401
+        assert reply.json()["error"]["code"] == "unauthorized"
+
+
+def test_crud_conflicts_and_purge_over_http(http_api: HttpApi, db: pymysql.Connection) -> None:
+    broker = http_api.post("/brokers", json={"name": "Binance", "api_config": {"ws_url": "wss://x.test"}})
+    assert broker.status_code == 201
+    broker_id = broker.json()["id"]
+    assert http_api.post("/brokers", json={"name": "Binance"}).status_code == 409
+    script = http_api.post("/scripts", json={"broker_id": broker_id, "name": "BTC", "trading_symbol": "btcusdt"})
+    assert (script.status_code, script.json()["trading_symbol"]) == (201, "BTCUSDT")
+    script_id = script.json()["id"]
+    dup = http_api.post("/scripts", json={"broker_id": broker_id, "name": "again", "trading_symbol": "BTCUSDT"})
+    assert (dup.status_code, dup.json()["error"]["code"]) == (409, "duplicate")
+    assert http_api.request("PATCH", f"/scripts/{script_id}", json={"is_active": False}).json()["is_active"] is False
+    assert [s["id"] for s in http_api.get(f"/scripts?broker_id={broker_id}").json()["scripts"]] == [script_id]
+
+    insert_ticks_ignore(db, [Tick(script_id, i, "1.5", "2", False, T0_US + i, T0_US, T0_US) for i in range(1, 6)])
+    assert http_api.request("DELETE", f"/brokers/{broker_id}").status_code == 409
+    assert http_api.request("DELETE", f"/scripts/{script_id}").status_code == 409
+    purged = http_api.request("DELETE", f"/brokers/{broker_id}?purge=true")
+    assert purged.json() == {"id": broker_id, "deleted": True, "scripts_deleted": 1, "ticks_deleted": 5}
+    assert http_api.get(f"/scripts/{script_id}").status_code == 404
+    assert http_api.get("/brokers").json() == {"brokers": []}
+
+
+def test_error_codes_over_http(http_api: HttpApi) -> None:
+    def status_and_code(method: str, path: str, **kwargs: object) -> tuple[int, str]:
+        reply = http_api.request(method, path, **kwargs)
+        assert reply.headers["Content-Type"] == "application/json"
+        return reply.status_code, reply.json()["error"]["code"]
+
+    json_type = {"Content-Type": "application/json"}
+    assert status_and_code("POST", "/brokers", data=b"{oops", headers=json_type) == (400, "bad_request")
+    assert status_and_code("POST", "/brokers", data=b"name=x", headers={"Content-Type": "text/plain"}) \
+        == (415, "unsupported_media_type")
+    assert status_and_code("PUT", "/brokers", json={}) == (405, "method_not_allowed")
+    assert status_and_code("POST", "/brokers", json={"name": ""}) == (422, "invalid_fields")
+    assert status_and_code("GET", "/brokers/77777") == (404, "not_found")
+    assert status_and_code("GET", "/scripts/77777/ticks") == (404, "not_found")
+    assert status_and_code("GET", "/scripts/77777/ticks?limit=5000") == (422, "invalid_fields")
+    big = b'{"name": "' + b"x" * (1024 * 1024) + b'"}'
+    assert status_and_code("POST", "/brokers", data=big, headers=json_type) == (413, "payload_too_large")
+    assert status_and_code("GET", "/brokers", token=None) == (401, "unauthorized")
+
+
+def test_tick_pages_over_http_lose_and_repeat_nothing(http_api: HttpApi, db: pymysql.Connection) -> None:
+    broker = http_api.post("/brokers", json={"name": "B"}).json()
+    script = http_api.post("/scripts", json={"broker_id": broker["id"], "name": "P", "trading_symbol": "PEPEUSDT"})
+    script_id = script.json()["id"]
+    insert_ticks_ignore(db, [Tick(script_id, i, "0.00000712", "1", True, T0_US + i * 1000, T0_US, T0_US)
+                             for i in range(1, 96)])
+    seen: list[int] = []
+    params = {"order": "asc", "limit": "10", "from": "2024-03-01T12:00:00Z", "to": str(T0_US // 1000 + 1000)}
+    for _ in range(20):
+        page = http_api.get(f"/scripts/{script_id}/ticks", params=params).json()
+        seen.extend(t["trade_id"] for t in page["ticks"])
+        assert all(t["price"] == "0.00000712" for t in page["ticks"])
+        if page["next_cursor"] is None:
+            break
+        params["cursor"] = page["next_cursor"]
+    assert seen == list(range(1, 96))
+
+
+def test_concurrent_requests_share_one_connection_safely(http_api: HttpApi) -> None:
+    """chalice local serves each request on a thread; the API's one DB connection must be used by one at a time."""
+    def create_and_read(index: int) -> tuple[int, int]:
+        created = http_api.post("/brokers", json={"name": f"broker {index}"})
+        return created.status_code, http_api.get("/stats").status_code
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        statuses = list(pool.map(create_and_read, range(60)))
+    assert statuses == [(201, 200)] * 60
+    names = {b["name"] for b in http_api.get("/brokers").json()["brokers"]}
+    assert names == {f"broker {i}" for i in range(60)}
+
+
+FUZZ_CONFIG = """
+[phases.coverage]
+# TRACE and QUERY never reach the app behind API Gateway; chalice local's http.server answers them with its own 501.
+unexpected-methods = ["get", "put", "post", "delete", "options", "patch"]
+"""
+
+
+def test_schemathesis_finds_no_server_error_or_schema_violation(chalice_local: LocalServer, http_api: HttpApi,
+                                                                tmp_path: Path) -> None:
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(FUZZ_CONFIG)
+    junit = tmp_path / "junit.xml"
+    command = [
+        str(Path(sys.executable).with_name("schemathesis")), "--config-file", str(config), "run",
+        f"{chalice_local.url}/openapi.json",
+        # Connection: close, as HttpApi does, for speed; then a pooled connection may be found dead: retry it.
+        "--header", f"Authorization: Bearer {TOKEN}", "--header", "Connection: close", "--request-retries", "2",
+        "--checks", "not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance",
+        "--mode", "all", "--phases", "examples,coverage,fuzzing", "--max-examples", str(FUZZ_EXAMPLES),
+        "--seed", FUZZ_SEED, "--request-timeout", "10", "--workers", "2",
+        # Redrive needs real queues; tests/test_api_queues.py covers it against LocalStack.
+        "--exclude-path", "/dlq/redrive",
+        "--report", "junit", "--report-junit-path", str(junit),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    cases = ET.parse(junit).getroot().iter("testcase")
+    tested = {case.get("name") for case in cases}
+    # Schemathesis leaves out the operation that serves the schema itself.
+    expected = {f"{method} {path}" for path, method in ROUTES if path not in ("/dlq/redrive", "/openapi.json")}
+    assert tested == expected, result.stdout[-3000:]
+    generated = re.search(r"(\d+) generated", result.stdout)
+    assert generated and int(generated.group(1)) >= 10 * len(expected), result.stdout[-2000:]
