@@ -44,7 +44,11 @@ PARAMETER_VARIABLES = {
     "IngestMaxConcurrency": "INGEST_MAX_CONCURRENCY",
     "IngestTimeoutSeconds": "INGEST_TIMEOUT_SECONDS",
     "TicksQueueVisibilityTimeoutSeconds": "TICKS_QUEUE_VISIBILITY_TIMEOUT_SECONDS",
+    "ApiToken": "API_TOKEN",
 }
+# LocalStack community has no AWS::CloudFormation::CustomResource (it deploys it as a no-op), so the schema is
+# migrated by the caller (`make up`, the tests) instead of by the SchemaMigration resource. README says so.
+LOCALSTACK_COMMUNITY_PARAMETERS = {"MigrateOnDeploy": "false"}
 
 
 class DeployError(RuntimeError):
@@ -71,7 +75,8 @@ def deploy_stack(parameters: Mapping[str, str] | None = None, *, settings: Local
         built = sam_build(settings, Path(template), work_dir)
     with _timed(timings, "package"):
         packaged = sam_package(settings, built, work_dir, stack_name)
-    merged = {**(environment_parameters() if use_environment else {}), **(parameters or {})}
+    merged = {**LOCALSTACK_COMMUNITY_PARAMETERS, **(environment_parameters() if use_environment else {}),
+              **(parameters or {})}
     with _timed(timings, "deploy"):
         outputs = create_or_update(settings, stack_name, packaged.read_text(), merged)
         wait_for_functions(settings, stack_name)

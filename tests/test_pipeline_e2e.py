@@ -6,8 +6,12 @@ calls the handler directly. Without the executor, the mapping or the DLQ these t
 
 from __future__ import annotations
 
+import contextlib
+import http.server
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -116,17 +120,44 @@ def test_deployed_api_answers_through_api_gateway(localstack: Any, tickstream_st
     assert fetched.json()["name"] == "via API Gateway"
 
 
-def test_deploying_creates_and_migrates_the_database(deploy: Any, db_env: dict[str, str],
-                                                    db: pymysql.Connection) -> None:
-    """The SchemaMigration custom resource (MigrateFunction) runs the migrations on a database that did not exist."""
+def test_migrate_function_creates_and_migrates_the_database(deploy: Any, aws: Any, db_env: dict[str, str],
+                                                           db: pymysql.Connection) -> None:
+    """MigrateFunction, as CloudFormation's SchemaMigration custom resource calls it on AWS (LocalStack community
+    cannot run custom resources, so the test sends the custom-resource event itself and plays CloudFormation's
+    pre-signed ResponseURL)."""
     fresh = f"tickstream_deploy_{uuid.uuid4().hex[:8]}"
+    outputs = deploy(REPO_ROOT / "template.yaml", "tickstream-migrate-test",
+                     {"DbHost": db_env["DB_HOST"], "DbPort": db_env["DB_PORT"], "DbUser": db_env["DB_USER"],
+                      "DbPassword": db_env["DB_PASSWORD"], "DbName": fresh})
     try:
-        deploy(REPO_ROOT / "template.yaml", "tickstream-migrate-test",
-               {"DbHost": db_env["DB_HOST"], "DbPort": db_env["DB_PORT"], "DbUser": db_env["DB_USER"],
-                "DbPassword": db_env["DB_PASSWORD"], "DbName": fresh})
+        with cloudformation_response_url() as (url, responses):
+            event = {"RequestType": "Create", "ResponseURL": url, "StackId": "arn:aws:cloudformation:test",
+                     "RequestId": str(uuid.uuid4()), "LogicalResourceId": "SchemaMigration",
+                     "ResourceType": "AWS::CloudFormation::CustomResource", "ResourceProperties": {}}
+            aws("lambda").invoke(FunctionName=outputs["MigrateFunctionName"], Payload=orjson.dumps(event))
+        assert responses[0]["Status"] == "SUCCESS", responses
+        assert responses[0]["Data"]["Applied"] == "0001_initial"
         with db.cursor() as cursor:
             cursor.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (fresh,))
             assert {"brokers", "scripts", "ticks"} <= {row[0] for row in cursor.fetchall()}
     finally:
         with db.cursor() as cursor:
             cursor.execute(f"DROP DATABASE IF EXISTS `{fresh}`")
+
+
+@contextlib.contextmanager
+def cloudformation_response_url() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    responses: list[dict[str, Any]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            responses.append(orjson.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/cfn-response", responses
+    finally:
+        server.shutdown()
