@@ -1,0 +1,161 @@
+"""`make up` / `make demo`: the whole pipeline on this machine, in the foreground; Ctrl-C stops everything.
+
+MariaDB (checked, database created, migrated) → host LocalStack with `template.yaml` deployed (queue, DLQ, ingest
+function) → the API (`chalice local`) on 127.0.0.1:8000 → the producer for all active brokers. With `--demo`, the
+exchange simulator stands in for Binance, a demo broker with BTCUSDT, ETHUSDT and PEPEUSDT is created through the
+API, and a live per-symbol tick count is printed (the seed's "Check Tick Count by Symbol").
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from infra.localstack import start_localstack, stop_localstack
+from infra.localstack_config import REPO_ROOT, settings_from_env
+from infra.stack import deploy_stack, environment_parameters
+from tickstream.migrate import migrate
+from tickstream.settings import database_settings
+
+API_PORT = int(os.environ.get("API_PORT", "8000"))
+SIMULATOR_PORT = int(os.environ.get("SIMULATOR_PORT", "9443"))
+DEMO_SYMBOLS = ("BTCUSDT", "ETHUSDT", "PEPEUSDT")
+
+
+def say(message: str) -> None:
+    print(f"[tickstream] {message}", flush=True)
+
+
+class Processes:
+    """Child processes, stopped in reverse order with SIGTERM (then SIGKILL after a grace period)."""
+
+    def __init__(self) -> None:
+        self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, args: list[str], env: dict[str, str], cwd: Path = REPO_ROOT,
+              log: Path | None = None) -> None:
+        """Output goes to the terminal, or to `log` for chatty children (the API's access log)."""
+        output = log.open("ab") if log else None
+        self.children.append((name, subprocess.Popen(args, env=env, cwd=cwd, stdout=output, stderr=output)))
+
+    def dead(self) -> str | None:
+        return next((name for name, child in self.children if child.poll() is not None), None)
+
+    def stop(self) -> None:
+        for name, child in reversed(self.children):
+            if child.poll() is None:
+                say(f"stopping {name}")
+                child.send_signal(signal.SIGTERM)
+                try:
+                    child.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+
+
+def api_token() -> str:
+    token = os.environ.get("API_TOKEN")
+    if not token:
+        token = secrets.token_urlsafe(24)
+        say(f"API_TOKEN was not set; this run uses a random one: {token}")
+    return token
+
+
+def wait_for_http(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(url, timeout=1).status_code < 500:
+                return
+        time.sleep(0.2)
+    raise SystemExit(f"{url} did not answer within {timeout:.0f} s")
+
+
+def create_demo_broker(api: str, token: str, ws_url: str, rest_url: str) -> None:
+    headers = {"Authorization": f"Bearer {token}"}
+    brokers = requests.get(f"{api}/brokers", headers=headers, timeout=5).json()["brokers"]
+    demo = next((b for b in brokers if b["name"] == "Demo (exchange simulator)"), None)
+    if demo is None:
+        demo = requests.post(f"{api}/brokers", headers=headers, timeout=5, json={
+            "type": "binance", "name": "Demo (exchange simulator)",
+            "api_config": {"ws_url": ws_url, "rest_url": rest_url}}).json()
+        say(f"created broker {demo['id']} through the API")
+    scripts = requests.get(f"{api}/scripts", params={"broker_id": demo["id"]}, headers=headers, timeout=5).json()
+    have = {s["trading_symbol"] for s in scripts["scripts"]}
+    for symbol in DEMO_SYMBOLS:
+        if symbol not in have:
+            requests.post(f"{api}/scripts", headers=headers, timeout=5, json={
+                "broker_id": demo["id"], "name": symbol, "trading_symbol": symbol}).raise_for_status()
+            say(f"created script {symbol} through the API")
+
+
+def print_counts(api: str, token: str) -> None:
+    stats = requests.get(f"{api}/stats", headers={"Authorization": f"Bearer {token}"}, timeout=5).json()
+    rows = [f"{s['trading_symbol']}: {s['tick_count']:,} ticks ({s['ticks_last_minute']:,} in the last minute)"
+            for s in stats["scripts"] if s["is_active"]]
+    queues = stats["queues"]
+    say("tick count by symbol — " + "; ".join(rows) + f" | queue {queues['queue']['approximate_messages']}, "
+        f"DLQ {queues['dlq']['approximate_messages']}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m infra.up", description=__doc__.split("\n")[0])
+    parser.add_argument("--demo", action="store_true", help="use the exchange simulator and create demo scripts")
+    args = parser.parse_args(argv)
+    db = database_settings()
+    say(f"MySQL {db.host}:{db.port}/{db.name}: applied {len(migrate(db))} migration(s)")
+    localstack = settings_from_env()
+    start_localstack(localstack)
+    say(f"LocalStack healthy at {localstack.endpoint_url}; deploying template.yaml")
+    outputs = deploy_stack(environment_parameters(), settings=localstack)
+    token = api_token()
+    env = {**os.environ, "AWS_ENDPOINT_URL": localstack.endpoint_url, "TICKS_QUEUE_URL": outputs["TicksQueueUrl"],
+           "TICKS_DLQ_URL": outputs["TicksDeadLetterQueueUrl"], "API_TOKEN": token,
+           "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "test"),
+           "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "test"),
+           "AWS_REGION": os.environ.get("AWS_REGION", "us-east-1"), "PYTHONPATH": str(REPO_ROOT)}
+    children = Processes()
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    try:
+        api = f"http://127.0.0.1:{API_PORT}"
+        chalice = str(Path(sys.executable).parent / "chalice")
+        api_command = [chalice, "local", "--host", "127.0.0.1", "--port", str(API_PORT), "--no-autoreload"]
+        api_log = localstack.state_dir / "api.log"
+        children.start("API", api_command, env, cwd=REPO_ROOT / "functions" / "api", log=api_log)
+        wait_for_http(f"{api}/health")
+        say(f"API on {api}, its log in {api_log} (try: curl -H \"Authorization: Bearer $API_TOKEN\" {api}/stats)")
+        if args.demo:
+            children.start("exchange simulator", [sys.executable, "-m", "simulator", "--port", str(SIMULATOR_PORT),
+                                                  "--symbols", ",".join(DEMO_SYMBOLS), "--rate", "20",
+                                                  "--log-level", "WARNING"], env)
+            ws_url, rest_url = f"ws://127.0.0.1:{SIMULATOR_PORT}", f"http://127.0.0.1:{SIMULATOR_PORT}"
+            wait_for_http(f"{rest_url}/api/v3/ping")
+            create_demo_broker(api, token, ws_url, rest_url)
+        children.start("producer", [sys.executable, "-m", "producer_service"], env)
+        say("pipeline running; Ctrl-C stops everything")
+        while not stop["now"] and not (dead := children.dead()):
+            time.sleep(2 if args.demo else 1)
+            if args.demo:
+                with contextlib.suppress(requests.RequestException, KeyError, ValueError):
+                    print_counts(api, token)
+        if not stop["now"]:
+            say(f"{dead} exited; stopping the rest")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        children.stop()
+        say("stopping LocalStack")
+        stop_localstack(localstack)
+
+
+if __name__ == "__main__":
+    main()
