@@ -8,9 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 
-import boto3
 import pymysql
-from botocore.config import Config
 
 from producer_service.backfill import BackfillJob
 from producer_service.catalog_targets import BrokerTargets, load_targets_for
@@ -22,6 +20,7 @@ from producer_service.rest import BinanceRest
 from producer_service.sequencer import Gap, Sequencer
 from producer_service.sink import SqsSender, TickSink
 from tickstream.db import CONNECTION_ERRORS, connect
+from tickstream.queues import sqs_client
 from tickstream.settings import Settings
 from tickstream.tick_store import last_trade_ids, missing_trade_id_ranges
 
@@ -150,13 +149,6 @@ class ProducerService:
                 log.info("%s: %s; malformed %d, backfilled %d", feed.name, "; ".join(parts), feed.malformed,
                          feed.backfiller.filled)
         self._stats_at = time.monotonic()
-
-
-def sqs_client(settings: Settings):
-    config = Config(connect_timeout=2, read_timeout=10, retries={"max_attempts": 2, "mode": "standard"},
-                    max_pool_connections=4)
-    return boto3.client("sqs", endpoint_url=settings.aws_endpoint_url, region_name=settings.aws_region,
-                        config=config)
 
 
 def build_service(settings: Settings, producer: ProducerSettings, broker_ids: list[int] | None) -> ProducerService:

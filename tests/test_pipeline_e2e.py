@@ -118,6 +118,8 @@ def test_deployed_api_answers_through_api_gateway(localstack: Any, tickstream_st
     broker_id = created.json()["id"]
     fetched = requests.get(f"{api}/brokers/{broker_id}", headers=auth, timeout=30)
     assert fetched.json()["name"] == "via API Gateway"
+    queues = requests.get(f"{api}/stats", headers=auth, timeout=30).json()["queues"]
+    assert isinstance(queues["dlq"]["approximate_messages"], int), "boto3 from the runtime, as on AWS"
 
 
 def test_migrate_function_creates_and_migrates_the_database(deploy: Any, aws: Any, db_env: dict[str, str],

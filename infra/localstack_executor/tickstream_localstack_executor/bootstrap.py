@@ -182,13 +182,16 @@ def install_root_log_handler() -> None:
     logging.getLogger().addHandler(handler)
 
 
-def setup_sys_path(task_root: str, layers: list[str], runtime: str) -> None:
-    """Function code first, then each layer's python/lib/<runtime>/site-packages and python/ (/opt on AWS)."""
+def setup_sys_path(task_root: str, layers: list[str], runtime: str, runtime_sdk: str | None = None) -> None:
+    """Function code first, then each layer's python/lib/<runtime>/site-packages and python/ (/opt on AWS), then
+    the runtime's bundled SDK (boto3; /var/runtime on AWS)."""
     script_dir = os.path.dirname(os.path.abspath(__file__))
     sys.path[:] = [entry for entry in sys.path if os.path.abspath(entry or ".") != script_dir]
     layer_paths = [os.path.join(layer, "python", "lib", runtime, "site-packages") for layer in layers]
     layer_paths += [os.path.join(layer, "python") for layer in layers]
     sys.path[0:0] = [task_root, *layer_paths]
+    if runtime_sdk:
+        sys.path.append(runtime_sdk)
 
 
 def load_handler(spec: str) -> Callable[[Any, LambdaContext], Any]:
@@ -368,7 +371,8 @@ def main() -> None:
     own_version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
     runtime_name = os.environ.get("_LOCAL_EXECUTOR_RUNTIME", own_version)
     layers = [path for path in os.environ.pop("_LOCAL_EXECUTOR_LAYERS", "").split(os.pathsep) if path]
-    setup_sys_path(os.environ["LAMBDA_TASK_ROOT"], layers, runtime_name)
+    runtime_sdk = os.environ.pop("_LOCAL_EXECUTOR_RUNTIME_SDK", None)
+    setup_sys_path(os.environ["LAMBDA_TASK_ROOT"], layers, runtime_name, runtime_sdk)
     install_root_log_handler()
     client = RuntimeClient(os.environ["LOCALSTACK_RUNTIME_ENDPOINT"])
     runtime = init_runtime(client, capture)

@@ -40,6 +40,25 @@ from werkzeug import Request
 
 from tickstream_localstack_executor.interpreters import InterpreterNotFound, resolve_interpreter
 
+# The AWS SDK that Lambda's python runtimes bundle (in /var/runtime, after the function code and layers).
+RUNTIME_SDK_MODULES = ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "six", "urllib3")
+
+
+def runtime_sdk_dir() -> Path:
+    """A directory holding only the runtime's bundled SDK (links into LocalStack's own, pure-Python copies), so
+    functions can `import boto3` as on AWS without seeing anything else LocalStack has installed."""
+    target = Path(config.dirs.tmp) / "lambda-runtime-sdk"
+    target.mkdir(parents=True, exist_ok=True)
+    for name in RUNTIME_SDK_MODULES:
+        module = __import__(name)
+        source = Path(module.__file__)
+        source = source.parent if source.name == "__init__.py" else source
+        link = target / source.name
+        if not link.exists():
+            with contextlib.suppress(FileExistsError):  # another executor made it meanwhile
+                link.symlink_to(source)
+    return target
+
 LOG = logging.getLogger(__name__)
 BOOTSTRAP = Path(__file__).with_name("bootstrap.py")
 STOP_GRACE_SECONDS = 2.0
@@ -174,6 +193,7 @@ class LocalRuntimeExecutor(RuntimeExecutor):
             "TMPDIR": str(tmp_dir),
             "_LOCAL_EXECUTOR_RUNTIME": runtime,
             "_LOCAL_EXECUTOR_LAYERS": os.pathsep.join(layers),
+            "_LOCAL_EXECUTOR_RUNTIME_SDK": str(runtime_sdk_dir()),
         })
         return env
 
