@@ -52,7 +52,11 @@ def queue(sqs_client: Any) -> Iterator[str]:
     sqs_client.delete_queue(QueueUrl=url)
 
 
-def assert_exactly_once(reader: QueueReader, sim: ExchangeSimulator, scripts: dict[str, int]) -> None:
+def assert_exactly_once(reader: QueueReader, sim: ExchangeSimulator, scripts: dict[str, int],
+                        resends_allowed: bool = False) -> None:
+    """Every emitted id reached SQS, and none twice. `resends_allowed`: when SQS dropped the connection after
+    taking a batch, the producer cannot know and journals it again — at-least-once, absorbed by the ingest's
+    primary key; missing ids are never allowed."""
     complete = reader.wait_for(lambda: all(reader.ids(sid) >= expected_ids(sim, sym) for sym, sid in scripts.items()),
                                timeout=30)
     for symbol, script_id in scripts.items():
@@ -60,7 +64,8 @@ def assert_exactly_once(reader: QueueReader, sim: ExchangeSimulator, scripts: di
         assert not missing, f"{symbol}: {len(missing)} trades never reached SQS, e.g. {sorted(missing)[:5]}"
         assert reader.ids(script_id) <= expected_ids(sim, symbol), f"{symbol}: ids the exchange never emitted"
     assert complete
-    assert reader.duplicates() == []
+    if not resends_allowed:
+        assert reader.duplicates() == []
 
 
 def test_every_trade_once_across_drops_skips_duplicates_malformed_rotation_and_shutdown(
@@ -158,7 +163,7 @@ def test_sqs_outage_is_journaled_then_replayed(db: pymysql.Connection, db_settin
             proxy.restore()
             time.sleep(1.0)
             stop_trading(sim)
-            assert_exactly_once(QueueReader(sqs_client, queue), sim, scripts)
+            assert_exactly_once(QueueReader(sqs_client, queue), sim, scripts, resends_allowed=True)
             assert not journal.pending()
     finally:
         proxy.close()
