@@ -61,6 +61,9 @@ up: venvs db-ready
 demo: venvs db-ready
 	$(PY) -m infra.up --demo
 
+bench: venvs db-ready
+	$(PY) -m bench $(BENCH_ARGS)
+
 lint: venv
 	$(VENV)/bin/ruff check .
 

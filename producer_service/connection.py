@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 import websocket
@@ -103,6 +104,8 @@ class StreamConnection:
         if not self.attempts.acquire(self._closing):
             return
         ws = websocket.create_connection(self.url, timeout=10, skip_utf8_validation=True, enable_multithread=True)
+        ws.sock = BufferedSocket(ws.sock)
+        ws.sock.settimeout(READ_TIMEOUT)  # the handshake is done: from now on the longer read timeout
         self._ws = ws
         if self._closing.is_set():
             ws.close()
@@ -123,7 +126,6 @@ class StreamConnection:
                 if time.monotonic() - last_heard > self.limits.watchdog_seconds:
                     raise TimeoutError(f"silent for {self.limits.watchdog_seconds:.0f} s (watchdog)")
                 continue
-            ws.sock.settimeout(READ_TIMEOUT)
             opcode, frame = ws.recv_data_frame(control_frame=True)
             last_heard = time.monotonic()
             if opcode == websocket.ABNF.OPCODE_CLOSE:
@@ -140,9 +142,53 @@ class StreamConnection:
             self._next_id += 1
 
 
+class BufferedSocket:
+    """The connection's socket with a read buffer: one recv syscall per READ_SIZE bytes instead of three per frame.
+
+    websocket-client reads each frame as header, length and payload with a `recv` each, plus our `select`, which
+    was ~70 % of the socket thread's CPU. Everything but `recv` and `pending` goes to the wrapped socket.
+    """
+
+    READ_SIZE = 256 * 1024
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._buffer = b""
+        self._offset = 0
+        self._timeout: float | None = sock.gettimeout()
+
+    def recv(self, bufsize: int) -> bytes:
+        if self._offset >= len(self._buffer):
+            data = self._sock.recv(max(bufsize, self.READ_SIZE))
+            if len(data) <= bufsize:
+                return data  # b"" (closed) included
+            self._buffer, self._offset = data, 0
+        start = self._offset
+        self._offset = start + bufsize
+        return self._buffer[start:self._offset]
+
+    def settimeout(self, timeout: float | None) -> None:
+        self._sock.settimeout(timeout)
+        self._timeout = timeout
+
+    def gettimeout(self) -> float | None:  # websocket-client asks before every recv
+        return self._timeout
+
+    def pending(self) -> int:
+        """Bytes readable without waiting: ours, plus what TLS has decrypted and select cannot see."""
+        buffered = len(self._buffer) - self._offset
+        if buffered > 0:
+            return buffered
+        inner = getattr(self._sock, "pending", None)
+        return inner() if inner is not None else 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
 def _readable(ws: websocket.WebSocket, timeout: float) -> bool:
     sock = ws.sock
-    if hasattr(sock, "pending") and sock.pending():  # TLS may hold decrypted bytes select cannot see
+    if hasattr(sock, "pending") and sock.pending():  # buffered or TLS-decrypted bytes select cannot see
         return True
     readable, _, _ = select.select([sock], [], [], timeout)
     return bool(readable)

@@ -163,6 +163,9 @@ class BinanceFeed:
             return
         data = frame.get("data")
         target = self.by_stream.get(frame.get("stream"))  # type: ignore[arg-type]
+        if target is not None and not isinstance(data, dict):  # a subscribed stream's payload must be an event
+            self._malformed(raw, MalformedPayload("stream data is not a JSON object"))
+            return
         if target is None or not isinstance(data, dict):
             self._on_other_frame(conn, frame, raw)
             return

@@ -8,8 +8,11 @@ through here: the gap range is exactly what is missing, so nothing is sent twice
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,4 +78,8 @@ class Sequencer:
             return True
         self._suspect[script_id] = trade_id
         self.suspects += 1
+        if self.suspects <= 10 or self.suspects % 1000 == 0:  # as malformed frames: a corrupt feed must not flood
+            log.warning("script %d: skipped trade id %d, %d away from the last id %d (suspect #%d; followed only if "
+                        "the next id confirms it)", script_id, trade_id, trade_id - self._last[script_id],
+                        self._last[script_id], self.suspects)
         return False

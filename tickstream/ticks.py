@@ -16,6 +16,7 @@ MIN_TIME_US = 946_684_800_000_000
 MAX_TIME_US = 4_102_444_800_000_000
 MAX_TRADE_ID = 2**63 - 1
 MAX_SCRIPT_ID = 2**32 - 1
+SAMPLE_CHARS = 40
 
 
 class Tick(NamedTuple):
@@ -39,21 +40,28 @@ def _is_int_in(value: object, low: int, high: int) -> bool:
     return type(value) is int and low <= value <= high
 
 
+def sample(value: object) -> str:
+    """repr(value), cut short: problems quote the bad value, and a bad value may be a megabyte long (every log line
+    and DLQ diagnosis would carry it)."""
+    text = repr(value)
+    return text if len(text) <= SAMPLE_CHARS else f"{text[:SAMPLE_CHARS]}... ({len(text):,} chars)"
+
+
 def tick_problem(tick: Tick) -> str | None:
     """Why `tick` cannot be stored, or None when it is valid."""
     if not _is_int_in(tick.script_id, 1, MAX_SCRIPT_ID):
-        return f"script_id {tick.script_id!r} is not a positive 32-bit integer"
+        return f"script_id {sample(tick.script_id)} is not a positive 32-bit integer"
     if not _is_int_in(tick.trade_id, 0, MAX_TRADE_ID):
-        return f"trade_id {tick.trade_id!r} is not a non-negative 64-bit integer"
+        return f"trade_id {sample(tick.trade_id)} is not a non-negative 64-bit integer"
     for name in ("price", "quantity"):
         value = getattr(tick, name)
         if type(value) is not str or not _DECIMAL.fullmatch(value):
-            return f"{name} {value!r} is not a decimal string of at most 18.18 digits"
+            return f"{name} {sample(value)} is not a decimal string of at most 18.18 digits"
     if type(tick.is_buyer_maker) is not bool:
-        return f"is_buyer_maker {tick.is_buyer_maker!r} is not a boolean"
+        return f"is_buyer_maker {sample(tick.is_buyer_maker)} is not a boolean"
     for name in ("traded_at_us", "event_at_us", "received_at_us"):
         if not _is_int_in(getattr(tick, name), MIN_TIME_US, MAX_TIME_US):
-            return f"{name} {getattr(tick, name)!r} is not a microsecond time between 2000 and 2100"
+            return f"{name} {sample(getattr(tick, name))} is not a microsecond time between 2000 and 2100"
     return None
 
 

@@ -1,0 +1,150 @@
+"""Stage 2: the ingest handler in-process, fed real SQS-shaped batches of packed bodies, against MariaDB.
+
+Both write paths (LOAD DATA LOCAL and multi-row INSERT IGNORE), with 0 % and 10 % redelivered messages (a
+redelivery is an earlier message of the run sent again, as SQS does after a visibility timeout). The rate that
+counts is new rows stored per second of handler time, compared with stage 1's server-only ceiling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from bench.common import (
+    SYMBOLS,
+    StageResult,
+    Stopwatch,
+    bench_database,
+    bodies_of,
+    make_scripts,
+    rate,
+    scalar,
+    synthetic_ticks,
+)
+from tests.sqs_events import FakeLambdaContext, sqs_event, sqs_record
+from tickstream.db import connect
+from tickstream.ingest import TickIngestor
+from tickstream.settings import DatabaseSettings, load_settings
+from tickstream.tick_store import TickStore
+
+NAME = "2 ingest handler"
+HANDLER_PATH = Path(__file__).resolve().parent.parent / "functions" / "ingest" / "handler.py"
+REDELIVERY_EVERY = 10  # 10 %: every 10th message of the stream is a redelivery
+METHODS = ("load_data", "insert_ignore")
+
+
+def run(rows: int, batch_messages: int, ceiling_rows_per_s: float | None) -> StageResult:
+    result = StageResult(NAME)
+    with bench_database("ingest") as db:
+        conn = connect(db, autocommit=True)
+        script_ids = list(make_scripts(conn, SYMBOLS).values())
+        bodies = bodies_of(synthetic_ticks(script_ids, rows))
+        ticks_per_message = rows / len(bodies)
+        with loaded_handler(db) as handler:
+            for method in METHODS:
+                for duplicates in (0, REDELIVERY_EVERY):
+                    stream = redelivered(bodies, duplicates)
+                    conn.cursor().execute("TRUNCATE TABLE ticks")
+                    use_store(handler, db, method)
+                    outcome = ingest(handler, stream, batch_messages, ticks_per_message)
+                    outcome["stored"] = scalar(conn, "SELECT COUNT(*) FROM ticks")
+                    if outcome["stored"] != rows:
+                        raise RuntimeError(f"{method}: stored {outcome['stored']} rows, expected {rows}")
+                    outcome["rows_per_s"] = rate(rows, outcome["seconds"])
+                    key = f"{method}_dup{100 // duplicates if duplicates else 0}pct"
+                    result.data[key] = outcome
+                    report(result, method, duplicates, outcome, ceiling_rows_per_s)
+        conn.close()
+    result.data.update({"rows": rows, "messages": len(bodies), "ticks_per_message": ticks_per_message,
+                        "batch_messages": batch_messages})
+    return result
+
+
+def report(result: StageResult, method: str, duplicates: int, outcome: dict[str, Any],
+           ceiling: float | None) -> None:
+    label = f"{method}, {100 // duplicates if duplicates else 0} % redelivered"
+    per_s = outcome["rows_per_s"]
+    met = per_s >= 150_000 if method == "load_data" else None
+    result.add(f"{label}: new rows/s", per_s, "rows/s", "≥ 150k (per writer)" if method == "load_data" else "",
+               met)
+    if ceiling:
+        ratio = per_s / ceiling
+        result.add(f"{label}: ratio to server-only ceiling", ratio, "×",
+                   "≥ 0.75" if method == "load_data" else "", ratio >= 0.75 if method == "load_data" else None)
+
+
+def redelivered(bodies: Sequence[str], every: int) -> list[str]:
+    """The message stream SQS would deliver: every `every`-th delivery repeats the message `every` back."""
+    if not every:
+        return list(bodies)
+    stream: list[str] = []
+    for index, body in enumerate(bodies):
+        stream.append(body)
+        if index % (every - 1) == every - 2 and index >= every:
+            stream.append(bodies[index - every])
+    return stream
+
+
+@contextlib.contextmanager
+def loaded_handler(db: DatabaseSettings) -> Iterator[ModuleType]:
+    """functions/ingest/handler.py imported fresh with DB_* pointing at `db`, as a cold container would."""
+    saved = dict(os.environ)
+    os.environ.update({"DB_HOST": db.host, "DB_PORT": str(db.port), "DB_USER": db.user, "DB_PASSWORD": db.password,
+                       "DB_NAME": db.name, "POWERTOOLS_METRICS_NAMESPACE": "tickstream-bench",
+                       "POWERTOOLS_SERVICE_NAME": "ingest"})
+    load_settings.cache_clear()
+    try:
+        spec = importlib.util.spec_from_file_location("bench_ingest_handler", HANDLER_PATH)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+        module.ingestor.close()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        load_settings.cache_clear()
+
+
+def use_store(handler: ModuleType, db: DatabaseSettings, method: str) -> None:
+    """A fresh warm-container ingestor forced onto one write path."""
+    handler.ingestor.close()
+    load_data = method == "load_data"
+    handler.ingestor = TickIngestor(db, open_store=lambda: TickStore(connect(db), use_load_data=load_data))
+
+
+def ingest(handler: ModuleType, stream: Sequence[str], batch_messages: int,
+           ticks_per_message: float) -> dict[str, float]:
+    """Invoke the handler batch by batch (records built beforehand, untimed); EMF output goes to a buffer."""
+    events = [sqs_event(*[sqs_record(body) for body in stream[start:start + batch_messages]])
+              for start in range(0, len(stream), batch_messages)]
+    sink = io.StringIO()
+    watch = Stopwatch()
+    with contextlib.redirect_stdout(sink):
+        for event in events:
+            response = handler.handler(event, FakeLambdaContext())
+            if response["batchItemFailures"]:
+                raise RuntimeError(f"handler reported failures: {response['batchItemFailures'][:3]}")
+    seconds = watch.seconds
+    return {"messages": len(stream), "invocations": len(events), "seconds": seconds,
+            "ticks_handled_per_s": rate(len(stream) * ticks_per_message, seconds),
+            "ms_per_invocation": seconds * 1000 / len(events)}
+
+
+def ingest_hot_path(rows: int, batch_messages: int = 20) -> dict[str, float]:
+    """For bench.hotpaths: LOAD DATA, no redeliveries."""
+    with bench_database("hot") as db:
+        conn = connect(db, autocommit=True)
+        script_ids = list(make_scripts(conn, SYMBOLS).values())
+        bodies = bodies_of(synthetic_ticks(script_ids, rows))
+        with loaded_handler(db) as handler:
+            use_store(handler, db, "load_data")
+            outcome = ingest(handler, bodies, batch_messages, rows / len(bodies))
+        conn.close()
+    outcome["rows_per_s"] = rate(rows, outcome["seconds"])
+    return outcome
