@@ -7,7 +7,6 @@ connection until there is work), keeps it between invocations, and reconnects on
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -17,9 +16,6 @@ from tickstream.db import CONNECTION_ERRORS, connect
 from tickstream.settings import DatabaseSettings
 from tickstream.tick_store import TickStore
 from tickstream.ticks import Tick
-
-# How stale the known-script cache may be before an unknown id makes us look again.
-SCRIPT_CACHE_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +31,6 @@ class TickIngestor:
         self._open_store = open_store or (lambda: TickStore(connect(db)))
         self._store: TickStore | None = None
         self._known_scripts: set[int] = set()
-        self._scripts_read_at = float("-inf")
 
     def store(self, ticks: Sequence[Tick]) -> StoreOutcome:
         """Insert `ticks` idempotently and commit. Raises if MySQL cannot be reached: nothing is half-done."""
@@ -54,10 +49,10 @@ class TickIngestor:
         return StoreOutcome(result.inserted, result.duplicates, len(ticks) - len(storable), unknown_ids)
 
     def _known_script_ids(self, store: TickStore, wanted: set[int]) -> set[int]:
-        stale = time.monotonic() - self._scripts_read_at > SCRIPT_CACHE_SECONDS
-        if stale and not wanted <= self._known_scripts:
+        """Cached ids of existing scripts, read again whenever a batch names one the cache lacks: a script created
+        a moment ago must never be mistaken for a deleted one (its ticks would be dropped)."""
+        if not wanted <= self._known_scripts:
             self._known_scripts = store.existing_script_ids()
-            self._scripts_read_at = time.monotonic()
         return self._known_scripts
 
     def _connected_store(self) -> TickStore:
