@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from tickstream.codec import decode_message
+
 log = logging.getLogger(__name__)
 SEGMENT_BYTES = 16 * 1024**2
 
@@ -62,7 +64,7 @@ class Journal:
             if self._segments[0] == self._writer_path:
                 self._close_writer()  # replay reads closed segments only
             segment = self._segments[0]
-        bodies = segment.read_text().splitlines()
+        bodies = _complete_bodies(segment)
         for start in range(0, len(bodies), batch):
             send(bodies[start:start + batch])
         with self._lock:
@@ -71,6 +73,21 @@ class Journal:
             self._segments.pop(0)
             self._lock.notify_all()
         return len(bodies)
+
+    def last_trade_ids(self) -> dict[int, int]:
+        """The highest trade id per script still waiting in the journal: a restarted producer resumes after them
+        instead of fetching from REST what the journal is about to send anyway."""
+        with self._lock:
+            segments = list(self._segments)
+        last: dict[int, int] = {}
+        for segment in segments:
+            if not segment.exists():
+                continue  # replayed meanwhile
+            for body in _complete_bodies(segment):
+                for tick in decode_message(body):
+                    if tick.trade_id > last.get(tick.script_id, -1):
+                        last[tick.script_id] = tick.trade_id
+        return last
 
     def close(self) -> None:
         with self._lock:
@@ -91,6 +108,16 @@ class Journal:
             os.fsync(self._writer.fileno())
             self._writer.close()
             self._writer, self._writer_path = None, None
+
+
+def _complete_bodies(segment: Path) -> list[str]:
+    """The segment's bodies, without a last line cut short by a crash mid-write (its ticks are newer than every
+    complete line's, so the restarted producer backfills them from REST)."""
+    lines = segment.read_text().splitlines()
+    complete = [line for line in lines if line.endswith("]}")]
+    if len(complete) < len(lines):
+        log.warning("%s: skipping %d incomplete journal line(s)", segment.name, len(lines) - len(complete))
+    return complete
 
 
 def wait_until_empty(journal: Journal, deadline: float) -> bool:

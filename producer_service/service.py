@@ -42,6 +42,7 @@ class ProducerService:
         self.attempts = RateLimiter(settings.connection_attempts_per_5_min, 300.0)
         self.feeds: dict[tuple[int, str, str], BinanceFeed] = {}
         self._db: pymysql.Connection | None = None
+        self._journaled = sink.journal.last_trade_ids()  # ids a restart must not fetch again: the journal has them
         self._stats_at = time.monotonic()
         self._stats_counts: dict[int, int] = {}
 
@@ -96,6 +97,7 @@ class ProducerService:
         stored = last_trade_ids(conn, [target.script_id for target in targets])
         for target in targets:
             self.sequencer.resume(target.script_id, stored.get(target.script_id))
+            self.sequencer.resume(target.script_id, self._journaled.get(target.script_id))
             for first, last in missing_trade_id_ranges(conn, target.script_id, HOLE_SCAN_IDS):
                 feed.backfiller.request(BackfillJob(Gap(target.script_id, first, last), target.symbol,
                                                     target.stream_type))
@@ -158,6 +160,7 @@ def build_service(settings: Settings, producer: ProducerSettings, broker_ids: li
     journal = Journal(producer.journal_dir, producer.journal_max_bytes)
     sink = TickSink(SqsSender(sqs_client(settings), settings.ticks_queue_url), journal, producer.max_message_bytes,
                     producer.linger_seconds, producer.buffer_ticks)
-    sink.start()
-    return ProducerService(producer, sink, lambda: connect(settings.db, autocommit=True),
-                           load_targets_for(broker_ids or None))
+    service = ProducerService(producer, sink, lambda: connect(settings.db, autocommit=True),
+                              load_targets_for(broker_ids or None))
+    sink.start()  # after the service has read what the journal holds: replay deletes what it sent
+    return service

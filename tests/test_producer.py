@@ -246,3 +246,31 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     assert settings.max_streams_per_connection == 1024, "never above Binance's cap"
     assert settings.linger_seconds == 0.25
     assert broker_ids_from_env() == [3, 4]
+
+
+def test_a_restart_resumes_after_what_its_journal_still_holds(db: pymysql.Connection,
+                                                              db_settings: DatabaseSettings, localstack: Any,
+                                                              sqs_client: Any, queue: str, sim: ExchangeSimulator,
+                                                              tmp_path: Path) -> None:
+    """Journaled ticks (SQS was down when the last process stopped) are replayed, not fetched again from REST."""
+    from producer_service.journal import Journal
+    from tickstream.codec import pack_ticks
+    from tickstream.ticks import Tick
+
+    scripts = register_simulator(db, sim, ["BTCUSDT"])
+    script_id = scripts["BTCUSDT"]
+    sim.config.rate = 150
+    time.sleep(0.5)
+    first = min(sim.emitted_ids("BTCUSDT"))
+    now_us = int(time.time() * 1_000_000)
+    journaled = [Tick(script_id, i, "1.0", "1.0", False, now_us, now_us, now_us) for i in range(first, first + 50)]
+    journal = Journal(tmp_path, 10**9)
+    journal.append(list(pack_ticks(journaled, max_bytes=1024)))
+    journal.close()
+    with running_producer(db_settings, localstack.endpoint_url, queue, tmp_path):
+        time.sleep(1.0)
+        stop_trading(sim)
+        reader = QueueReader(sqs_client, queue)
+        assert reader.wait_for(lambda: reader.ids(script_id) >= expected_ids(sim, "BTCUSDT"), timeout=20)
+        assert reader.ids(script_id) == expected_ids(sim, "BTCUSDT")
+        assert reader.duplicates() == [], "journaled ids were fetched from REST again"
