@@ -50,6 +50,7 @@ class StreamConnection:
         self.streams: set[str] = set()
         self.connected_at: float | None = None
         self.frames = 0
+        self.sessions = 0  # successful connects: more than one means the socket was lost and reopened
         self._wanted: deque[tuple[str, list[str]]] = deque()
         self._control = RateLimiter(max(1, int(limits.control_messages_per_second)), 1.0)
         self._closing = threading.Event()
@@ -111,6 +112,7 @@ class StreamConnection:
             ws.close()
             return
         self.connected_at = time.monotonic()
+        self.sessions += 1
         self._wanted.clear()
         streams = sorted(self.streams)
         for start in range(0, len(streams), STREAMS_PER_CONTROL_MESSAGE):

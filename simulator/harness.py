@@ -132,6 +132,10 @@ class ExchangeSimulator:
         ledger = self.core.markets[symbol.upper()].ledger(kind)
         return self._call(lambda: ledger.rows(0, len(ledger)))
 
+    def subscriptions(self) -> set[str]:
+        """Every stream some connected client is subscribed to."""
+        return self._call(lambda: {stream for client in self.core.clients for stream in client.session.streams})
+
     def connection_count(self) -> int:
         return self._call(lambda: len(self.core.clients))
 

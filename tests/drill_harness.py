@@ -404,7 +404,7 @@ class Drill:
             time.sleep(0.05)
 
     def _subscribed(self) -> set[str]:
-        return self.sim._call(lambda: {s for client in self.sim.core.clients for s in client.session.streams})
+        return self.sim.subscriptions()
 
     def trade(self, seconds: float) -> None:
         time.sleep(seconds)

@@ -274,3 +274,33 @@ def test_a_restart_resumes_after_what_its_journal_still_holds(db: pymysql.Connec
         assert reader.wait_for(lambda: reader.ids(script_id) >= expected_ids(sim, "BTCUSDT"), timeout=20)
         assert reader.ids(script_id) == expected_ids(sim, "BTCUSDT")
         assert reader.duplicates() == [], "journaled ids were fetched from REST again"
+
+
+def test_a_broker_added_later_is_picked_up(db: pymysql.Connection, db_settings: DatabaseSettings, localstack: Any,
+                                           sqs_client: Any, queue: str, sim: ExchangeSimulator,
+                                           tmp_path: Path) -> None:
+    first = register_simulator(db, sim, ["BTCUSDT"], name="first broker")
+    reader = QueueReader(sqs_client, queue)
+    with running_producer(db_settings, localstack.endpoint_url, queue, tmp_path) as producer:
+        start_trading(sim, producer)
+        assert reader.wait_for(lambda: bool(reader.ids(first["BTCUSDT"])), timeout=10)
+        later = register_simulator(db, sim, ["ETHUSDT"], name="second broker")
+        assert reader.wait_for(lambda: bool(reader.ids(later["ETHUSDT"])), timeout=10), "no restart needed"
+        assert len(producer.service.feeds) == 2
+
+
+def test_subscribing_many_streams_is_paced_under_the_limit(db: pymysql.Connection, db_settings: DatabaseSettings,
+                                                           localstack: Any, queue: str, tmp_path: Path) -> None:
+    """1,000 streams take 5 SUBSCRIBE messages; with the server's pings answered too that exceeds 5 messages a
+    second unless the producer paces them — and the exchange then drops the connection."""
+    symbols = [f"S{n:04d}USDT" for n in range(1000)]
+    with ExchangeSimulator(symbols=tuple(symbols), rate=0, seed=5, ping_interval=0.5) as many:
+        register_simulator(db, many, symbols)
+        with running_producer(db_settings, localstack.endpoint_url, queue, tmp_path) as producer:
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and len(many.subscriptions()) < 1000:
+                time.sleep(0.2)
+            assert len(many.subscriptions()) == 1000
+            time.sleep(2)
+            (conn,) = next(iter(producer.service.feeds.values())).connections
+            assert conn.sessions == 1, "the exchange never cut the connection for exceeding 5 messages/s"
