@@ -304,3 +304,31 @@ def test_subscribing_many_streams_is_paced_under_the_limit(db: pymysql.Connectio
             time.sleep(2)
             (conn,) = next(iter(producer.service.feeds.values())).connections
             assert conn.sessions == 1, "the exchange never cut the connection for exceeding 5 messages/s"
+
+
+def test_server_pings_are_answered(db: pymysql.Connection, db_settings: DatabaseSettings, localstack: Any,
+                                   queue: str, sim: ExchangeSimulator, tmp_path: Path) -> None:
+    sim.config.ping_interval, sim.config.pong_timeout = 0.3, 1.0  # Binance: 20 s and 60 s
+    register_simulator(db, sim, ["BTCUSDT"])
+    with running_producer(db_settings, localstack.endpoint_url, queue, tmp_path) as producer:
+        start_trading(sim, producer)
+        time.sleep(4)
+        (conn,) = next(iter(producer.service.feeds.values())).connections
+        assert conn.sessions == 1, "the exchange dropped a client that did not pong"
+
+
+def test_watchdog_reconnects_a_silent_socket_and_nothing_is_lost(db: pymysql.Connection,
+                                                                 db_settings: DatabaseSettings, localstack: Any,
+                                                                 sqs_client: Any, queue: str,
+                                                                 sim: ExchangeSimulator, tmp_path: Path) -> None:
+    sim.config.ping_interval = 3600  # no pings either: the socket goes fully silent during the pause
+    scripts = register_simulator(db, sim, ["BTCUSDT", "ETHUSDT"])
+    with running_producer(db_settings, localstack.endpoint_url, queue, tmp_path, watchdog_seconds=1.5) as producer:
+        start_trading(sim, producer)
+        time.sleep(1)
+        sim.pause(4)  # trades go on (and into REST history) but nothing is sent
+        time.sleep(5)
+        stop_trading(sim)
+        (conn,) = next(iter(producer.service.feeds.values())).connections
+        assert conn.sessions >= 2, "the watchdog reconnected"
+        assert_exactly_once(QueueReader(sqs_client, queue), sim, scripts)
