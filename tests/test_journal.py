@@ -67,3 +67,23 @@ def test_last_trade_ids_per_script(tmp_path: Path) -> None:
     journal = Journal(tmp_path, 10**9)
     journal.append(bodies(1, range(0, 30)) + bodies(2, range(500, 510)))
     assert journal.last_trade_ids() == {1: 29, 2: 509}
+
+
+def test_a_full_journal_blocks_the_writer_until_sqs_takes_the_backlog(tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Over the disk budget nothing is dropped: appending waits (and says so) until a replay frees space."""
+    import threading
+
+    first, second = bodies(1, range(0, 40)), bodies(1, range(40, 80))
+    journal = Journal(tmp_path, max_bytes=sum(len(body) + 1 for body in first) + 10)
+    journal.append(first)
+    done = threading.Event()
+    writer = threading.Thread(target=lambda: (journal.append(second), done.set()), daemon=True)
+    writer.start()
+    assert not done.wait(0.5), "the second append must wait: it would exceed the budget"
+    assert any("journal full" in record.getMessage() for record in caplog.records)
+    sent: list[str] = []
+    journal.replay(sent.extend)  # SQS is back: the oldest segment goes out, space frees up
+    assert done.wait(15)
+    assert replay_all(journal) == second
+    assert sent == first
