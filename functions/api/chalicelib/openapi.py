@@ -140,6 +140,8 @@ def _query_parameters(model: type[BaseModel], schemas: dict[str, Any]) -> list[d
     for name, prop in schema["properties"].items():
         prop = _not_null(prop)
         parameter = {"name": name, "in": "query", "required": name in required, "schema": prop}
+        if name not in required:
+            parameter["allowEmptyValue"] = True  # `?from=&to=` means "not given" (http.parse_query)
         if "description" in prop:
             parameter["description"] = prop["description"]
         parameters.append(parameter)
