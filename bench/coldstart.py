@@ -3,8 +3,9 @@
 `python3.12 -B -X importtime -s` with copies of the function's directory and of the built layer (what Lambda puts
 at /var/task and /opt/python) first on sys.path, no database reachable (the handler connects lazily). The figure is
 the handler module's cumulative import time, median over COLD_RUNS interpreters; the heaviest direct imports are
-listed too. Twice: the layer as `sam build` makes it (no .pyc: on Lambda /opt is read-only, so every cold start
-compiles every module) and the same layer byte-compiled beforehand.
+listed too. Twice: the layer as `sam build` makes it (infra/layer/Makefile byte-compiles it, since /opt is
+read-only on Lambda and every cold start would otherwise compile every module) and, for comparison, the same layer
+with its .pyc files removed.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def run(settings: LocalStackSettings | None) -> StageResult:
     layer, layer_kind = layer_path(settings)
     interpreter = lambda_interpreter()
     result.data = {"interpreter": interpreter, "layer": str(layer), "layer_kind": layer_kind}
-    for label, compiled in (("as built (no .pyc)", False), ("byte-compiled layer", True)):
+    for label, compiled in (("layer as built (byte-compiled)", True), ("same layer without .pyc", False)):
         with deployed_copy(layer, compiled) as (function_dir, layer_dir):
             runs = [import_times(interpreter, function_dir, layer_dir) for _ in range(COLD_RUNS)]
         median_ms = statistics.median(run["handler"] for run in runs) / 1000
@@ -49,12 +50,13 @@ def run(settings: LocalStackSettings | None) -> StageResult:
 
 @contextlib.contextmanager
 def deployed_copy(layer: Path, compiled: bool) -> Iterator[tuple[Path, Path]]:
-    """Fresh copies of the function and the layer without __pycache__ (byte-compiled first if `compiled`)."""
+    """Fresh copies of the function and the layer; the layer keeps its .pyc files only if `compiled` (and is
+    byte-compiled here if the build did not do it)."""
     with tempfile.TemporaryDirectory(prefix="bench-cold-") as scratch:
         function_dir, layer_dir = Path(scratch) / "task", Path(scratch) / "opt" / "python"
         ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
         shutil.copytree(FUNCTION_DIR, function_dir, ignore=ignore)
-        shutil.copytree(layer, layer_dir, ignore=ignore, symlinks=True)
+        shutil.copytree(layer, layer_dir, ignore=None if compiled else ignore, symlinks=True)
         if not (layer_dir / "tickstream").is_dir():  # a site-packages stand-in: add the package as the layer does
             shutil.copytree(REPO_ROOT / "tickstream", layer_dir / "tickstream", ignore=ignore)
         if compiled:
