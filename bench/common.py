@@ -124,7 +124,7 @@ def synthetic_ticks(script_ids: Sequence[int], count: int, first_trade_id: int =
 
 
 def bodies_of(ticks: Sequence[Tick]) -> list[str]:
-    """Message bodies as the producer packs them (default 96 KiB)."""
+    """Message bodies as the producer packs them (default 64 KiB)."""
     return list(pack_ticks(ticks))
 
 

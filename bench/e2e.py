@@ -1,7 +1,7 @@
 """Stage 3: end to end, and the emulator's own ceiling it is judged against (both in this run).
 
 Ceiling: a do-nothing function behind an event source mapping with the same settings (bench/fixtures/
-noop_stack); its mapping is disabled while a backlog of full 96 KiB bodies is queued, then enabled, and the drain
+noop_stack); its mapping is disabled while a backlog of full 64 KiB bodies is queued, then enabled, and the drain
 time gives messages/s (× ticks per message = ticks/s).
 
 Pipeline: the simulator trades at a fixed total rate for warm-up + the measured window; queue depth is sampled

@@ -1,7 +1,7 @@
 """The two hot paths in isolation, for profiling: `python -m bench.hotpaths producer|ingest [--profile]`.
 
 - producer: combined-stream frames (as the simulator renders them) → `BinanceFeed._on_frame` → Tick → `TickSink`
-  (pack into 96 KiB bodies, SendMessageBatch to a counting stand-in for SQS). No sockets, no network.
+  (pack into 64 KiB bodies, SendMessageBatch to a counting stand-in for SQS). No sockets, no network.
 - ingest: packed bodies → SQS-shaped batches → the ingest handler in-process → MariaDB (LOAD DATA).
 
 `--profile` runs pyinstrument around it (pip install pyinstrument; not a project dependency).

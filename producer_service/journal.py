@@ -1,6 +1,6 @@
 """An append-only on-disk journal of SQS message bodies, for when SQS is unreachable or slow.
 
-Bodies are single-line JSON, so the journal is newline-separated segment files, replayed oldest first. A segment is
+Bodies are single lines of text, so the journal is newline-separated segment files, replayed oldest first. A segment is
 deleted only after all of its bodies were accepted by SQS; a crash mid-replay resends that segment, and the ingest
 function's primary key makes the resend harmless.
 """
@@ -84,7 +84,7 @@ class Journal:
             if not segment.exists():
                 continue  # replayed meanwhile
             for body in _complete_bodies(segment):
-                for tick in decode_message(body):
+                for tick in decode_message(body).ticks():
                     if tick.trade_id > last.get(tick.script_id, -1):
                         last[tick.script_id] = tick.trade_id
         return last
@@ -113,11 +113,10 @@ class Journal:
 def _complete_bodies(segment: Path) -> list[str]:
     """The segment's bodies, without a last line cut short by a crash mid-write (its ticks are newer than every
     complete line's, so the restarted producer backfills them from REST)."""
-    lines = segment.read_text().splitlines()
-    complete = [line for line in lines if line.endswith("]}")]
-    if len(complete) < len(lines):
-        log.warning("%s: skipping %d incomplete journal line(s)", segment.name, len(lines) - len(complete))
-    return complete
+    lines = segment.read_text().split("\n")
+    if lines.pop():  # appends end with a newline: anything after the last one is a write cut short
+        log.warning("%s: skipping an incomplete last journal line", segment.name)
+    return lines
 
 
 def wait_until_empty(journal: Journal, deadline: float) -> bool:

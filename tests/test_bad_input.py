@@ -6,7 +6,9 @@ Fast (seconds each, the poison-body test ~30 s for SQS's five deliveries), so no
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -16,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from tests.api_fixtures import TOKEN, load_api_app
 from tests.conftest import make_broker, make_script
 from tests.producer_harness import QueueReader, fresh_queue, running_producer, sqs
+from tickstream.codec import V2_PREFIX
 from tickstream.settings import DatabaseSettings
 
 pytest_plugins = ["tests.api_fixtures"]
@@ -191,6 +195,10 @@ def poison_bodies(script_id: int) -> dict[str, str]:
     def v1(*rows: list[Any]) -> str:
         return orjson.dumps({"v": 1, "ticks": list(rows)}).decode()
 
+    def v2(*rows: list[Any], raw: bytes | None = None) -> str:
+        text = "".join("\t".join(str(field) for field in row) + "\n" for row in rows).encode()
+        return V2_PREFIX + base64.b64encode(zlib.compress(text if raw is None else raw)).decode()
+
     return {
         "not JSON": "this is not JSON {",
         "JSON, not an object": "[1, 2, 3]",
@@ -205,6 +213,12 @@ def poison_bodies(script_id: int) -> dict[str, str]:
         "time out of range": v1(tick_row(script_id, 8, traded=-1)),
         "valid rows, then one bad": v1(tick_row(script_id, 9), tick_row(script_id, 10, quantity="-1")),
         "oversized (200 KB)": v1(tick_row(script_id, 11, price="9" * 200_000)),  # 256 KiB: some queues' limit
+        "v2: valid rows, then one bad": v2(tick_row(script_id, 12), tick_row(script_id, 13, price="1e5")),
+        "v2: not base64": V2_PREFIX + "%%%",
+        "v2: not zlib": V2_PREFIX + base64.b64encode(b"plain text").decode(),
+        "v2: truncated": v2(tick_row(script_id, 14))[:-8],
+        "v2: zip bomb": v2(raw=b"1" * (40 * 1024 * 1024)),
+        "v2: unterminated last row": v2(raw=b"\t".join(str(field).encode() for field in tick_row(script_id, 16))),
     }
 
 
@@ -268,8 +282,7 @@ def test_poison_bodies_fail_alone_and_land_in_the_dlq(aws: Any, tickstream_stack
     poison = poison_bodies(script_id)
     started_ms = int(time.time() * 1000)
     client = aws("sqs")
-    interleaved = [body for pair in zip(good, [*poison.values()] + [None] * len(good), strict=False)
-                   for body in pair if body is not None]
+    interleaved = [body for pair in itertools.zip_longest(good, poison.values()) for body in pair if body is not None]
     dlq = tickstream_stack["TicksDeadLetterQueueUrl"]
     dead: list[dict[str, Any]] = []
     try:

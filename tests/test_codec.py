@@ -1,39 +1,162 @@
-"""The SQS message format: packing, size bounds and validation."""
+"""The SQS message format: packing, size bounds, validation, and the version 1 bodies still accepted."""
 
 from __future__ import annotations
+
+import base64
+import random
+import re
+import zlib
 
 import orjson
 import pytest
 
-from tickstream.codec import InvalidMessage, decode_message, pack_ticks
-from tickstream.ticks import Tick
+from tickstream.codec import (
+    MAX_ROWS_BYTES,
+    V2_PREFIX,
+    InvalidMessage,
+    MessagePacker,
+    TickBatch,
+    decode_message,
+    encode_tick,
+    integer_pattern,
+    pack_ticks,
+)
+from tickstream.ticks import MAX_SCRIPT_ID, MAX_TIME_US, MAX_TRADE_ID, MIN_TIME_US, Tick
 
 T0 = 1_700_000_000_000_000
 
 
-def sample(count: int) -> list[Tick]:
-    return [Tick(3, i, "0.00000712", "12345.10000000", i % 3 == 0, T0 + i, T0 + i + 1, T0 + i + 2)
+def sample(count: int, script_id: int = 3) -> list[Tick]:
+    return [Tick(script_id, i, "0.00000712", "12345.10000000", i % 3 == 0, T0 + i, T0 + i + 1, T0 + i + 2)
             for i in range(count)]
+
+
+def body_of_rows(rows: bytes) -> str:
+    return V2_PREFIX + base64.b64encode(zlib.compress(rows)).decode()
 
 
 def test_round_trip_keeps_every_tick_in_order() -> None:
     ticks = sample(5000)
-    decoded = [tick for body in pack_ticks(ticks) for tick in decode_message(body)]
+    decoded = [tick for body in pack_ticks(ticks) for tick in decode_message(body).ticks()]
     assert decoded == ticks
 
 
-def test_messages_respect_the_size_bound() -> None:
-    bodies = list(pack_ticks(sample(5000), max_bytes=8 * 1024))
-    assert len(bodies) > 5
-    assert all(len(body.encode()) <= 8 * 1024 for body in bodies)
-    assert sum(len(decode_message(body)) for body in bodies) == 5000
+def test_messages_respect_the_size_bound_and_fill_it() -> None:
+    """Every body fits its bound (one 64 KiB SQS billing unit by default) and all but the last are nearly full."""
+    rng = random.Random(7)
+    ticks = [Tick(1 + i % 5, i, f"{rng.randrange(10**6)}.{rng.randrange(10**8):08d}", f"0.{rng.randrange(10**8):08d}",
+                  rng.random() < 0.5, T0 + i * 997, T0 + i * 997 + 5, T0 + i * 997 + 9) for i in range(40_000)]
+    for max_bytes in (8 * 1024, 64 * 1024):
+        bodies = list(pack_ticks(ticks, max_bytes=max_bytes))
+        sizes = [len(body.encode()) for body in bodies]
+        assert max(sizes) <= max_bytes
+        assert sum(sizes[:-1]) / len(sizes[:-1]) >= 0.8 * max_bytes, sizes  # the first may be split in two
+        assert sum(len(decode_message(body)) for body in bodies) == len(ticks)
 
 
-def test_version_is_checked() -> None:
-    (body,) = pack_ticks(sample(1))
-    assert orjson.loads(body)["v"] == 1
-    with pytest.raises(InvalidMessage, match="version"):
-        decode_message(body.replace('"v":1', '"v":2'))
+def test_a_body_that_comes_out_too_big_is_split() -> None:
+    """Incompressible rows after compressible ones: the budget overshoots, and the packer splits, never exceeds."""
+    packer = MessagePacker(4096)
+    bodies = [body for tick in sample(3000) for body in packer.add(encode_tick(tick))]
+    rng = random.Random(1)
+    noisy = [Tick(1, i, f"{rng.randrange(10**17)}.{rng.randrange(10**17)}", f"{rng.randrange(10**17)}", False,
+                  T0 + rng.randrange(10**12), T0, T0) for i in range(3000)]
+    bodies += [body for tick in noisy for body in packer.add(encode_tick(tick))] + packer.flush()
+    assert max(len(body) for body in bodies) <= 4096
+    assert sum(len(decode_message(body)) for body in bodies) == 6000
+
+
+def test_the_body_is_one_line_of_text() -> None:
+    """The producer's journal stores one body per line."""
+    (body,) = pack_ticks(sample(100))
+    assert body.startswith(V2_PREFIX)
+    assert "\n" not in body and body.isascii()
+
+
+@pytest.mark.parametrize(("low", "high"), [(1, MAX_SCRIPT_ID), (0, MAX_TRADE_ID), (MIN_TIME_US, MAX_TIME_US),
+                                           (0, 9), (10, 99), (123, 4567), (7, 7), (7, 100)])
+def test_integer_pattern_matches_exactly_the_range(low: int, high: int) -> None:
+    rng = random.Random(low ^ high)
+    pattern = re.compile(integer_pattern(low, high))
+    candidates = [low, high, low - 1, high + 1, *(rng.randint(max(0, low - 100), high + 100) for _ in range(2000)),
+                  *(rng.randrange(10 ** rng.randint(1, 21)) for _ in range(2000))]
+    for value in (value for value in candidates if value >= 0):
+        assert bool(pattern.fullmatch(str(value))) == (low <= value <= high), value
+    assert not pattern.fullmatch("0" + str(high))  # no leading zeros
+    assert not pattern.fullmatch("+" + str(high)) and not pattern.fullmatch(str(high) + " ")
+
+
+def test_batch_knows_its_scripts_and_filters_by_them() -> None:
+    ticks = sample(10, script_id=3) + sample(5, script_id=8)
+    (body,) = pack_ticks(ticks)
+    batch = decode_message(body)
+    assert (batch.count, batch.script_ids) == (15, {3, 8})
+    only = batch.for_scripts({8, 99})
+    assert (only.count, only.script_ids, only.ticks()) == (5, {8}, ticks[10:])
+    assert batch.for_scripts({3, 8}) is batch
+    joined = TickBatch.join([batch, only])
+    assert (joined.count, joined.script_ids, joined.ticks()) == (20, {3, 8}, ticks + ticks[10:])
+
+
+ROW = b"1\t5\t1.5\t2\t0\t1700000000000000\t1700000000000001\t1700000000000002\n"
+
+
+@pytest.mark.parametrize(
+    ("rows", "problem"),
+    [
+        (ROW.replace(b"1\t5", b"0\t5", 1), "tick 0: script_id '0'"),
+        (ROW + ROW.replace(b"\t5\t", b"\t-5\t"), "tick 1: trade_id '-5'"),
+        (ROW.replace(b"1.5", b"1e5"), "tick 0: price '1e5'"),
+        (ROW.replace(b"\t2\t", b"\tNaN\t"), "tick 0: quantity 'NaN'"),
+        (ROW.replace(b"\t0\t", b"\t2\t"), "tick 0: is_buyer_maker '2'"),
+        (ROW.replace(b"1700000000000002", b"1700000000000"), "tick 0: received_at_us '1700000000000'"),
+        (ROW.replace(b"1.5", b"1" * 19), "tick 0: price"),
+        (ROW.replace(b"\t5\t", b"\t05\t"), "tick 0: trade_id '05'"),
+        (ROW.replace(b"\t2\t", b"\t2\t9\t"), "tick 0: expected 8 tab-separated fields, found 9"),
+        (ROW + ROW[:-1], "tick 1: the last row does not end with a line feed"),
+        (ROW + b"\n", "tick 1: expected 8"),
+        (ROW.replace(b"\t", b" "), "tick 0: expected 8"),
+    ],
+)
+def test_bad_rows_are_named(rows: bytes, problem: str) -> None:
+    with pytest.raises(InvalidMessage, match=re.escape(problem)):
+        decode_message(body_of_rows(rows))
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ("hello", "unknown body format"),
+        ("", "unknown body format"),
+        (V2_PREFIX + "not base64!", "not base64"),
+        (V2_PREFIX + base64.b64encode(b"not zlib").decode(), "not zlib"),
+        (V2_PREFIX + base64.b64encode(zlib.compress(ROW * 100)[:-8]).decode(), "truncated"),
+        (V2_PREFIX + base64.b64encode(zlib.compress(b"")).decode(), "holds no ticks"),
+        (V2_PREFIX + base64.b64encode(zlib.compress(b"\x00" * (MAX_ROWS_BYTES + 1), 9)).decode(), "inflates beyond"),
+    ],
+)
+def test_bad_bodies_are_rejected_with_a_reason(body: str, problem: str) -> None:
+    with pytest.raises(InvalidMessage, match=problem):
+        decode_message(body)
+
+
+# --- version 1 (JSON), still accepted --------------------------------------------------------------------------
+
+def v1_body(ticks: list[Tick]) -> str:
+    rows = [[t.script_id, t.trade_id, t.price, t.quantity, int(t.is_buyer_maker), t.traded_at_us, t.event_at_us,
+             t.received_at_us] for t in ticks]
+    return orjson.dumps({"v": 1, "ticks": rows}).decode()
+
+
+def test_version_1_bodies_decode_to_the_same_batch() -> None:
+    ticks = sample(300)
+    (v2,) = pack_ticks(ticks)
+    assert decode_message(v1_body(ticks)) == decode_message(v2)
+
+
+def test_unknown_json_version_is_rejected() -> None:
+    with pytest.raises(InvalidMessage, match="version 2 bodies start with"):
+        decode_message(v1_body(sample(1)).replace('"v":1', '"v":2'))
 
 
 @pytest.mark.parametrize(
@@ -48,6 +171,6 @@ def test_version_is_checked() -> None:
         ([1, 1, "1" * 19, "1.0", 0, T0, T0, T0], "price"),
     ],
 )
-def test_bad_fields_are_named(row: list, problem: str) -> None:
+def test_bad_version_1_fields_are_named(row: list, problem: str) -> None:
     with pytest.raises(InvalidMessage, match=f"tick 0: {problem}"):
         decode_message(orjson.dumps({"v": 1, "ticks": [row]}))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import sys
+import zlib
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -15,7 +17,7 @@ import pytest
 
 from tests.conftest import make_broker, make_script, stored_ticks, tick_count
 from tests.sqs_events import FakeLambdaContext, sqs_event, sqs_record
-from tickstream.codec import pack_ticks
+from tickstream.codec import V2_PREFIX, decode_message, pack_ticks
 from tickstream.settings import load_settings
 from tickstream.ticks import Tick
 
@@ -89,6 +91,10 @@ def test_redelivered_message_stores_nothing_twice(handler: ModuleType, db: pymys
     assert ids == list(range(1, 250))
 
 
+def v2_body(rows: bytes) -> str:
+    return V2_PREFIX + base64.b64encode(zlib.compress(rows)).decode()
+
+
 POISON_BODIES = {
     "not json": "this is not json",
     "wrong version": orjson.dumps({"v": 99, "ticks": []}).decode(),
@@ -99,6 +105,9 @@ POISON_BODIES = {
     "short row": orjson.dumps({"v": 1, "ticks": [[1, 5, "1.0"]]}).decode(),
     "absurd time": orjson.dumps({"v": 1, "ticks": [[1, 5, "1.0", "1.0", 0, 10**18, T0, T0]]}).decode(),
     "huge integer": '{"v": 1, "ticks": [[1, 100000000000000000000000, "1.0", "1.0", 0, 1, 1, 1]]}',
+    "v2 text price": v2_body(b"1\t5\t1e5\t1.0\t0\t%d\t%d\t%d\n" % (T0, T0, T0)),
+    "v2 trade id beyond 64 bits": v2_body(b"1\t%d\t1.0\t1.0\t0\t%d\t%d\t%d\n" % (2**64, T0, T0, T0)),
+    "v2 not compressed": V2_PREFIX + base64.b64encode(b"1\t5").decode(),
 }
 
 
@@ -155,7 +164,7 @@ def test_a_dropped_connection_is_reopened(handler: ModuleType, db: pymysql.Conne
 def test_sample_event_fixture_is_a_valid_batch(handler: ModuleType, db: pymysql.Connection) -> None:
     """events/ingest.json (for `sam local invoke`) must stay in the current message format."""
     event = orjson.loads((HANDLER_PATH.parents[2] / "events" / "ingest.json").read_bytes())
-    script_ids = {row[0] for record in event["Records"] for row in orjson.loads(record["body"])["ticks"]}
+    script_ids = {tick.script_id for record in event["Records"] for tick in decode_message(record["body"])}
     broker = make_broker(db)
     with db.cursor() as cursor:
         for script_id in script_ids:

@@ -2,20 +2,30 @@
 
 One `TickIngestor` lives per warm container. It opens its MySQL connection lazily (so a cold start costs no
 connection until there is work), keeps it between invocations, and reconnects once when the server has gone away.
+
+An invocation's batches are written through an `IngestPipeline`: a writer thread loads chunk k into MySQL while the
+handler decodes the records of chunk k+1. MySQL's share (~3.5 µs per row) and the decoding (~1.3 µs per row) then
+overlap instead of adding up; the writer is the only thread that touches the connection, and everything is one
+transaction, committed only after the last chunk.
 """
 
 from __future__ import annotations
 
 import contextlib
+import queue
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import TracebackType
 
 import pymysql
 
+from tickstream.codec import TickBatch
 from tickstream.db import CONNECTION_ERRORS, connect
 from tickstream.settings import DatabaseSettings
-from tickstream.tick_store import TickStore
-from tickstream.ticks import Tick
+from tickstream.tick_store import InsertResult, TickStore
+
+CHUNK_ROWS = 4_000  # rows per LOAD DATA: ~15 ms of MySQL work, small enough to start early
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +35,14 @@ class StoreOutcome:
     unknown_script_ticks: int
     unknown_script_ids: frozenset[int]
 
+    def __add__(self, other: StoreOutcome) -> StoreOutcome:
+        return StoreOutcome(self.stored + other.stored, self.duplicates + other.duplicates,
+                            self.unknown_script_ticks + other.unknown_script_ticks,
+                            self.unknown_script_ids | other.unknown_script_ids)
+
+
+NOTHING_STORED = StoreOutcome(0, 0, 0, frozenset())
+
 
 class TickIngestor:
     def __init__(self, db: DatabaseSettings, open_store: Callable[[], TickStore] | None = None) -> None:
@@ -32,23 +50,53 @@ class TickIngestor:
         self._store: TickStore | None = None
         self._known_scripts: set[int] = set()
 
-    def store(self, ticks: Sequence[Tick]) -> StoreOutcome:
-        """Insert `ticks` idempotently and commit. Raises if MySQL cannot be reached: nothing is half-done."""
+    def store(self, batches: Sequence[TickBatch]) -> StoreOutcome:
+        """Insert the batches idempotently in one transaction. Raises if MySQL cannot be reached: nothing is
+        half-done."""
+        with self.pipeline() as pipeline:
+            for batch in batches:
+                pipeline.add(batch)
+        return pipeline.outcome
+
+    def pipeline(self) -> IngestPipeline:
+        return IngestPipeline(self)
+
+    def store_serially(self, batch: TickBatch) -> StoreOutcome:
+        """One batch in one transaction, on the calling thread; reconnects once if the server went away."""
         try:
-            return self._store_once(ticks)
+            return self._store_once(batch)
         except CONNECTION_ERRORS:
             self.close()  # the server went away (restart, failover, idle timeout): one fresh try
-            return self._store_once(ticks)
+            return self._store_once(batch)
 
-    def _store_once(self, ticks: Sequence[Tick]) -> StoreOutcome:
+    def _store_once(self, batch: TickBatch) -> StoreOutcome:
         store = self._connected_store()
-        known = self._known_script_ids(store, {tick.script_id for tick in ticks})
-        storable = [tick for tick in ticks if tick.script_id in known]
-        result = store.insert_ticks(storable)
-        unknown_ids = frozenset(tick.script_id for tick in ticks if tick.script_id not in known)
-        return StoreOutcome(result.inserted, result.duplicates, len(ticks) - len(storable), unknown_ids)
+        try:
+            outcome = self.write(batch)
+            store.commit()
+        except BaseException:
+            store.rollback()
+            raise
+        return outcome
 
-    def _known_script_ids(self, store: TickStore, wanted: set[int]) -> set[int]:
+    def write(self, batch: TickBatch) -> StoreOutcome:
+        """Write the batch's ticks of existing scripts into the open transaction (no commit)."""
+        store = self._connected_store()
+        known = self._known_script_ids(store, batch.script_ids)
+        storable = batch.for_scripts(known)
+        result: InsertResult = store.write(storable)
+        return StoreOutcome(result.inserted, result.duplicates, batch.count - storable.count,
+                            batch.script_ids - storable.script_ids)
+
+    def commit(self) -> None:
+        if self._store is not None:
+            self._store.commit()
+
+    def rollback(self) -> None:
+        if self._store is not None:
+            self._store.rollback()
+
+    def _known_script_ids(self, store: TickStore, wanted: frozenset[int]) -> set[int]:
         """Cached ids of existing scripts, read again whenever a batch names one the cache lacks: a script created
         a moment ago must never be mistaken for a deleted one (its ticks would be dropped)."""
         if not wanted <= self._known_scripts:
@@ -65,3 +113,77 @@ class TickIngestor:
             store, self._store = self._store, None
             with contextlib.suppress(pymysql.err.Error):
                 store.close()
+
+
+class IngestPipeline:
+    """`add` decoded batches as they come; leaving the `with` block commits them all (or raises, committing
+    nothing of this invocation that SQS would not deliver again).
+
+    If the server went away mid-way, everything is written again once, serially, on a fresh connection.
+    """
+
+    def __init__(self, ingestor: TickIngestor) -> None:
+        self.ingestor = ingestor
+        self.outcome = NOTHING_STORED
+        self._batches: list[TickBatch] = []
+        self._pending: list[TickBatch] = []
+        self._pending_rows = 0
+        self._chunks: queue.SimpleQueue[TickBatch | None] = queue.SimpleQueue()
+        self._error: BaseException | None = None
+        self._writer = threading.Thread(target=self._write_chunks, name="ingest-writer", daemon=True)
+
+    def __enter__(self) -> IngestPipeline:
+        self._writer.start()
+        return self
+
+    def add(self, batch: TickBatch) -> TickBatch:
+        self._batches.append(batch)
+        self._pending.append(batch)
+        self._pending_rows += batch.count
+        if self._pending_rows >= CHUNK_ROWS:
+            self._hand_over()
+        return batch
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, _: TracebackType | None) -> None:
+        if kind is None:
+            self._hand_over()
+        else:
+            self._error = self._error or error  # the writer stops writing and rolls back
+        self._chunks.put(None)
+        self._writer.join()
+        if kind is not None:
+            return
+        if isinstance(self._error, CONNECTION_ERRORS):
+            self.ingestor.close()
+            self.outcome = self.ingestor.store_serially(TickBatch.join(self._batches))
+        elif self._error is not None:
+            raise self._error
+
+    def _hand_over(self) -> None:
+        if self._pending:
+            self._chunks.put(TickBatch.join(self._pending))
+            self._pending, self._pending_rows = [], 0
+
+    def _write_chunks(self) -> None:
+        """The writer thread: every chunk into one transaction, then commit; after an error, only drain."""
+        wrote = False
+        while (chunk := self._chunks.get()) is not None:
+            if self._error is None:
+                try:
+                    self.outcome += self.ingestor.write(chunk)
+                    wrote = True
+                except BaseException as error:  # handed to the caller's thread in __exit__
+                    self._error = error
+        self._finish_transaction(wrote)
+
+    def _finish_transaction(self, wrote: bool) -> None:
+        if self._error is not None:
+            self.ingestor.rollback()
+            return
+        if not wrote:
+            return
+        try:
+            self.ingestor.commit()
+        except BaseException as error:
+            self.ingestor.rollback()
+            self._error = error

@@ -5,7 +5,8 @@ Two paths, both idempotent (a duplicate key is skipped, never an error and never
   errors into skipped rows. Used when the server allows `local_infile` (MariaDB's default; MySQL 8 and RDS
   default to OFF).
 - multi-row `INSERT IGNORE`, parameterised, otherwise.
-Callers validate ticks first (`tickstream.ticks.validate_tick`): both paths would otherwise coerce bad values.
+Callers pass validated ticks (a decoded `TickBatch`, or ticks checked by `tickstream.ticks.validate_tick`): both
+paths would otherwise coerce bad values.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 
 import pymysql
 
+from tickstream.codec import TickBatch
 from tickstream.ticks import Tick
 
 COLUMNS = "script_id, trade_id, price, quantity, is_buyer_maker, traded_at, event_at, received_at_producer"
@@ -60,16 +62,6 @@ def insert_ticks_ignore(conn: pymysql.Connection, ticks: Sequence[Tick]) -> Inse
     return InsertResult(inserted, len(ticks) - inserted)
 
 
-_TSV_ROW = "%d\t%d\t%s\t%s\t%d\t%d\t%d\t%d\n"
-
-
-def _tsv(ticks: Sequence[Tick]) -> bytes:
-    # Validated ticks hold only digits, dots and booleans: nothing needs escaping. `%` formats the tuple in C
-    # (0.8 µs per row against 1.3 µs for an f-string reading eight attributes); `%d` writes a bool as 1 or 0.
-    row = _TSV_ROW
-    return "".join([row % tick for tick in ticks]).encode()
-
-
 class LoadDataFile:
     """A scratch file for LOAD DATA LOCAL, reused across batches (in memory where /dev/shm exists)."""
 
@@ -78,13 +70,13 @@ class LoadDataFile:
         handle, self.path = tempfile.mkstemp(prefix="tickstream-", suffix=".tsv", dir=directory)
         os.close(handle)
 
-    def insert(self, conn: pymysql.Connection, ticks: Sequence[Tick]) -> InsertResult:
-        """LOAD DATA LOCAL … IGNORE; does not commit."""
+    def insert(self, conn: pymysql.Connection, batch: TickBatch) -> InsertResult:
+        """LOAD DATA LOCAL … IGNORE of the batch's rows as they are (validated, nothing to escape); no commit."""
         with open(self.path, "wb") as scratch:
-            scratch.write(_tsv(ticks))
+            scratch.write(batch.rows)
         with conn.cursor() as cursor:
             inserted = cursor.execute(LOAD_DATA_SQL, (self.path,))
-        return InsertResult(inserted, len(ticks) - inserted)
+        return InsertResult(inserted, batch.count - inserted)
 
     def close(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -105,19 +97,31 @@ class TickStore:
         return "load_data" if self._load_file else "insert_ignore"
 
     def insert_ticks(self, ticks: Sequence[Tick]) -> InsertResult:
-        """Store `ticks` (duplicates skipped) and commit; on any error roll back and raise."""
-        if not ticks:
-            return InsertResult(0, 0)
+        return self.insert(TickBatch.from_ticks(ticks))
+
+    def insert(self, batch: TickBatch) -> InsertResult:
+        """Store the batch (duplicates skipped) and commit; on any error roll back and raise."""
         try:
-            if self._load_file:
-                result = self._load_file.insert(self.conn, ticks)
-            else:
-                result = insert_ticks_ignore(self.conn, ticks)
+            result = self.write(batch)
             self.conn.commit()
         except BaseException:
-            _rollback_quietly(self.conn)
+            self.rollback()
             raise
         return result
+
+    def write(self, batch: TickBatch) -> InsertResult:
+        """Store the batch (duplicates skipped) in the open transaction; the caller commits or rolls back."""
+        if not batch.count:
+            return InsertResult(0, 0)
+        if self._load_file:
+            return self._load_file.insert(self.conn, batch)
+        return insert_ticks_ignore(self.conn, batch.ticks())
+
+    def commit(self) -> None:
+        self.conn.commit()
+
+    def rollback(self) -> None:
+        _rollback_quietly(self.conn)
 
     def existing_script_ids(self) -> set[int]:
         with self.conn.cursor() as cursor:

@@ -1,8 +1,9 @@
 """Ingest Lambda: SQS batches of packed ticks → MySQL, reporting partial batch failures.
 
 Thin on purpose: decode and validate each record (a bad record fails alone and, after the queue's
-maxReceiveCount, lands in the DLQ), then store all valid ticks of the batch in one idempotent bulk write. If MySQL
-is unreachable the invocation raises, so SQS keeps the whole batch: nothing is acknowledged that was not committed.
+maxReceiveCount, lands in the DLQ) and hand its ticks to the ingestor's pipeline, which writes them while the next
+record is decoded; all valid ticks of the batch are committed in one idempotent transaction. If MySQL is unreachable
+the invocation raises, so SQS keeps the whole batch: nothing is acknowledged that was not committed.
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from tickstream.codec import InvalidMessage, decode_message
+from tickstream.codec import InvalidMessage, TickBatch, decode_message
 from tickstream.ingest import TickIngestor
 from tickstream.settings import load_settings
-from tickstream.ticks import Tick
 
 logger = Logger(service="ingest")
 metrics = Metrics(namespace="tickstream", service="ingest")
@@ -29,7 +29,7 @@ ingestor = TickIngestor(load_settings().db)  # connects lazily; the connection o
 BODY_SAMPLE_CHARS = 300
 
 
-def decode_record(record: SQSRecord) -> list[Tick]:
+def decode_record(record: SQSRecord) -> TickBatch:
     try:
         return decode_message(record.body)
     except InvalidMessage as error:
@@ -49,28 +49,33 @@ def decode_record(record: SQSRecord) -> list[Tick]:
 @metrics.log_metrics
 @logger.inject_lambda_context
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    with processor(records=event["Records"], handler=decode_record, lambda_context=context):
-        results = processor.process()
-    ticks = [tick for status, decoded, _ in results if status == "success" for tick in decoded]
-    outcome = ingestor.store(ticks)
+    # Each decoded record goes straight to the pipeline's writer thread, which loads it while the next is decoded.
+    with ingestor.pipeline() as pipeline:
+        def decode_and_store(record: SQSRecord) -> TickBatch:
+            return pipeline.add(decode_record(record))
+
+        with processor(records=event["Records"], handler=decode_and_store, lambda_context=context):
+            results = processor.process()
+    outcome = pipeline.outcome
     if outcome.unknown_script_ticks:
         logger.warning(
             "dropped ticks of scripts that do not exist",
             extra={"ticks": outcome.unknown_script_ticks, "script_ids": sorted(outcome.unknown_script_ids)},
         )
+    batches = [decoded for status, decoded, _ in results if status == "success"]
     record_metrics(len(results), len(processor.fail_messages), outcome.stored, outcome.duplicates,
-                   outcome.unknown_script_ticks, ticks)
+                   outcome.unknown_script_ticks, batches)
     return processor.response()
 
 
 def record_metrics(records: int, failed: int, stored: int, duplicates: int, unknown: int,
-                   ticks: list[Tick]) -> None:
+                   batches: list[TickBatch]) -> None:
     metrics.add_metric(name="BatchSize", unit=MetricUnit.Count, value=records)
     metrics.add_metric(name="RecordsFailed", unit=MetricUnit.Count, value=failed)
     metrics.add_metric(name="TicksStored", unit=MetricUnit.Count, value=stored)
     metrics.add_metric(name="DuplicatesIgnored", unit=MetricUnit.Count, value=duplicates)
     metrics.add_metric(name="UnknownScriptTicks", unit=MetricUnit.Count, value=unknown)
-    if ticks:
-        oldest_us = min(tick.traded_at_us for tick in ticks)
-        lag_ms = time.time() * 1000 - oldest_us / 1000
+    first_traded = [us for batch in batches if (us := batch.first_traded_us()) is not None]
+    if first_traded:  # each message's first row: rows are in arrival order, so this is about the oldest tick
+        lag_ms = time.time() * 1000 - min(first_traded) / 1000
         metrics.add_metric(name="MaxLagFromTradeMs", unit=MetricUnit.Milliseconds, value=lag_ms)
