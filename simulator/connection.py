@@ -1,4 +1,9 @@
-"""One WebSocket client of the simulator: its outgoing queue and its incoming-frame accounting."""
+"""One WebSocket client of the simulator: its outgoing queue and its incoming-frame accounting.
+
+Outgoing data frames are encoded here rather than by websockets: one text frame per event (as the exchange
+sends them), but all the frames of an emission tick go to the transport in one write. A server's frames are
+unmasked, so a frame is just its header (FIN + text opcode, payload length) and the UTF-8 payload.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +12,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
-from websockets.protocol import Event
+from websockets.protocol import Event, State
 
-from simulator.protocol import Session, dumps, to_microseconds
+from simulator.market import Tape
+from simulator.protocol import Session, dumps, tape_texts, to_microseconds
 
 COUNTED_OPCODES = frozenset({Opcode.TEXT, Opcode.BINARY, Opcode.PING, Opcode.PONG})
 
@@ -22,6 +27,41 @@ COUNTED_OPCODES = frozenset({Opcode.TEXT, Opcode.BINARY, Opcode.PING, Opcode.PON
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
+
+FIN_TEXT = chr(0x81)  # header byte 1: final frame, text opcode
+LENGTH_16, LENGTH_64 = 126, 127  # header byte 2 when the length follows in 2 or 8 bytes
+
+
+def _build_text_header(length: int) -> str:
+    """The header of an unmasked final text frame, as latin-1 characters (one per byte)."""
+    if length < LENGTH_16:
+        return FIN_TEXT + chr(length)
+    if length < 1 << 16:
+        return FIN_TEXT + chr(LENGTH_16) + chr(length >> 8) + chr(length & 0xFF)
+    return FIN_TEXT + chr(LENGTH_64) + length.to_bytes(8).decode("latin-1")
+
+
+_TEXT_HEADERS = [_build_text_header(n) for n in range(4096)]  # every event's size, looked up per frame
+
+
+def _text_header(length: int) -> str:
+    return _TEXT_HEADERS[length] if length < len(_TEXT_HEADERS) else _build_text_header(length)
+
+
+def text_frame(text: str) -> bytes:
+    """One text frame carrying `text`."""
+    payload = text.encode()
+    return _text_header(len(payload)).encode("latin-1") + payload
+
+
+def ascii_text_frames(texts: list[str]) -> bytes:
+    """Consecutive text frames, one per text; every text must be ASCII (so that a character is a byte)."""
+    parts: list[str] = []
+    add = parts.append
+    for text in texts:
+        add(_text_header(len(text)))
+        add(text)
+    return "".join(parts).encode("latin-1")
 
 
 class CountingConnection(ServerConnection):
@@ -35,6 +75,14 @@ class CountingConnection(ServerConnection):
             self.frame_hook(event)
 
 
+class Part(Protocol):
+    """Something in an emission batch: frames for clients subscribed to (some of) its streams."""
+
+    def frames_for(self, session: Session) -> tuple[bytes, int] | None:
+        """(encoded frames, how many) for a client with this session; None if it wants none of them."""
+        ...
+
+
 @dataclass(slots=True)
 class Outgoing:
     """One message for a stream, rendered lazily per (combined, microseconds) flavour."""
@@ -42,54 +90,109 @@ class Outgoing:
     stream: str
     payload: Any
     verbatim: str | None = None  # sent as-is on every kind of connection
-    cache: dict[tuple[bool, bool], str] = field(default_factory=dict)
+    cache: dict[tuple[bool, bool], bytes] = field(default_factory=dict)
 
     def render(self, combined: bool, micro: bool) -> str:
         if self.verbatim is not None:
             return self.verbatim
-        text = self.cache.get((combined, micro))
-        if text is None:
-            payload = self.payload
-            if micro and isinstance(payload, dict):
-                payload = to_microseconds(payload)
-            text = dumps({"stream": self.stream, "data": payload} if combined else payload)
-            self.cache[(combined, micro)] = text
-        return text
+        payload = self.payload
+        if micro and isinstance(payload, dict):
+            payload = to_microseconds(payload)
+        return dumps({"stream": self.stream, "data": payload} if combined else payload)
+
+    def frame(self, combined: bool, micro: bool) -> bytes:
+        encoded = self.cache.get((combined, micro))
+        if encoded is None:
+            encoded = self.cache[(combined, micro)] = text_frame(self.render(combined, micro))
+        return encoded
+
+    def frames_for(self, session: Session) -> tuple[bytes, int] | None:
+        if self.stream not in session.streams:
+            return None
+        return self.frame(session.combined, session.microseconds), 1
+
+
+class TapeOut:
+    """One symbol's whole tape of a tick on its aggTrade and trade streams, with no fault applied to it."""
+
+    __slots__ = ("agg_stream", "cache", "event_ms", "tape", "trade_stream")
+
+    def __init__(self, tape: Tape, agg_stream: str, trade_stream: str, event_ms: int) -> None:
+        self.tape = tape
+        self.agg_stream = agg_stream
+        self.trade_stream = trade_stream
+        self.event_ms = event_ms
+        self.cache: dict[tuple[bool, bool, bool, bool], tuple[bytes, int]] = {}
+
+    def frames_for(self, session: Session) -> tuple[bytes, int] | None:
+        streams = session.streams
+        agg, trade = self.agg_stream in streams, self.trade_stream in streams
+        if not (agg or trade):
+            return None
+        key = (agg, trade, session.combined, session.microseconds)
+        encoded = self.cache.get(key)
+        if encoded is None:
+            agg_stream, trade_stream = self.agg_stream if agg else None, self.trade_stream if trade else None
+            combined, micro = session.combined, session.microseconds
+            texts = tape_texts(self.tape, agg_stream, trade_stream, self.event_ms, combined, micro)
+            encoded = self.cache[key] = ascii_text_frames(texts), len(texts)
+        return encoded
 
 
 class Client:
-    """A connected client: subscriptions, a send queue drained by a writer task, and rate accounting."""
+    """A connected client: subscriptions, a send queue drained by a writer task, and rate accounting.
+
+    The queue holds encoded frames not yet handed to the transport; the writer hands over everything queued
+    in one write and then waits while the transport's buffer is above its high-water mark, so a client that
+    reads too slowly makes the queue grow until max_queue messages, and is then cut off.
+    """
 
     def __init__(self, ws: ServerConnection, session: Session, max_queue: int) -> None:
         self.ws = ws
         self.session = session
         self.max_queue = max_queue
-        self.queue: deque[str] = deque()
+        self.pending: list[bytes] = []
+        self.queued = 0  # messages in pending
         self.wake = asyncio.Event()
         self.recent: deque[float] = deque()  # arrival times of counted incoming frames
         self.closing = False
         self.tasks: set[asyncio.Task[Any]] = set()  # close handshakes in flight
 
     def send(self, out: Outgoing) -> None:
-        self.enqueue(out.render(self.session.combined, self.session.microseconds))
+        """Queue `out` whatever the subscriptions (notices such as serverShutdown)."""
+        self.deliver(out.frame(self.session.combined, self.session.microseconds), 1)
 
     def enqueue(self, text: str) -> None:
+        self.deliver(text_frame(text), 1)
+
+    def deliver(self, frames: bytes, count: int) -> None:
+        """Queue `count` encoded frames."""
         if self.closing:
             return
-        if len(self.queue) >= self.max_queue:
+        if self.queued + count > self.max_queue:
             self.abort()
             return
-        self.queue.append(text)
+        self.pending.append(frames)
+        self.queued += count
         self.wake.set()
 
     async def writer(self) -> None:
+        ws = self.ws
         try:
             while True:
                 await self.wake.wait()
                 self.wake.clear()
-                while self.queue:
-                    await self.ws.send(self.queue.popleft())
-        except ConnectionClosed:
+                while self.pending:
+                    # websockets writes its own frames (pings, the close frame) straight to the transport;
+                    # after a close frame no data frame may follow.
+                    if ws.protocol.state is not State.OPEN or ws.transport.is_closing():
+                        return
+                    data = self.pending[0] if len(self.pending) == 1 else b"".join(self.pending)
+                    self.pending.clear()
+                    self.queued = 0
+                    ws.transport.write(data)
+                    await ws.drain()
+        except OSError:  # the connection was lost while the transport's buffer was full
             return
 
     def count_incoming(self, limit: int | None) -> bool:
@@ -110,11 +213,13 @@ class Client:
         if self.closing:
             return
         self.closing = True
-        self.queue.clear()
+        self.pending.clear()
+        self.queued = 0
         self.spawn(self.ws.close(code, reason))
 
     def abort(self) -> None:
         """Cut the TCP connection with no close frame."""
         self.closing = True
-        self.queue.clear()
+        self.pending.clear()
+        self.queued = 0
         self.ws.transport.abort()

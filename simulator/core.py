@@ -29,8 +29,10 @@ from simulator.connection import (
     Client,
     CountingConnection,
     Outgoing,
+    Part,
+    TapeOut,
 )
-from simulator.market import AGG_TRADE, KINDS, TRADE, SymbolMarket
+from simulator.market import AGG_TRADE, KINDS, TRADE, SymbolMarket, Tape
 from simulator.protocol import (
     SHUTDOWN_STREAM,
     Session,
@@ -201,21 +203,48 @@ class SimulatorCore:
             except Exception:
                 log.exception("trade emission failed; continuing")
 
-    def _emit(self, elapsed: float, ms: int) -> list[Outgoing]:
-        batch: list[Outgoing] = []
+    def _emit(self, elapsed: float, ms: int) -> list[Part]:
+        batch: list[Part] = []
         active = {s for client in self.clients for s in client.session.streams}
         paused = self.paused_until > time.monotonic()
-        for symbol, market in self.markets.items():
-            for agg, trades in market.generate(elapsed, self.config.rate, ms):
-                make = partial(agg_event, symbol, agg, ms)
-                self._offer(batch, symbol, AGG_TRADE, agg.id, make, active, paused)
-                for trade in trades:
-                    make = partial(trade_event, symbol, trade, ms)
-                    self._offer(batch, symbol, TRADE, trade.id, make, active, paused)
+        cfg = self.config
+        faulty = cfg.skip_fraction > 0 or cfg.malformed_fraction > 0 or cfg.duplicate_fraction > 0
+        for market in self.markets.values():
+            tape = market.generate(elapsed, cfg.rate, ms)
+            if not tape:
+                continue
+            if faulty:
+                self._emit_each(batch, tape, ms, active, paused)
+            else:
+                self._emit_whole(batch, tape, ms, active, paused)
         return batch
 
+    def _emit_whole(self, batch: list[Part], tape: Tape, ms: int, active: set[str], paused: bool) -> None:
+        """No fault knob is set: the whole tape goes out as one part, counted in bulk."""
+        symbol, sizes = tape.symbol, {AGG_TRADE: len(tape.prices), TRADE: len(tape)}
+        streams = {kind: stream_name(symbol, kind) for kind in KINDS}
+        for kind, size in sizes.items():
+            counts = self.counts[(symbol, kind)]
+            counts["generated"] += size
+            if paused:
+                counts["paused"] += size
+            elif streams[kind] in active:
+                counts["published"] += size
+        if not paused and not active.isdisjoint(streams.values()):
+            batch.append(TapeOut(tape, streams[AGG_TRADE], streams[TRADE], ms))
+
+    def _emit_each(self, batch: list[Part], tape: Tape, ms: int, active: set[str], paused: bool) -> None:
+        """Some fault knob is set: decide event by event, in emission order."""
+        symbol = tape.symbol
+        for agg, trades in tape.aggregates():
+            make = partial(agg_event, symbol, agg, ms)
+            self._offer(batch, symbol, AGG_TRADE, agg.id, make, active, paused)
+            for trade in trades:
+                make = partial(trade_event, symbol, trade, ms)
+                self._offer(batch, symbol, TRADE, trade.id, make, active, paused)
+
     def _offer(
-        self, batch: list[Outgoing], symbol: str, kind: str, row_id: int,
+        self, batch: list[Part], symbol: str, kind: str, row_id: int,
         make: Callable[[], dict[str, Any]], active: set[str], paused: bool,
     ) -> None:  # fmt: skip
         """Apply the fault knobs to one generated event and add what should be sent to `batch`."""
@@ -246,14 +275,19 @@ class SimulatorCore:
         sort, value = malformed_payload(self.dice.rng, symbol, kind, now_ms())
         return Outgoing(stream, None, verbatim=value) if sort == "text" else Outgoing(stream, value)
 
-    def _publish(self, batch: list[Outgoing]) -> None:
+    def _publish(self, batch: list[Part]) -> None:
+        """Hand each client all of its frames of this tick at once (they go to its socket in one write)."""
         if not batch:
             return
         for client in list(self.clients):
-            streams = client.session.streams
-            for out in batch:
-                if out.stream in streams:
-                    client.send(out)
+            chunks, count = [], 0
+            for part in batch:
+                frames = part.frames_for(client.session)
+                if frames is not None:
+                    chunks.append(frames[0])
+                    count += frames[1]
+            if count:
+                client.deliver(chunks[0] if len(chunks) == 1 else b"".join(chunks), count)
 
     # --- faults -----------------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from simulator.market import AGG_TRADE, TRADE, AggTrade, Trade, fmt_units
+from simulator.market import AGG_TRADE, TRADE, AggTrade, Tape, Trade, fmt_units
 
 SHUTDOWN_STREAM = "!serverShutdown"
 METHODS = ("SUBSCRIBE", "UNSUBSCRIBE", "LIST_SUBSCRIPTIONS", "SET_PROPERTY", "GET_PROPERTY")
@@ -185,6 +185,50 @@ def trade_rest(trade: Trade) -> dict[str, Any]:
         "quoteQty": fmt_units(trade.price * trade.qty // 10**8), "time": trade.time,
         "isBuyerMaker": bool(trade.maker), "isBestMatch": True,
     }  # fmt: skip
+
+
+# --- payloads rendered straight to text (the streaming hot path) ----------------------------------
+
+
+def _event_head(kind: str, stream: str | None, event_time: int, symbol: str, id_key: str) -> str:
+    """An event's text up to its id: `{"stream":..,"data":{"e":..,"E":..,"s":..,"a":` (no envelope if no stream)."""
+    envelope = "" if stream is None else f'{{"stream":{dumps(stream)},"data":'
+    return f'{envelope}{{"e":{dumps(kind)},"E":{event_time},"s":{dumps(symbol)},"{id_key}":'
+
+
+def _event_tails(combined: bool, trade_time: int) -> tuple[str, str]:
+    """An event's text from its trade time on, for maker false and true (the same for both kinds)."""
+    close = "}}" if combined else "}"
+    return f',"T":{trade_time},"m":false,"M":true{close}', f',"T":{trade_time},"m":true,"M":true{close}'
+
+
+def tape_texts(
+    tape: Tape, agg_stream: str | None, trade_stream: str | None, event_ms: int, combined: bool, micro: bool
+) -> list[str]:
+    """The JSON text of every event of `tape` on the given streams (None: not wanted), in emission order.
+
+    Emission order is each aggregate followed by its trades. Each text is exactly what dumps() makes of
+    agg_event() / trade_event() (in a {"stream","data"} envelope when `combined`, times in µs when `micro`),
+    made from templates instead of dicts and json because this runs for every streamed trade. Like dumps(),
+    the texts are pure ASCII.
+    """
+    scale, symbol = 1000 if micro else 1, tape.symbol
+    tails = _event_tails(combined, tape.time * scale)
+    if agg_stream is not None:
+        agg_head = _event_head(AGG_TRADE, agg_stream if combined else None, event_ms * scale, symbol, "a")
+    if trade_stream is not None:
+        trade_head = _event_head(TRADE, trade_stream if combined else None, event_ms * scale, symbol, "t")
+    out: list[str] = []
+    qtys, offset, agg_id, first = tape.qtys, tape.trade_start, tape.agg_start, tape.trade_start
+    for price, size, maker, agg_qty in zip(tape.prices, tape.sizes, tape.makers, tape.agg_qtys, strict=True):
+        p, tail, stop = fmt_units(price), tails[maker], first + size
+        if agg_stream is not None:
+            out.append(f'{agg_head}{agg_id},"p":"{p}","q":"{fmt_units(agg_qty)}","f":{first},"l":{stop - 1}{tail}')
+        if trade_stream is not None:
+            for trade_id in range(first, stop):
+                out.append(f'{trade_head}{trade_id},"p":"{p}","q":"{fmt_units(qtys[trade_id - offset])}"{tail}')
+        agg_id, first = agg_id + 1, stop
+    return out
 
 
 def to_microseconds(payload: dict[str, Any]) -> dict[str, Any]:

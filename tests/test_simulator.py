@@ -6,6 +6,7 @@ import contextlib
 import itertools
 import json
 import re
+import socket
 import struct
 import threading
 import time
@@ -16,8 +17,12 @@ import pytest
 import requests
 import websocket
 from websocket import ABNF
+from websockets.frames import Frame, Opcode
 
-from simulator import ExchangeSimulator
+from simulator import ExchangeSimulator, spec_for
+from simulator.connection import ascii_text_frames, text_frame
+from simulator.market import SymbolMarket
+from simulator.protocol import agg_event, dumps, tape_texts, to_microseconds, trade_event
 
 AGG_KEYS = {"e", "E", "s", "a", "p", "q", "f", "l", "T", "m", "M"}
 TRADE_KEYS = {"e", "E", "s", "t", "p", "q", "T", "m", "M"}
@@ -363,6 +368,78 @@ def test_rest_trades_and_historical_trades() -> None:
         history = response.json()
         assert [t["id"] for t in history] == list(range(start + 10, start + 30))
         assert history[0]["price"].startswith("0.0000")
+
+
+# --- rendering and framing -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("combined", [False, True])
+@pytest.mark.parametrize("micro", [False, True])
+@pytest.mark.parametrize(("aggs", "trades"), [(True, True), (True, False), (False, True)])
+def test_template_rendering_is_byte_identical_to_the_payload_dicts(
+    combined: bool, micro: bool, aggs: bool, trades: bool
+) -> None:
+    for symbol in ("BTCUSDT", "PEPEUSDT"):
+        market = SymbolMarket(spec_for(symbol), 3, 1_000, 5_000, 10_000)
+        tape = market.generate(0.5, 200, 1_700_000_000_123)
+        agg_stream, trade_stream = f"{symbol.lower()}@aggTrade", f"{symbol.lower()}@trade"
+        event_ms = 1_700_000_000_999
+        expected = []
+        for agg, covered in tape.aggregates():
+            events = [(agg_stream, agg_event(symbol, agg, event_ms))] if aggs else []
+            events += [(trade_stream, trade_event(symbol, t, event_ms)) for t in covered] if trades else []
+            for stream, payload in events:
+                payload = to_microseconds(payload) if micro else payload
+                expected.append(dumps({"stream": stream, "data": payload} if combined else payload))
+        texts = tape_texts(tape, agg_stream if aggs else None, trade_stream if trades else None, event_ms,
+                           combined, micro)
+        assert texts == expected and len(texts) > 50
+        history = market.trades.rows(0, len(market.trades)), market.aggs.rows(0, len(market.aggs))
+        assert history == ([t for _, ts in tape.aggregates() for t in ts], [a for a, _ in tape.aggregates()])
+
+
+@pytest.mark.parametrize("length", [0, 1, 125, 126, 200, 65_535, 65_536, 70_000])
+def test_hand_encoded_frames_match_websockets(length: int) -> None:
+    def reference(text: str) -> bytes:
+        return Frame(Opcode.TEXT, text.encode()).serialize(mask=False, extensions=[])
+
+    assert text_frame("é" * length) == reference("é" * length)  # the length counts UTF-8 bytes
+    assert ascii_text_frames(["x" * length, "{}"]) == reference("x" * length) + reference("{}")
+
+
+def test_a_tick_of_many_frames_arrives_as_one_event_per_frame() -> None:
+    """A tick's frames go out in one write; a real client still reads them as separate messages, in order."""
+    with ExchangeSimulator(symbols="BTCUSDT", rate=20_000, seed=9) as sim:
+        ws = connect(sim.stream_url("btcusdt@aggTrade", "btcusdt@trade"))
+        messages = collect(ws, 4000)
+        ws.close()
+        history = {t.id: t for t in sim.history("BTCUSDT", "trade")}
+    agg = None
+    expected_trades: list[int] = []
+    for message in messages:
+        data = message["data"]
+        if message["stream"] == "btcusdt@aggTrade":
+            assert not expected_trades, "an aggregate is followed by all of its trades"
+            assert agg is None or data["a"] == agg["a"] + 1
+            agg, expected_trades = data, list(range(data["f"], data["l"] + 1))
+        elif agg is not None:
+            assert data["t"] == expected_trades.pop(0) and data["p"] == agg["p"] and data["m"] == agg["m"]
+            assert int(history[data["t"]].qty) == int(data["q"].replace(".", ""))
+    assert agg is not None
+
+
+def test_a_client_too_far_behind_is_cut_off() -> None:
+    with ExchangeSimulator(symbols="BTCUSDT", rate=20_000, max_client_queue=2_000) as sim:
+        sleeper = websocket.create_connection(
+            sim.stream_url("btcusdt@trade"), timeout=5, sockopt=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)]
+        )
+        _opened.append(sleeper)
+        reader = connect(sim.stream_url("btcusdt@trade"))
+        wait_for(lambda: sim.connection_count() == 1, timeout=20)  # the sleeper, which never reads
+        assert len(collect(reader, 1000)) == 1000  # the other client is served throughout
+        with pytest.raises((websocket.WebSocketConnectionClosedException, ConnectionError)):
+            while True:  # what was sent before the abort, then no close frame
+                assert sleeper.recv_data_frame(control_frame=True)[0] != ABNF.OPCODE_CLOSE
 
 
 # --- REST weight ----------------------------------------------------------------------------------
