@@ -1,7 +1,7 @@
 """The Binance adapter for one broker: its connections (sharded), the stream → script map, rotation, parsing.
 
-The hot path is `_on_frame`: parse the envelope, map the stream to its script, normalise, drop duplicates by id,
-hand the tick to the sink, and hand any gap to the backfiller.
+The hot path is `_on_frames` (the messages of one socket read): parse the envelope, map the stream to its script,
+normalise, drop duplicates by id, hand the tick to the sink, and hand any gap to the backfiller.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
+from orjson import loads
+
 from producer_service.backfill import Backfiller, BackfillJob
 from producer_service.config import ProducerSettings
 from producer_service.connection import ConnectionLimits, StreamConnection
@@ -20,6 +22,7 @@ from producer_service.rest import BinanceRest
 from producer_service.sequencer import Sequencer
 from producer_service.sink import TickSink
 from tickstream.binance import SERVER_SHUTDOWN, MalformedPayload, event_to_tick, parse_frame, stream_name
+from tickstream.ticks import Tick
 
 log = logging.getLogger(__name__)
 MALFORMED_SAMPLE_CHARS = 200
@@ -124,7 +127,7 @@ class BinanceFeed:
     def _open_connection(self, streams: set[str]) -> StreamConnection:
         self._serial += 1
         conn = StreamConnection(f"{self.name}#{self._serial}", self.ws_url, self._limits, self.attempts,
-                                self._on_frame, self._on_connected)
+                                self._on_frames, self._on_connected)
         self.connections.append(conn)
         conn.start(streams)
         return conn
@@ -154,15 +157,52 @@ class BinanceFeed:
         new = self._open_connection(set(old.streams))
         self._retiring[old] = (new, time.monotonic())
 
-    # -- the hot path --------------------------------------------------------------------------------------
+    # -- the hot path ------------------------------------------------------------------------------------
+    def _on_frames(self, conn: StreamConnection, raws: list[bytes], received_us: int) -> None:
+        """Every message of one socket read. A subscribed stream's well-formed event (nearly every frame) takes the
+        straight line; anything else (a control reply, a malformed frame, serverShutdown) raises on the way and
+        is classified again by `_on_unusual_frame`, the careful path. The ticks are then sequenced together."""
+        by_stream, loads_, to_tick = self.by_stream, loads, event_to_tick
+        ticks: list[Tick] = []
+        targets: list[ScriptTarget] = []
+        for raw in raws:
+            try:
+                frame = loads_(raw)
+                target = by_stream[frame["stream"]]
+                tick = to_tick(frame["data"], target.script_id, received_us)
+            except (ValueError, KeyError, TypeError):  # ValueError: MalformedPayload or not JSON
+                self._on_unusual_frame(conn, raw, received_us)
+                continue
+            ticks.append(tick)
+            targets.append(target)
+        if ticks:
+            self._deliver(ticks, targets)
+
+    def _deliver(self, ticks: list[Tick], targets: list[ScriptTarget]) -> None:
+        """Sequence the ticks (of `targets`): drop duplicates, hand the rest to the sink, and any gap one reveals
+        to the backfiller."""
+        put, counts, last_trade_us = self.sink.put, self.counts, self.last_trade_us
+        for tick, verdict, target in zip(ticks, self.sequencer.accept_ticks(ticks), targets, strict=True):
+            if verdict is False:
+                continue
+            put(tick)
+            counts[tick.script_id] += 1
+            last_trade_us[tick.script_id] = tick.traded_at_us
+            if verdict is not True:
+                self.backfiller.request(BackfillJob(verdict, target.symbol, target.stream_type))
+
     def _on_frame(self, conn: StreamConnection, raw: bytes, received_us: int) -> None:
+        """One message (bench/hotpaths.py feeds frames one by one)."""
+        self._on_frames(conn, [raw], received_us)
+
+    def _on_unusual_frame(self, conn: StreamConnection, raw: bytes, received_us: int) -> None:
         try:
             frame = parse_frame(raw)
         except MalformedPayload as error:
             self._malformed(raw, error)
             return
-        data = frame.get("data")
-        target = self.by_stream.get(frame.get("stream"))  # type: ignore[arg-type]
+        data, stream = frame.get("data"), frame.get("stream")
+        target = self.by_stream.get(stream) if isinstance(stream, str) else None
         if target is not None and not isinstance(data, dict):  # a subscribed stream's payload must be an event
             self._malformed(raw, MalformedPayload("stream data is not a JSON object"))
             return
@@ -177,14 +217,7 @@ class BinanceFeed:
             else:
                 self._malformed(raw, error)
             return
-        verdict = self.sequencer.accept(target.script_id, tick.trade_id)
-        if verdict is False:
-            return
-        self.sink.put(tick)
-        self.counts[target.script_id] += 1
-        self.last_trade_us[target.script_id] = tick.traded_at_us
-        if verdict is not True:
-            self.backfiller.request(BackfillJob(verdict, target.symbol, target.stream_type))
+        self._deliver([tick], [target])  # not expected (the straight line takes such frames), but never dropped
 
     def _on_other_frame(self, conn: StreamConnection, frame: dict, raw: bytes) -> None:
         data = frame.get("data") if isinstance(frame.get("data"), dict) else frame

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from tickstream.ticks import Tick
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +61,34 @@ class Sequencer:
     def accept(self, script_id: int, trade_id: int) -> Gap | bool | None:
         """False for a duplicate; otherwise True, or the Gap this id revealed (the id itself is accepted)."""
         with self._lock:
-            last = self._last.get(script_id)
-            if last is not None and abs(trade_id - last) > self.max_jump and not self._confirms(script_id, trade_id):
-                return False
-            if last is not None and trade_id <= last:
-                self.duplicates += 1
-                return False
-            self._last[script_id] = trade_id
+            return self._accept(script_id, trade_id)
+
+    def accept_ticks(self, ticks: Sequence[Tick]) -> list[Gap | bool | None]:
+        """`accept` for every tick's (script_id, trade_id), in order, under one lock: the producer's hot path
+        sequences one socket read's trades at once, and taking the lock per trade cost ~0.2 µs of ~3."""
+        verdicts: list[Gap | bool | None] = []
+        append, last_ids, accept = verdicts.append, self._last, self._accept
+        next_is_safe = self.max_jump >= 1  # then the next id can never be a suspect jump
+        with self._lock:
+            for tick in ticks:
+                script_id, trade_id = tick[0], tick[1]  # Tick's first two fields, without the attribute lookups
+                # The next id (nearly every trade) is accepted here; -2: no last id yet, and ids are never -1.
+                if next_is_safe and trade_id == last_ids.get(script_id, -2) + 1:
+                    last_ids[script_id] = trade_id
+                    append(True)
+                else:
+                    append(accept(script_id, trade_id))
+        return verdicts
+
+    def _accept(self, script_id: int, trade_id: int) -> Gap | bool | None:
+        """`accept`, the lock held."""
+        last = self._last.get(script_id)
+        if last is not None and abs(trade_id - last) > self.max_jump and not self._confirms(script_id, trade_id):
+            return False
+        if last is not None and trade_id <= last:
+            self.duplicates += 1
+            return False
+        self._last[script_id] = trade_id
         if last is not None and trade_id > last + 1:
             return Gap(script_id, last + 1, trade_id - 1)
         return True

@@ -62,3 +62,31 @@ def test_malformed_events_raise(event: object) -> None:
 def test_malformed_frames_raise(raw: bytes) -> None:
     with pytest.raises(MalformedPayload):
         parse_frame(raw)
+
+
+@pytest.mark.parametrize(
+    ("event", "message"),
+    [
+        ({k: v for k, v in TRADE.items() if k != "q"}, "event lacks field 'q'"),
+        ({**AGG, "e": ["aggTrade"]}, "unknown event type ['aggTrade']"),
+        ({**TRADE, "E": 1.5}, "trade/event time 1700000000120/1.5 is not integer milliseconds"),
+        ({**TRADE, "T": True}, "trade/event time True/1700000000123 is not integer milliseconds"),
+        ({**TRADE, "m": "false"}, "is_buyer_maker 'false' is not a boolean"),
+        ({**TRADE, "t": "12345"}, "trade_id '12345' is not a non-negative 64-bit integer"),
+        ("a string", "event is not a JSON object"),
+        (None, "event is not a JSON object"),
+    ],
+)
+def test_malformed_events_say_why(event: object, message: str) -> None:
+    with pytest.raises(MalformedPayload) as raised:
+        event_to_tick(event, 1, RECEIVED)  # type: ignore[arg-type]
+    assert str(raised.value) == message
+
+
+def test_live_and_rest_conversions_agree() -> None:
+    """The live hot path builds the same tick as the REST path would from the same trade."""
+    live = event_to_tick(TRADE, 8, RECEIVED)
+    rest = rest_trade_to_tick({"id": TRADE["t"], "price": TRADE["p"], "qty": TRADE["q"], "time": TRADE["T"],
+                               "isBuyerMaker": TRADE["m"]}, 8, RECEIVED)
+    assert live == rest._replace(event_at_us=TRADE["E"] * 1000)
+    assert type(live) is type(rest)

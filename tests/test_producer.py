@@ -2,18 +2,43 @@
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import hashlib
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pymysql
 import pytest
 
+from producer_service.backfill import BackfillJob
+from producer_service.config import ProducerSettings
+from producer_service.connection import (
+    OPCODE_BINARY,
+    OPCODE_CLOSE,
+    OPCODE_CONT,
+    OPCODE_PING,
+    OPCODE_PONG,
+    OPCODE_TEXT,
+    ConnectionLimits,
+    FrameError,
+    FrameReader,
+    StreamConnection,
+)
+from producer_service.feed import BinanceFeed, ScriptTarget
+from producer_service.pacing import RateLimiter
+from producer_service.rest import BinanceRest
+from producer_service.sequencer import Gap, Sequencer
 from simulator.harness import ExchangeSimulator
 from tests.conftest import make_script
 from tests.producer_harness import (
@@ -28,6 +53,7 @@ from tests.producer_harness import (
 )
 from tests.tcp_proxy import TcpProxy
 from tickstream.settings import DatabaseSettings
+from tickstream.ticks import Tick
 
 pytestmark = pytest.mark.localstack
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "PEPEUSDT"]
@@ -332,3 +358,293 @@ def test_watchdog_reconnects_a_silent_socket_and_nothing_is_lost(db: pymysql.Con
         (conn,) = next(iter(producer.service.feeds.values())).connections
         assert conn.sessions >= 2, "the watchdog reconnected"
         assert_exactly_once(QueueReader(sqs_client, queue), sim, scripts)
+
+
+# --- the WebSocket transport: FrameReader and StreamConnection, without LocalStack ----------------------------
+
+
+def server_frame(opcode: int, payload: bytes, fin: bool = True, first_extra: int = 0, long_form: bool = False,
+                 mask: bytes | None = None) -> bytes:
+    """One server → client frame; `long_form` forces the 64-bit length, `mask` makes it (wrongly) masked."""
+    first = (0x80 if fin else 0) | first_extra | opcode
+    size = len(payload)
+    mask_bit = 0x80 if mask else 0
+    if long_form or size > 0xFFFF:
+        header = bytes([first, mask_bit | 127]) + size.to_bytes(8, "big")
+    elif size >= 126:
+        header = bytes([first, mask_bit | 126]) + size.to_bytes(2, "big")
+    else:
+        header = bytes([first, mask_bit | size])
+    if mask:
+        payload = mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return header + payload
+
+
+def text(payload: bytes, **options: Any) -> bytes:
+    return server_frame(OPCODE_TEXT, payload, **options)
+
+
+def read_in_pieces(reader: FrameReader, wire: bytes, piece: int) -> list[bytes]:
+    messages: list[bytes] = []
+    for start in range(0, len(wire), piece):
+        messages.extend(reader.parse(wire[start:start + piece]))
+    return messages
+
+
+MIXED_MESSAGES = [b'{"n":1}', b"x" * 125, b"y" * 126, b"z" * 65535, b"w" * 70_000, b""]
+MIXED_WIRE = b"".join(text(m) for m in MIXED_MESSAGES) + text(b'{"n":2}', long_form=True)
+
+
+@pytest.mark.parametrize("piece", [1, 2, 3, 7, 64, 1000, 65536, len(MIXED_WIRE)])
+def test_frame_reader_splits_frames_however_the_bytes_are_cut(piece: int) -> None:
+    """7-, 16- and 64-bit lengths (the 64-bit form also for a short payload), cut at every size down to single
+    bytes: the same messages, in order, nothing held back at the end."""
+    reader = FrameReader()
+    assert read_in_pieces(reader, MIXED_WIRE, piece) == [*MIXED_MESSAGES, b'{"n":2}']
+    assert not reader.partial and not reader.controls
+
+
+def test_frame_reader_holds_a_large_frame_until_complete() -> None:
+    big = b"[" + b"1," * 600_000 + b"1]"
+    reader = FrameReader()
+    wire = text(big) + text(b"next")
+    assert reader.parse(wire[:100_000]) == [] and reader.partial
+    assert reader.parse(wire[100_000:-3]) == [big]
+    assert reader.partial, "the next frame's first bytes wait for the rest"
+    assert reader.parse(wire[-3:]) == [b"next"]
+
+
+def test_frame_reader_joins_fragments_with_a_ping_between_them() -> None:
+    wire = (text(b'{"a":', fin=False) + server_frame(OPCODE_PING, b"1700000000000")
+            + server_frame(OPCODE_CONT, b"1,", fin=False) + server_frame(OPCODE_PONG, b"")
+            + server_frame(OPCODE_CONT, b'"b":2}') + server_frame(OPCODE_BINARY, b"\x00\x01", fin=False)
+            + server_frame(OPCODE_CONT, b"\x02"))
+    for piece in (1, 5, len(wire)):
+        reader = FrameReader()
+        assert read_in_pieces(reader, wire, piece) == [b'{"a":1,"b":2}', b"\x00\x01\x02"]
+        assert reader.controls == [(OPCODE_PING, b"1700000000000"), (OPCODE_PONG, b"")]
+
+
+def test_frame_reader_stops_at_a_close_frame() -> None:
+    close = server_frame(OPCODE_CLOSE, (1001).to_bytes(2, "big") + b"Server shutdown")
+    reader = FrameReader()
+    assert reader.parse(text(b"before") + close + text(b"after")) == [b"before"]
+    assert reader.close_reason == "Server shutdown"
+    assert reader.controls == [(OPCODE_CLOSE, (1001).to_bytes(2, "big") + b"Server shutdown")]
+    empty = FrameReader()
+    assert empty.parse(server_frame(OPCODE_CLOSE, b"")) == [] and empty.close_reason == ""
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        text(b"hi", mask=b"abcd"),  # servers never mask (RFC 6455 5.1)
+        text(b"hi", first_extra=0x40),  # a reserved bit: no extension was negotiated
+        server_frame(OPCODE_CONT, b"orphan"),
+        text(b"a", fin=False) + text(b"b"),  # a new message inside a fragmented one
+        server_frame(OPCODE_PING, b"p", fin=False),  # control frames are never fragmented
+        server_frame(OPCODE_PING, b"p" * 126),  # control payloads are at most 125 bytes
+        server_frame(OPCODE_CLOSE, b"\x03"),  # a close payload is empty or a 2-byte code (+ reason)
+        server_frame(0x3, b"?"),
+        server_frame(0xB, b"?"),
+        bytes([0x81, 127]) + (2**63).to_bytes(8, "big"),
+        bytes([0x81, 127]) + (2**40).to_bytes(8, "big"),  # a terabyte frame is refused, not buffered
+    ],
+)
+def test_frame_reader_rejects_broken_framing(wire: bytes) -> None:
+    with pytest.raises(FrameError):
+        FrameReader().parse(wire)
+
+
+class CraftedServer:
+    """A WebSocket server on a real socket that sends each connection a scripted byte stream, in small pieces,
+    and records every frame the client sends (unmasked) as (connection number, opcode, payload)."""
+
+    GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+    def __init__(self, script: bytes, piece: int = 5) -> None:
+        self.script = script
+        self.piece = piece
+        self.received: list[tuple[int, int, bytes]] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"ws://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.connections = 0
+        threading.Thread(target=self._accept_loop, daemon=True).start()
+
+    def _accept_loop(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                sock, _ = self.listener.accept()
+                self.connections += 1
+                threading.Thread(target=self._serve, args=(sock, self.connections), daemon=True).start()
+
+    def _serve(self, sock: socket.socket, number: int) -> None:
+        with sock, contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += sock.recv(4096)
+            key = re.search(rb"Sec-WebSocket-Key: *(\S+)", request, re.IGNORECASE)
+            assert key is not None
+            accept = base64.b64encode(hashlib.sha1(key.group(1) + self.GUID).digest())  # the protocol's hash
+            sock.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                         b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+            if number == 1:
+                for start in range(0, len(self.script), self.piece):
+                    sock.sendall(self.script[start:start + self.piece])
+                    time.sleep(0.0005)
+            self._record(sock, number)
+
+    def _record(self, sock: socket.socket, number: int) -> None:
+        stream = sock.makefile("rb")
+        while header := stream.read(2):
+            size = header[1] & 0x7F
+            if size >= 126:
+                size = int.from_bytes(stream.read(2 if size == 126 else 8), "big")
+            mask = stream.read(4)
+            payload = bytes(b ^ mask[i % 4] for i, b in enumerate(stream.read(size)))
+            self.received.append((number, header[0] & 0x0F, payload))
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return condition()
+
+
+def collecting_connection(url: str, streams: set[str], watchdog_seconds: float = 10.0,
+                          ) -> tuple[StreamConnection, list[bytes]]:
+    got: list[bytes] = []
+    conn = StreamConnection("test", url, ConnectionLimits(3.0, watchdog_seconds, 0.2), RateLimiter(100, 1.0),
+                            lambda _conn, messages, _us: got.extend(messages), lambda _conn: None)
+    conn.start(streams)
+    return conn, got
+
+
+def test_stream_connection_over_a_real_socket_fragments_pings_long_frames_and_close() -> None:
+    """Crafted server frames, sent a few bytes at a time: a fragmented message with a ping between its fragments
+    (answered with a pong echoing the payload), a frame with a 64-bit length, a pong (ignored), then a close,
+    which the client answers before reconnecting."""
+    big = b'{"big":"' + b"b" * 70_000 + b'"}'
+    close_payload = (1001).to_bytes(2, "big") + b"going away"
+    script = (text(b'{"part":', fin=False) + server_frame(OPCODE_PING, b"1700000000123")
+              + server_frame(OPCODE_CONT, b'"one"}') + text(big) + server_frame(OPCODE_PONG, b"x")
+              + text(b'{"last":1}') + server_frame(OPCODE_CLOSE, close_payload))
+    server = CraftedServer(script, piece=1000)
+    conn, got = collecting_connection(server.url, {"btcusdt@trade"})
+    try:
+        assert wait_until(lambda: conn.sessions >= 2), "reconnected after the server's close"
+        assert got[:3] == [b'{"part":"one"}', big, b'{"last":1}']
+        assert wait_until(lambda: (1, OPCODE_CLOSE, (1000).to_bytes(2, "big")) in server.received)
+        first = [(opcode, payload) for number, opcode, payload in server.received if number == 1]
+        assert (OPCODE_PONG, b"1700000000123") in first, "the ping was answered with its payload"
+        assert first.index((OPCODE_PONG, b"1700000000123")) < first.index((OPCODE_CLOSE, (1000).to_bytes(2, "big")))
+        assert OPCODE_PING not in [opcode for opcode, _ in first], "a pong is not answered"
+        subscribe = orjson.loads(next(payload for opcode, payload in first if opcode == OPCODE_TEXT))
+        assert subscribe["method"] == "SUBSCRIBE" and subscribe["params"] == ["btcusdt@trade"]
+        assert conn.frames >= 3
+    finally:
+        conn.close()
+        server.close()
+
+
+def test_stream_connection_drops_a_connection_that_breaks_framing() -> None:
+    server = CraftedServer(text(b'{"ok":1}') + text(b"masked", mask=b"abcd") + text(b'{"never":1}'))
+    conn, got = collecting_connection(server.url, {"btcusdt@trade"})
+    try:
+        assert wait_until(lambda: conn.sessions >= 2), "the broken connection was replaced"
+        assert got == [b'{"ok":1}']
+    finally:
+        conn.close()
+        server.close()
+
+
+def test_stream_connection_against_the_simulator_gets_every_trade_in_order_and_answers_pings() -> None:
+    """The real simulator (websockets) at a few thousand trades/s, pings every 0.2 s with a 1 s pong timeout."""
+    symbols = ("BTCUSDT", "ETHUSDT")
+    with ExchangeSimulator(symbols=symbols, rate=0, seed=3, ping_interval=0.2, pong_timeout=1.0) as sim:
+        conn, got = collecting_connection(sim.ws_url, {f"{s.lower()}@trade" for s in symbols})
+        try:
+            assert wait_until(lambda: len(sim.subscriptions()) == 2)
+            sim.config.rate = 2000
+            time.sleep(2.0)
+            sim.config.rate = 0
+            expected = {s: list(sim.emitted_ids(s, "trade")) for s in symbols}
+            total = sum(len(ids) for ids in expected.values())
+            assert wait_until(lambda: len(got) >= total + 1)  # + the SUBSCRIBE reply
+            events = [orjson.loads(message) for message in got]
+            for symbol in symbols:
+                ids = [e["data"]["t"] for e in events if e.get("stream") == f"{symbol.lower()}@trade"]
+                assert ids == expected[symbol] and len(ids) > 1000
+            assert conn.sessions == 1, "pings were answered in time"
+            sim.announce_shutdown(delay=0.1)
+            assert wait_until(lambda: conn.sessions == 2), "the server's close frame ended the session"
+        finally:
+            conn.close()
+
+
+class RecordingSink:
+    def __init__(self) -> None:
+        self.ticks: list[Tick] = []
+
+    def put(self, tick: Tick) -> None:
+        self.ticks.append(tick)
+
+
+def trade_frame(stream: str, trade_id: int, **changes: Any) -> bytes:
+    event = {"e": "trade", "E": 1_700_000_000_123, "s": stream.split("@")[0].upper(), "t": trade_id,
+             "p": "1.50000000", "q": "2.00000000", "T": 1_700_000_000_120, "m": True, "M": True, **changes}
+    return orjson.dumps({"stream": stream, "data": event})
+
+
+def test_feed_sorts_one_read_of_mixed_frames(tmp_path: Path) -> None:
+    """One socket read holding trades of two scripts, a duplicate, a gap, a control reply, malformed frames, an
+    unsubscribed stream and serverShutdown: each frame is handled as on its own, the trades in order."""
+    stop = threading.Event()
+    sink = RecordingSink()
+    sequencer = Sequencer()
+    feed = BinanceFeed("test", "ws://127.0.0.1:9", BinanceRest("http://127.0.0.1:9", stop=stop), ProducerSettings(),
+                       sink, sequencer, RateLimiter(10, 1.0), stop)  # type: ignore[arg-type]
+    jobs: list[BackfillJob] = []
+    feed.backfiller.request = jobs.append  # type: ignore[method-assign]
+    for target in (ScriptTarget(1, "BTCUSDT", "trade"), ScriptTarget(2, "SOLUSDT", "trade")):
+        feed.by_stream[target.stream] = target
+    conn = StreamConnection("test#1", "ws://127.0.0.1:9", ConnectionLimits(3.0, 10.0, 1.0), RateLimiter(1, 1.0),
+                            feed._on_frames, feed._on_connected)
+    btc, sol = "btcusdt@trade", "solusdt@trade"
+    try:
+        feed._on_frames(conn, [
+            trade_frame(btc, 100), trade_frame(sol, 7), b'{"result":null,"id":1}', trade_frame(btc, 101),
+            b"not json", orjson.dumps({"stream": btc, "data": [1]}), trade_frame("ethusdt@trade", 5),
+            orjson.dumps({"stream": ["odd"], "data": {}}), trade_frame(btc, 101), trade_frame(btc, 105),
+            trade_frame(btc, 106, p=1.5), trade_frame(sol, 8),
+            orjson.dumps({"stream": "!serverShutdown", "data": {"e": "serverShutdown", "E": 1_700_000_000_000}}),
+        ], 1_700_000_000_200_000)
+        feed._on_frame(conn, trade_frame(btc, 106), 1_700_000_000_300_000)
+    finally:
+        stop.set()
+    assert [(t.script_id, t.trade_id) for t in sink.ticks] == [(1, 100), (2, 7), (1, 101), (1, 105), (2, 8), (1, 106)]
+    assert sink.ticks[0] == Tick(1, 100, "1.50000000", "2.00000000", True, 1_700_000_000_120_000,
+                                 1_700_000_000_123_000, 1_700_000_000_200_000)
+    assert feed.malformed == 3, "not JSON, data not an object, a float price"
+    assert sequencer.duplicates == 1
+    assert jobs == [BackfillJob(Gap(1, 102, 104), "BTCUSDT", "trade")]
+    assert feed.counts == {1: 4, 2: 2}
+    assert feed.last_trade_us == {1: 1_700_000_000_120_000, 2: 1_700_000_000_120_000}
+    assert conn in feed._rotate_requests, "serverShutdown asks for a rotation"
+
+
+def test_sequencer_batches_agree_with_one_by_one() -> None:
+    ids = [(1, 10), (1, 11), (2, 5), (1, 11), (1, 9), (1, 14), (2, 6), (1, 10_000_000), (1, 15), (1, 10_000_001),
+           (1, 10_000_002), (2, 4), (3, 1)]
+    one_by_one, batched = Sequencer(max_jump=1000), Sequencer(max_jump=1000)
+    ticks = [Tick(sid, tid, "1", "1", False, 0, 0, 0) for sid, tid in ids]
+    assert batched.accept_ticks(ticks) == [one_by_one.accept(sid, tid) for sid, tid in ids]
+    assert (batched.duplicates, batched.suspects) == (one_by_one.duplicates, one_by_one.suspects) != (0, 0)
+    assert all(batched.last_id(sid) == one_by_one.last_id(sid) for sid in (1, 2, 3))
+    strict = Sequencer(max_jump=0)  # every move is a jump: the next id must not take the shortcut
+    assert strict.accept_ticks(ticks[:2]) == [True, False]

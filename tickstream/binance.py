@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from tickstream.ticks import Tick, sample, validate_tick
+from tickstream.ticks import Tick, sample, tick_problem, validate_tick
 
 PRODUCTION_WS_URL = "wss://stream.binance.com:9443"
 PRODUCTION_REST_URL = "https://api.binance.com"
@@ -51,18 +51,33 @@ def _tick(script_id: int, trade_id: Any, price: Any, qty: Any, maker: Any, trade
         raise MalformedPayload(str(error)) from None
 
 
+_make_tick = Tick._make
+
+
 def event_to_tick(event: dict[str, Any], script_id: int, received_us: int) -> Tick:
-    """An `aggTrade` or `trade` stream payload → Tick (trade_id is the id the stream is keyed by)."""
+    """An `aggTrade` or `trade` stream payload → Tick (trade_id is the id the stream is keyed by).
+
+    The producer's hot path (once per live trade): one function, `Tick._make` and `tick_problem` directly, ~1.1 µs
+    instead of ~1.5; the checks, their order and their messages are `_tick`'s.
+    """
     try:
         kind = event["e"]
-        trade_id = event["a"] if kind == "aggTrade" else event["t"] if kind == "trade" else None
+        trade_id = event["t"] if kind == "trade" else event["a"] if kind == "aggTrade" else None
         if trade_id is None:
             raise MalformedPayload(f"unknown event type {sample(kind)}")
-        return _tick(script_id, trade_id, event["p"], event["q"], event["m"], event["T"], event["E"], received_us)
+        price, qty, maker, traded_ms, event_ms = event["p"], event["q"], event["m"], event["T"], event["E"]
+        if type(traded_ms) is not int or type(event_ms) is not int:
+            raise MalformedPayload(f"trade/event time {sample(traded_ms)}/{sample(event_ms)} is not integer "
+                                   "milliseconds")
+        tick = _make_tick((script_id, trade_id, price, qty, maker, traded_ms * 1000, event_ms * 1000, received_us))
     except KeyError as missing:
         raise MalformedPayload(f"event lacks field {missing}") from None
     except TypeError:
         raise MalformedPayload("event is not a JSON object") from None
+    problem = tick_problem(tick)
+    if problem is not None:
+        raise MalformedPayload(problem)
+    return tick
 
 
 def rest_aggtrade_to_tick(item: dict[str, Any], script_id: int, received_us: int) -> Tick:
