@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bench import coldstart, cost, e2e, ingest, latency, storage
 from bench.aws_local import bench_settings, running_localstack
-from bench.common import StageResult, wait_for_database
+from bench.common import StageResult, ticks_per_message, wait_for_database
 from bench.pipeline import Mapping
 from bench.report import machine_info, table, write_json
 
@@ -30,13 +30,14 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # The ingest mapping for throughput: 40 messages of ≤ 64 KiB (~2.6 MB, under AWS's 6 MB payload limit)
 # and a 1 s window (AWS requires ≥ 1 s above 10 messages).
 THROUGHPUT_MAPPING = Mapping(batch_size=40, window_seconds=1)
+INGEST_BATCH_MESSAGES = 20  # stage 2: records per invocation (the template's default batch size)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--stages", default="1,2,3,4,5,6", help="comma-separated subset (default: all)")
     parser.add_argument("--rows", type=int, default=300_000, help="stages 1-2: rows per measurement")
-    parser.add_argument("--e2e-rate", type=float, default=30_000, help="stage 3: ticks/s the simulator trades")
+    parser.add_argument("--e2e-rate", type=float, default=100_000, help="stage 3: ticks/s the simulator trades")
     parser.add_argument("--e2e-seconds", type=float, default=60, help="stage 3: measured window")
     parser.add_argument("--warmup-seconds", type=float, default=5, help="stages 3-4: trading before the window")
     parser.add_argument("--latency-rate", type=float, default=1_000, help="stage 4: ticks/s")
@@ -66,13 +67,15 @@ def main(argv: list[str] | None = None) -> int:
     stages = {int(s) for s in args.stages.split(",") if s.strip()}
     started, machine = datetime.now(UTC), machine_info()
     results: list[StageResult] = []
-    chunk = THROUGHPUT_MAPPING.batch_size * 1_050 // 2  # rows per server-side chunk ≈ one ingest invocation
+    chunk = round(INGEST_BATCH_MESSAGES * ticks_per_message())  # rows per server-side commit = one stage-2 invocation
 
     if 1 in stages:
         results.append(timed(storage.NAME, lambda: storage.run(args.rows, chunk)))
-    ceiling = next((r.data["insert_select"]["rows_per_s"] for r in results if r.data.get("insert_select")), None)
+    storage_data = next((r.data for r in results if r.data.get("insert_select")), {})
+    ceiling = storage_data.get("insert_select", {}).get("rows_per_s")
+    load_only = storage_data.get("load_data", {}).get("rows_per_s")
     if 2 in stages:
-        results.append(timed(ingest.NAME, lambda: ingest.run(args.rows, 20, ceiling)))
+        results.append(timed(ingest.NAME, lambda: ingest.run(args.rows, INGEST_BATCH_MESSAGES, ceiling, load_only)))
     settings = bench_settings()
     if stages & {3, 4, 5}:
         with running_localstack(settings):

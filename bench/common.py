@@ -128,6 +128,11 @@ def bodies_of(ticks: Sequence[Tick]) -> list[str]:
     return list(pack_ticks(ticks))
 
 
+def ticks_per_message(sample: int = 100_000) -> float:
+    """How many synthetic ticks the producer packs into one message (default bound)."""
+    return sample / len(bodies_of(synthetic_ticks((1, 2, 3, 4), sample)))
+
+
 def rate(count: float, seconds: float) -> float:
     return count / seconds if seconds > 0 else 0.0
 

@@ -3,9 +3,9 @@
 `python -m bench.producer_cost [--rate 30000] [--seconds 10] [--pack]` runs the exchange simulator in its own
 process (bench/sim_process.py: its CPU is not ours) and, in this process, the producer's `BinanceFeed` and
 `Sequencer` on 4 `trade` streams, as `python -m producer_service` would, with a sink that only counts ticks (no SQS,
-no packing: that is per ~1,000-tick message, not per trade). `--pack` adds the sink's packing (`encode_tick` +
-`MessagePacker`, bodies discarded) to see its share. Prints trades/s received and CPU µs per trade: the whole
-process (`time.process_time`) and the socket thread alone.
+no packing). `--pack` adds the sink's packing (`MessagePacker`: rows, compression; bodies discarded) to see its
+share. Prints trades/s received and CPU µs per trade: the whole process (`time.process_time`) and the socket thread
+alone.
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.producer_cost", description=__doc__.split("\n")[0])
     parser.add_argument("--rate", type=float, default=30_000.0, help="trades/s over all symbols")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds (after a 2 s warm-up)")
-    parser.add_argument("--pack", action="store_true", help="include the sink's packing (encode_tick + packer)")
+    parser.add_argument("--pack", action="store_true", help="include the sink's packing (MessagePacker)")
     args = parser.parse_args()
     report(run(args.rate, args.seconds, args.pack), args.rate, args.pack)
 

@@ -2,6 +2,9 @@
 
 - server-only `INSERT … SELECT` from a copy of the same rows already in the server, committed per chunk of the
   same size as one ingest invocation: what MariaDB itself can absorb, with no client in the way;
+- server-only `LOAD DATA LOCAL`: the rows of the same messages the ingest function gets, already decoded and
+  written to its scratch file, loaded and committed per chunk: what MariaDB's bulk-load path costs by itself, the
+  ceiling of any writer that uses it (the ingest handler's other reference);
 - the naive path of the Django/Celery seed: one parameterised INSERT per row, autocommit.
 """
 
@@ -12,7 +15,8 @@ from collections.abc import Sequence
 
 import pymysql
 
-from bench.common import StageResult, Stopwatch, bench_database, rate, scalar, synthetic_ticks
+from bench.common import StageResult, Stopwatch, bench_database, bodies_of, rate, scalar, synthetic_ticks
+from tickstream.codec import decode_message
 from tickstream.db import connect
 from tickstream.settings import DatabaseSettings
 from tickstream.tick_store import _TIME, COLUMNS, TickStore
@@ -33,13 +37,40 @@ def run(rows: int, chunk_rows: int) -> StageResult:
         try:
             stage_source(conn, ticks)
             ceiling = server_only_insert_select(conn, rows, chunk_rows)
+            load = server_only_load_data(conn, ticks, chunk_rows)
             naive = naive_row_inserts(db, synthetic_ticks(SCRIPT_IDS, 200_000, first_trade_id=10_000_000))
         finally:
             conn.close()
-    result.data = {"rows": rows, "chunk_rows": chunk_rows, "insert_select": ceiling, "naive": naive}
+    result.data = {"rows": rows, "chunk_rows": chunk_rows, "insert_select": ceiling, "load_data": load,
+                   "naive": naive}
     result.add("server-only INSERT…SELECT", ceiling["rows_per_s"], "rows/s")
+    result.add("server-only LOAD DATA (rows already decoded)", load["rows_per_s"], "rows/s")
+    result.add("  its ratio to INSERT…SELECT", load["rows_per_s"] / ceiling["rows_per_s"], "×")
     result.add("naive one INSERT per row, autocommit", naive["rows_per_s"], "rows/s")
     return result
+
+
+def server_only_load_data(conn: pymysql.Connection, ticks: Sequence[Tick], chunk_rows: int) -> dict[str, float]:
+    """LOAD DATA of the decoded rows of every message (as the producer packs them) into the emptied table, one
+    statement per message, committed every `chunk_rows` rows: the handler's work minus decoding."""
+    batches = [decode_message(body) for body in bodies_of(ticks)]
+    with conn.cursor() as cursor:
+        cursor.execute("TRUNCATE TABLE ticks")
+    store, pending = TickStore(conn, use_load_data=True), 0
+    watch = Stopwatch()
+    for batch in batches:
+        store.write(batch)
+        pending += batch.count
+        if pending >= chunk_rows:
+            store.commit()
+            pending = 0
+    store.commit()
+    seconds = watch.seconds
+    stored = scalar(conn, "SELECT COUNT(*) FROM ticks")
+    conn.commit()
+    if stored != len(ticks):
+        raise RuntimeError(f"LOAD DATA stored {stored} rows, expected {len(ticks)}")
+    return {"rows": stored, "seconds": seconds, "rows_per_s": rate(stored, seconds)}
 
 
 def stage_source(conn: pymysql.Connection, ticks: Sequence[Tick]) -> None:

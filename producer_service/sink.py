@@ -17,7 +17,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from producer_service.journal import Journal, wait_until_empty
 from producer_service.pacing import Backoff
-from tickstream.codec import MessagePacker, encode_tick
+from tickstream.codec import MessagePacker
 from tickstream.ticks import Tick
 
 log = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ class TickSink:
         self.ticks_in += 1
         if self._oldest_at is None:
             self._oldest_at = time.monotonic()
-        full = self._packer.add(encode_tick(tick))
+        full = self._packer.add(tick)
         if full:
             self._ready.extend(full)
             self._oldest_at = time.monotonic() if len(self._packer) else None

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import re
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
@@ -42,7 +43,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024
 # inflated into the function's memory).
 MAX_ROWS_BYTES = 32 * 1024 * 1024
 _ZLIB_LEVEL = 1
-_ROW_FORMAT = "%d\t%d\t%s\t%s\t%d\t%d\t%d\t%d\n"
+_ROW_FORMAT = "%d\t%d\t%s\t%s\t%d\t%d\t%d\t%d\n"  # `%d` writes is_buyer_maker as 1 or 0
 
 
 class InvalidMessage(ValueError):
@@ -87,36 +88,37 @@ _DECIMAL = r"\d{1,18}(?:\.\d{1,18})?"  # DECIMAL(36,18), as tickstream.ticks che
 _TIME = integer_pattern(MIN_TIME_US, MAX_TIME_US)
 _FIELD_PATTERNS = (integer_pattern(1, MAX_SCRIPT_ID), integer_pattern(0, MAX_TRADE_ID), _DECIMAL, _DECIMAL, "[01]",
                    _TIME, _TIME, _TIME)  # in Tick's field order
-_ROW = "\t".join(_FIELD_PATTERNS) + "\n"
-_VALID_ROWS = re.compile(f"(?:{_ROW})+".encode()).fullmatch
-_SCRIPT_IDS = re.compile(rb"^\d+", re.MULTILINE).findall
+_ROW_AFTER_SCRIPT = "\t".join(_FIELD_PATTERNS[1:]) + "\n"
+_VALID_ROW = re.compile(("\t".join(_FIELD_PATTERNS) + "\n").encode()).fullmatch
+# One script's consecutive rows: the first names the script id, the rest repeat it (a backreference). Matching a
+# message block by block validates every row and yields its script ids in one pass (a separate findall of the ids
+# would cost as much again). The producer groups rows by script, so a message is a few blocks; rows in any order
+# are still valid, just slower (one block per row).
+_SCRIPT_BLOCK = re.compile(
+    f"({_FIELD_PATTERNS[0]})\t{_ROW_AFTER_SCRIPT}(?:\\1\t{_ROW_AFTER_SCRIPT})*".encode()).match
 
 
 # --- encoding (the producer) --------------------------------------------------------------------------------------
-
-def encode_tick(tick: Tick) -> bytes:
-    """One row of a version 2 message (`%d` writes is_buyer_maker as 1 or 0)."""
-    return (_ROW_FORMAT % tick).encode()
-
 
 def encode_rows(rows: Sequence[bytes]) -> str:
     return V2_PREFIX + base64.b64encode(zlib.compress(b"".join(rows), _ZLIB_LEVEL)).decode()
 
 
 def pack_ticks(ticks: Iterable[Tick], max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Iterator[str]:
-    """Bodies of at most `max_bytes`, holding every tick once, in order."""
+    """Bodies of at most `max_bytes`, holding every tick once."""
     packer = MessagePacker(max_bytes)
     for tick in ticks:
-        yield from packer.add(encode_tick(tick))
+        yield from packer.add(tick)
     yield from packer.flush()
 
 
 class MessagePacker:
-    """Accumulates encoded rows and hands out full message bodies, each at most `max_bytes`.
+    """Accumulates ticks and hands out full message bodies, each at most `max_bytes`.
 
-    The compressed size is known only after compressing, so the packer closes a message when the raw rows reach a
-    budget derived from the last compression ratio (aiming at ~93 % of `max_bytes`); a body that still comes out too
-    big is split in two (rare: it costs one more compression).
+    Rows are grouped by script within a message (each script's in arrival order): the ingest function validates a
+    script's rows as one block. The compressed size is known only after compressing, so the packer closes a message
+    when the raw rows reach a budget derived from the last compression ratio (aiming at ~93 % of `max_bytes`); a
+    body that still comes out too big is split in two (rare: it costs one more compression).
     """
 
     FILL = 0.93
@@ -124,24 +126,32 @@ class MessagePacker:
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         self.max_bytes = max_bytes
-        self._rows: list[bytes] = []
+        self._groups: dict[int, list[bytes]] = {}
+        self._count = 0
         self._size = 0
         self._budget = int(max_bytes * self.FILL * self.INITIAL_RATIO)
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return self._count
 
-    def add(self, row: bytes) -> list[str]:
-        """Add one encoded row; returns the message(s) it completed, if any."""
-        self._rows.append(row)
+    def add(self, tick: Tick) -> list[str]:
+        """Add one tick; returns the message(s) it completed, if any."""
+        row = (_ROW_FORMAT % tick).encode()
+        group = self._groups.get(tick[0])
+        if group is None:
+            self._groups[tick[0]] = [row]
+        else:
+            group.append(row)
+        self._count += 1
         self._size += len(row)
         return self.flush() if self._size >= self._budget else []
 
     def flush(self) -> list[str]:
-        if not self._rows:
+        if not self._count:
             return []
-        rows, raw_size = self._rows, self._size
-        self._rows, self._size = [], 0
+        rows = list(itertools.chain.from_iterable(self._groups.values()))
+        raw_size = self._size
+        self._groups, self._count, self._size = {}, 0, 0
         bodies = self._bodies(rows)
         ratio = raw_size / sum(len(body) for body in bodies)
         self._budget = max(1, int(self.max_bytes * self.FILL * ratio))
@@ -227,9 +237,20 @@ def _decode_v2(payload: str) -> TickBatch:
     rows = _inflate(compressed)
     if not rows:
         raise InvalidMessage("version 2 message holds no ticks")
-    if _VALID_ROWS(rows) is None:
-        raise InvalidMessage(_first_bad_row(rows))
-    return TickBatch(rows, rows.count(b"\n"), frozenset(map(int, set(_SCRIPT_IDS(rows)))))
+    return TickBatch(rows, rows.count(b"\n"), _script_ids_of_valid(rows))
+
+
+def _script_ids_of_valid(rows: bytes) -> frozenset[int]:
+    """The script ids of `rows`, once every row is known valid; raises InvalidMessage naming the first bad row."""
+    ids: set[bytes] = set()
+    position, end, match_block = 0, len(rows), _SCRIPT_BLOCK
+    while position < end:
+        block = match_block(rows, position)
+        if block is None:
+            raise InvalidMessage(_first_bad_row(rows))
+        ids.add(block.group(1))
+        position = block.end()
+    return frozenset(map(int, ids))
 
 
 def _inflate(compressed: bytes) -> bytes:
@@ -249,7 +270,7 @@ def _first_bad_row(rows: bytes) -> str:
     """The slow path, for the error message only: which row is wrong, and why."""
     lines = rows.split(b"\n")
     for index, line in enumerate(lines[:-1]):
-        if _VALID_ROWS(line + b"\n") is None:
+        if _VALID_ROW(line + b"\n") is None:
             return f"tick {index}: {_row_problem(line)}"
     return f"tick {len(lines) - 1}: the last row does not end with a line feed"
 
