@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 
 import pymysql
 import pytest
@@ -11,7 +13,7 @@ from tests.conftest import make_broker, make_script, stored_ticks
 from tickstream.db import connect
 from tickstream.settings import DatabaseSettings
 from tickstream.tick_store import TickStore, server_allows_load_data
-from tickstream.ticks import Tick
+from tickstream.ticks import MAX_TIME_US, MIN_TIME_US, Tick
 
 T0 = 1_750_000_000_000_001
 
@@ -47,6 +49,17 @@ def test_largest_values_round_trip(store: TickStore, db: pymysql.Connection) -> 
     (row,) = stored_ticks(db, script)
     assert row[:3] == (2**63 - 1, big.price, big.quantity)
     assert row[4].isoformat() == "2099-12-31T23:59:59.999999"
+
+
+def test_every_time_is_stored_to_the_microsecond(store: TickStore, db: pymysql.Connection) -> None:
+    """Random times over the whole accepted range (2000-2100), each column its own value."""
+    rng = random.Random(5)
+    script = make_script(db, make_broker(db), "BTCUSDT")
+    times = [[rng.randint(MIN_TIME_US, MAX_TIME_US) for _ in range(3)] for _ in range(2000)]
+    store.insert_ticks([Tick(script, i, "1", "1", False, *row) for i, row in enumerate(times)])
+    epoch = datetime(1970, 1, 1)
+    stored = [[(value - epoch) // timedelta(microseconds=1) for value in row[4:7]] for row in stored_ticks(db, script)]
+    assert stored == times
 
 
 def test_a_failed_write_commits_nothing(store: TickStore, db: pymysql.Connection) -> None:

