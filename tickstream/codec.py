@@ -25,17 +25,26 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import itertools
 import re
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import orjson
 
-from tickstream.ticks import MAX_SCRIPT_ID, MAX_TIME_US, MAX_TRADE_ID, MIN_TIME_US, Tick, sample, tick_problem
+from tickstream.ticks import (
+    DECIMAL_PATTERN,
+    MAX_SCRIPT_ID,
+    MAX_TIME_US,
+    MAX_TRADE_ID,
+    MIN_TIME_US,
+    Tick,
+    sample,
+    tick_problem,
+)
 
-FORMAT_VERSION = 2
 V2_PREFIX = "tickstream/2 "  # one line, no newline: the producer's journal keeps one body per line
 # One SQS billing unit. SQS itself allows 1 MiB per message and per SendMessageBatch.
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024
@@ -84,12 +93,10 @@ def integer_pattern(low: int, high: int) -> str:
     return _group("|".join(parts))
 
 
-_DECIMAL = r"\d{1,18}(?:\.\d{1,18})?"  # DECIMAL(36,18), as tickstream.ticks checks it
 _TIME = integer_pattern(MIN_TIME_US, MAX_TIME_US)
-_FIELD_PATTERNS = (integer_pattern(1, MAX_SCRIPT_ID), integer_pattern(0, MAX_TRADE_ID), _DECIMAL, _DECIMAL, "[01]",
-                   _TIME, _TIME, _TIME)  # in Tick's field order
+_FIELD_PATTERNS = (integer_pattern(1, MAX_SCRIPT_ID), integer_pattern(0, MAX_TRADE_ID), DECIMAL_PATTERN,
+                   DECIMAL_PATTERN, "[01]", _TIME, _TIME, _TIME)  # in Tick's field order
 _ROW_AFTER_SCRIPT = "\t".join(_FIELD_PATTERNS[1:]) + "\n"
-_VALID_ROW = re.compile(("\t".join(_FIELD_PATTERNS) + "\n").encode()).fullmatch
 # One script's consecutive rows: the first names the script id, the rest repeat it (a backreference). Matching a
 # message block by block validates every row and yields its script ids in one pass (a separate findall of the ids
 # would cost as much again). The producer groups rows by script, so a message is a few blocks; rows in any order
@@ -266,11 +273,18 @@ def _inflate(compressed: bytes) -> bytes:
     return rows
 
 
+@functools.cache
+def _valid_row() -> Callable[[bytes], re.Match[bytes] | None]:
+    """One row's pattern, compiled on first use: only the error path needs it (~3 ms less cold start)."""
+    return re.compile(("\t".join(_FIELD_PATTERNS) + "\n").encode()).fullmatch
+
+
 def _first_bad_row(rows: bytes) -> str:
     """The slow path, for the error message only: which row is wrong, and why."""
     lines = rows.split(b"\n")
+    valid_row = _valid_row()
     for index, line in enumerate(lines[:-1]):
-        if _VALID_ROW(line + b"\n") is None:
+        if valid_row(line + b"\n") is None:
             return f"tick {index}: {_row_problem(line)}"
     return f"tick {len(lines) - 1}: the last row does not end with a line feed"
 

@@ -10,7 +10,8 @@ import re
 from typing import NamedTuple
 
 # DECIMAL(36,18) in the schema: up to 18 integer and 18 fractional digits, no sign, no exponent.
-_DECIMAL = re.compile(r"\d{1,18}(?:\.\d{1,18})?")
+DECIMAL_PATTERN = r"\d{1,18}(?:\.\d{1,18})?"
+_DECIMAL = re.compile(DECIMAL_PATTERN)
 # 2000-01-01 .. 2100-01-01: anything outside is an absurd time, not a trade.
 MIN_TIME_US = 946_684_800_000_000
 MAX_TIME_US = 4_102_444_800_000_000
