@@ -1,7 +1,7 @@
 """The two hot paths in isolation, for profiling: `python -m bench.hotpaths producer|ingest [--profile]`.
 
-- producer: combined-stream frames (as the simulator renders them) → `BinanceFeed._on_frame` → Tick → `TickSink`
-  (pack into 64 KiB bodies, SendMessageBatch to a counting stand-in for SQS). No sockets, no network.
+- producer: combined-stream frames (as the simulator renders them) → `BinanceFeed._on_frames` (one call per frame)
+  → Tick → `TickSink` (pack into 64 KiB bodies, SendMessageBatch to a counting stand-in for SQS). No sockets.
 - ingest: packed bodies → SQS-shaped batches → the ingest handler in-process → MariaDB (LOAD DATA).
 
 `--profile` runs pyinstrument around it (pip install pyinstrument; not a project dependency).
@@ -80,10 +80,10 @@ def producer_hot_path(frames: list[bytes]) -> dict[str, float]:
     """Ticks/s from frame to SendMessageBatch, the socket reader and the sender thread sharing the GIL."""
     with tempfile.TemporaryDirectory(prefix="bench-journal-") as journal_dir, \
             hot_feed(Path(journal_dir)) as (feed, sink, sqs):
-        on_frame = feed._on_frame
+        on_frames = feed._on_frames
         watch, cpu = Stopwatch(), time.process_time()
         for raw in frames:
-            on_frame(None, raw, time.time_ns() // 1000)  # type: ignore[arg-type]
+            on_frames(None, [raw], time.time_ns() // 1000)  # type: ignore[arg-type]
         sink.close(replay_seconds=0)
         seconds, cpu = watch.seconds, time.process_time() - cpu
     return {"frames": len(frames), "ticks": sum(feed.counts.values()), "seconds": seconds,

@@ -191,10 +191,6 @@ class BinanceFeed:
             if verdict is not True:
                 self.backfiller.request(BackfillJob(verdict, target.symbol, target.stream_type))
 
-    def _on_frame(self, conn: StreamConnection, raw: bytes, received_us: int) -> None:
-        """One message (bench/hotpaths.py feeds frames one by one)."""
-        self._on_frames(conn, [raw], received_us)
-
     def _on_unusual_frame(self, conn: StreamConnection, raw: bytes, received_us: int) -> None:
         try:
             frame = parse_frame(raw)

@@ -624,7 +624,7 @@ def test_feed_sorts_one_read_of_mixed_frames(tmp_path: Path) -> None:
             trade_frame(btc, 106, p=1.5), trade_frame(sol, 8),
             orjson.dumps({"stream": "!serverShutdown", "data": {"e": "serverShutdown", "E": 1_700_000_000_000}}),
         ], 1_700_000_000_200_000)
-        feed._on_frame(conn, trade_frame(btc, 106), 1_700_000_000_300_000)
+        feed._on_frames(conn, [trade_frame(btc, 106)], 1_700_000_000_300_000)
     finally:
         stop.set()
     assert [(t.script_id, t.trade_id) for t in sink.ticks] == [(1, 100), (2, 7), (1, 101), (1, 105), (2, 8), (1, 106)]
