@@ -9,8 +9,13 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
+# The field grammar is ASCII only, and one thing for both ends: the producer checks str values with these patterns,
+# the ingest checks the UTF-8 bytes of the rows with the same patterns (tickstream.codec). Never `\d`: in a str
+# pattern it also matches Arabic-Indic, Devanagari, fullwidth… digits, which the bytes patterns (rightly) refuse, so
+# the producer would send what the ingest rejects.
+DIGIT = "[0-9]"
 # DECIMAL(36,18) in the schema: up to 18 integer and 18 fractional digits, no sign, no exponent.
-DECIMAL_PATTERN = r"\d{1,18}(?:\.\d{1,18})?"
+DECIMAL_PATTERN = rf"{DIGIT}{{1,18}}(?:\.{DIGIT}{{1,18}})?"
 _DECIMAL = re.compile(DECIMAL_PATTERN)
 # 2000-01-01 .. 2100-01-01: anything outside is an absurd time, not a trade.
 MIN_TIME_US = 946_684_800_000_000
@@ -65,23 +70,25 @@ def tick_problem(tick: Tick) -> str | None:
             and type(received) is int and MIN_TIME_US <= received <= MAX_TIME_US
             and type(price) is str and type(quantity) is str and _decimal_match(price) and _decimal_match(quantity)):
         return None
-    return _named_problem(tick)
+    problem = tick_field_problem(tick)
+    return None if problem is None else problem[1]
 
 
-def _named_problem(tick: Tick) -> str | None:
+def tick_field_problem(tick: Tick) -> tuple[str, str] | None:
+    """(the first invalid field's name, why) — the slow path, for invalid ticks; None when `tick` is valid."""
     if not _is_int_in(tick.script_id, 1, MAX_SCRIPT_ID):
-        return f"script_id {sample(tick.script_id)} is not a positive 32-bit integer"
+        return "script_id", f"script_id {sample(tick.script_id)} is not a positive 32-bit integer"
     if not _is_int_in(tick.trade_id, 0, MAX_TRADE_ID):
-        return f"trade_id {sample(tick.trade_id)} is not a non-negative 64-bit integer"
+        return "trade_id", f"trade_id {sample(tick.trade_id)} is not a non-negative 64-bit integer"
     for name in ("price", "quantity"):
         value = getattr(tick, name)
         if type(value) is not str or not _DECIMAL.fullmatch(value):
-            return f"{name} {sample(value)} is not a decimal string of at most 18.18 digits"
+            return name, f"{name} {sample(value)} is not an ASCII decimal string of at most 18.18 digits"
     if type(tick.is_buyer_maker) is not bool:
-        return f"is_buyer_maker {sample(tick.is_buyer_maker)} is not a boolean"
+        return "is_buyer_maker", f"is_buyer_maker {sample(tick.is_buyer_maker)} is not a boolean"
     for name in ("traded_at_us", "event_at_us", "received_at_us"):
         if not _is_int_in(getattr(tick, name), MIN_TIME_US, MAX_TIME_US):
-            return f"{name} {sample(getattr(tick, name))} is not a microsecond time between 2000 and 2100"
+            return name, f"{name} {sample(getattr(tick, name))} is not a microsecond time between 2000 and 2100"
     return None
 
 
