@@ -1,9 +1,14 @@
 """Ingest Lambda: SQS batches of packed ticks → MySQL, reporting partial batch failures.
 
-Thin on purpose: decode and validate each record (a bad record fails alone and, after the queue's
-maxReceiveCount, lands in the DLQ) and hand its ticks to the ingestor's pipeline, which writes them while the next
-record is decoded; all valid ticks of the batch are committed in one idempotent transaction. If MySQL is unreachable
-the invocation raises, so SQS keeps the whole batch: nothing is acknowledged that was not committed.
+Thin on purpose: decode and validate each record and hand its valid ticks to the ingestor's pipeline, which writes
+them while the next record is decoded; all valid ticks of the batch are committed in one idempotent transaction. If
+MySQL is unreachable the invocation raises, so SQS keeps the whole batch: nothing is acknowledged that was not
+committed.
+
+A bad row costs that row, never its neighbours: a record with invalid rows stores its valid ones and sends only the
+invalid rows to the DLQ, as a message of their own (attributes name each row and field), before it succeeds; if
+that send fails, the record fails and is retried. A record that is invalid as a whole (not a tickstream body) fails
+alone and, after the queue's maxReceiveCount, lands in the DLQ as it was.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from tickstream.codec import InvalidMessage, TickBatch, decode_message
+from tickstream.codec import InvalidMessage, SplitMessage, TickBatch, split_message
 from tickstream.ingest import TickIngestor
 from tickstream.settings import load_settings
 
@@ -30,8 +35,9 @@ BODY_SAMPLE_CHARS = 300
 
 
 def decode_record(record: SQSRecord) -> TickBatch:
+    """The record's valid ticks, once its invalid rows (if any) are safe in the DLQ."""
     try:
-        return decode_message(record.body)
+        split = split_message(record.body)
     except InvalidMessage as error:
         logger.warning(
             "rejected SQS record",
@@ -44,6 +50,22 @@ def decode_record(record: SQSRecord) -> TickBatch:
             },
         )
         raise
+    if split.invalid:
+        dead_letter_rows(record, split)
+    return split.valid
+
+
+def dead_letter_rows(record: SQSRecord, split: SplitMessage) -> None:
+    from tickstream.queues import send_invalid_rows  # boto3 only when a body has invalid rows (cold start)
+
+    letters = send_invalid_rows(split, record.message_id)  # raises if it cannot: the record fails, nothing is lost
+    first = split.invalid[0]
+    logger.warning(
+        "sent invalid rows to the DLQ, storing the rest",
+        extra={"message_id": record.message_id, "invalid_rows": len(split.invalid), "valid_rows": split.valid.count,
+               "dead_letters": letters, "first_invalid": f"tick {first.index}: {first.reason}"},
+    )
+    metrics.add_metric(name="InvalidRowsDeadLettered", unit=MetricUnit.Count, value=len(split.invalid))
 
 
 @metrics.log_metrics
