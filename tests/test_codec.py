@@ -6,7 +6,10 @@ import base64
 import itertools
 import random
 import re
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import orjson
 import pytest
@@ -20,6 +23,7 @@ from tickstream.codec import (
     decode_message,
     integer_pattern,
     pack_ticks,
+    split_message,
 )
 from tickstream.ticks import MAX_SCRIPT_ID, MAX_TIME_US, MAX_TRADE_ID, MIN_TIME_US, Tick
 
@@ -186,3 +190,102 @@ def test_unknown_json_version_is_rejected() -> None:
 def test_bad_version_1_fields_are_named(row: list, problem: str) -> None:
     with pytest.raises(InvalidMessage, match=f"tick 0: {problem}"):
         decode_message(orjson.dumps({"v": 1, "ticks": [row]}))
+
+
+# --- a bad row costs that row, never its neighbours --------------------------------------------------------------
+
+BAD_ROWS = {  # a bad row → the field named for it
+    ROW.replace(b"1\t5", b"0\t5", 1): "script_id",
+    ROW.replace(b"\t5\t", b"\t-5\t"): "trade_id",
+    ROW.replace(b"1.5", "١٢٣.٤".encode()): "price",
+    ROW.replace(b"\t2\t", b"\tNaN\t"): "quantity",
+    ROW.replace(b"\t0\t", b"\t2\t"): "is_buyer_maker",
+    ROW.replace(b"1700000000000002", b"1700000000000"): "received_at_us",
+    ROW.replace(b"\t2\t", b"\t2\t9\t"): "row",
+    b"\n": "row",
+}
+
+
+def test_split_keeps_every_valid_row_and_names_each_invalid_one() -> None:
+    """Valid rows of two scripts around every kind of bad row (and an unterminated last one): the valid rows are
+    kept in order, each bad row is named (row, field) and kept as it was, and a body of just the bad rows (the dead
+    letter) holds exactly them again."""
+    good = [TickBatch.from_ticks([tick]).rows for tick in sample(40, 3) + sample(40, 8)]
+    rows, expected = list(good[:30]), []
+    for line, field in BAD_ROWS.items():
+        expected.append((len(rows), field, line))
+        rows += [line, *good[30 + 5 * len(expected):35 + 5 * len(expected)]]
+    rows += [*good[75:], ROW[:-1]]
+    expected.append((len(rows) - 1, "row", ROW[:-1]))
+    split = split_message(body_of_rows(b"".join(rows)))
+    assert [(row.index, row.field, row.line) for row in split.invalid] == expected
+    valid = [line for line in rows if line not in BAD_ROWS and line != ROW[:-1]]
+    assert split.valid.rows == b"".join(valid)
+    assert (split.valid.count, split.valid.script_ids) == (len(valid), {3, 8})
+    assert "price '١٢٣.٤' is not valid" in split.invalid[2].reason
+    letter = split_message(split.body_of(split.invalid))
+    assert [row.line for row in letter.invalid] == [line for _, _, line in expected]
+    assert letter.valid.count == 0
+
+
+def test_split_of_a_version_1_body_names_invalid_rows_and_keeps_them_as_json() -> None:
+    valid = sample(3)
+    rows = [[t.script_id, t.trade_id, t.price, t.quantity, int(t.is_buyer_maker), t.traded_at_us, t.event_at_us,
+             t.received_at_us] for t in valid]
+    bad = [[1, 1, "1.0", "NaN", 0, T0, T0, T0], [1, 2, "1.0"], "x", [1, 3, "1.0", "1.0", 1, T0, T0, "soon"]]
+    body = orjson.dumps({"v": 1, "ticks": [rows[0], bad[0], bad[1], rows[1], bad[2], bad[3], rows[2]]})
+    split = split_message(body)
+    assert split.valid.ticks() == valid
+    assert [(row.index, row.field) for row in split.invalid] == [(1, "quantity"), (2, "row"), (4, "row"),
+                                                                 (5, "received_at_us")]
+    assert orjson.loads(split.body_of(split.invalid)) == {"v": 1, "ticks": bad}
+
+
+# --- bounded memory ----------------------------------------------------------------------------------------------
+
+FUNCTION_MEMORY_MIB = 256  # template.yaml's MemorySize for the ingest function
+# VmHWM, not ru_maxrss: a child's ru_maxrss starts at its parent's (the pytest process) at fork and survives exec.
+MEASURE_SCRIPT = r"""
+import re, sys
+from tickstream.codec import split_message
+
+def peak_kib():
+    return int(re.search(r"VmHWM:\s+(\d+) kB", open("/proc/self/status").read()).group(1))
+
+body = open(sys.argv[1]).read()
+before = peak_kib()
+split = split_message(body)
+after = peak_kib()
+print(split.valid.count, len(split.invalid), before // 1024, (after - before) // 1024)
+"""
+
+
+def largest_accepted_body(price: bytes) -> str:
+    """The most rows the ingest accepts: short rows, up to its inflated cap."""
+    row = b"1\t%d\t" + price + b"\t2\t0\t1700000000000000\t1700000000000001\t1700000000000002\n"
+    return body_of_rows(b"".join(row % (10**6 + i) for i in range(MAX_ROWS_BYTES // len(row % 10**6))))
+
+
+@pytest.mark.parametrize("price", [b"1.5", b"1e5"], ids=["every row valid", "every row invalid"])
+def test_the_largest_accepted_body_is_validated_in_constant_memory(price: bytes, tmp_path: Path) -> None:
+    """In a fresh interpreter (its own peak memory): the largest body the ingest accepts, every row checked. The
+    validation adds little more than the inflated rows (and, on the failure path, each invalid row's record), far
+    below the function's memory; the greedy block regex kept ~1.7 KB per row (+698 MiB for a 32 MiB body)."""
+    path = tmp_path / "body.txt"
+    path.write_text(largest_accepted_body(price))
+    result = subprocess.run([sys.executable, "-c", MEASURE_SCRIPT, str(path)], capture_output=True, text=True,
+                            check=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
+    rows, invalid, base_mib, added_mib = map(int, result.stdout.split())
+    assert rows + invalid > 100_000 and (rows if price == b"1e5" else invalid) == 0
+    assert added_mib < FUNCTION_MEMORY_MIB / 4, f"validation added {added_mib} MiB"  # 16 MiB valid, 45 invalid
+    assert base_mib + added_mib < FUNCTION_MEMORY_MIB / 3, f"peak {base_mib + added_mib} MiB"
+
+
+def test_the_packer_never_packs_more_rows_than_the_ingest_inflates() -> None:
+    """Rows that compress far better than real ones, in SQS's largest (1 MiB) messages: each message's rows still
+    stay within MAX_ROWS_BYTES, so every body the producer sends is one the ingest accepts."""
+    ticks = [Tick(1, i, "1.5", "2", False, T0, T0, T0) for i in range(200_000)]
+    bodies = list(pack_ticks(ticks, max_bytes=1024 * 1024))
+    sizes = [len(decode_message(body).rows) for body in bodies]
+    assert max(sizes) <= MAX_ROWS_BYTES
+    assert sum(len(decode_message(body)) for body in bodies) == len(ticks)
