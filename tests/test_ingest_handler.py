@@ -5,11 +5,14 @@ from __future__ import annotations
 import base64
 import importlib.util
 import sys
+import time
+import uuid
 import zlib
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import orjson
 import pymysql
@@ -17,7 +20,8 @@ import pytest
 
 from tests.conftest import make_broker, make_script, stored_ticks, tick_count
 from tests.sqs_events import FakeLambdaContext, sqs_event, sqs_record
-from tickstream.codec import V2_PREFIX, decode_message, pack_ticks
+from tickstream import queues
+from tickstream.codec import V2_PREFIX, TickBatch, decode_message, pack_ticks, split_message
 from tickstream.settings import load_settings
 from tickstream.ticks import Tick
 
@@ -95,10 +99,14 @@ def v2_body(rows: bytes) -> str:
     return V2_PREFIX + base64.b64encode(zlib.compress(rows)).decode()
 
 
-POISON_BODIES = {
+POISON_BODIES = {  # invalid as a whole: the record fails alone (and, after maxReceiveCount, lands in the DLQ)
     "not json": "this is not json",
     "wrong version": orjson.dumps({"v": 99, "ticks": []}).decode(),
     "missing ticks": orjson.dumps({"v": 1}).decode(),
+    "v2 not compressed": V2_PREFIX + base64.b64encode(b"1\t5").decode(),
+    "v2 no rows": v2_body(b""),
+}
+BAD_ROW_BODIES = {  # valid bodies with invalid rows: each costs only its rows
     "negative id": orjson.dumps({"v": 1, "ticks": [[1, -5, "1.0", "1.0", 0, T0, T0, T0]]}).decode(),
     "float price": orjson.dumps({"v": 1, "ticks": [[1, 5, 1.5, "1.0", 0, T0, T0, T0]]}).decode(),
     "text price": orjson.dumps({"v": 1, "ticks": [[1, 5, "1e5", "1.0", 0, T0, T0, T0]]}).decode(),
@@ -107,7 +115,7 @@ POISON_BODIES = {
     "huge integer": '{"v": 1, "ticks": [[1, 100000000000000000000000, "1.0", "1.0", 0, 1, 1, 1]]}',
     "v2 text price": v2_body(b"1\t5\t1e5\t1.0\t0\t%d\t%d\t%d\n" % (T0, T0, T0)),
     "v2 trade id beyond 64 bits": v2_body(b"1\t%d\t1.0\t1.0\t0\t%d\t%d\t%d\n" % (2**64, T0, T0, T0)),
-    "v2 not compressed": V2_PREFIX + base64.b64encode(b"1\t5").decode(),
+    "v2 Arabic-Indic digits": v2_body("1\t5\t١٢٣.٤\t1.0\t0\t%d\t%d\t%d\n".encode() % (T0, T0, T0)),
 }
 
 
@@ -118,6 +126,15 @@ def test_poison_records_fail_alone_and_the_rest_is_stored(handler: ModuleType, d
     response = invoke(handler, good[0], *poison, good[1])
     assert failed_ids(response) == {record["messageId"] for record in poison}
     assert [row[0] for row in stored_ticks(db, script)] == list(range(1, 21))
+
+
+def test_without_a_dlq_a_record_with_invalid_rows_fails_rather_than_lose_them(
+        handler: ModuleType, db: pymysql.Connection) -> None:
+    script = make_script(db, make_broker(db), "BTCUSDT")
+    bad = [sqs_record(text, message_id=name) for name, text in BAD_ROW_BODIES.items()]
+    good = sqs_record(body(ticks_for(script, 1, 10)))
+    assert failed_ids(invoke(handler, good, *bad)) == set(BAD_ROW_BODIES)
+    assert len(stored_ticks(db, script)) == 10
 
 
 def test_a_batch_of_only_poison_reports_every_record(handler: ModuleType, db: pymysql.Connection) -> None:
@@ -173,6 +190,98 @@ def test_sample_event_fixture_is_a_valid_batch(handler: ModuleType, db: pymysql.
                 " VALUES (%s, %s, %s, %s, '{}')", (script_id, broker, f"s{script_id}", f"SYM{script_id}"))
     assert handler.handler(event, FakeLambdaContext()) == {"batchItemFailures": []}
     assert tick_count(db) > 0
+
+
+# --- a bad row costs that row: its dead letter, on LocalStack's real SQS -----------------------------------------
+
+@pytest.fixture
+def dlq(request: pytest.FixtureRequest) -> Iterator[tuple[Any, str]]:
+    """(SQS client, URL) of a fresh queue on the session's LocalStack, standing in for the ticks DLQ."""
+    sqs = request.getfixturevalue("aws")("sqs")
+    url = sqs.create_queue(QueueName=f"ingest-dlq-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    yield sqs, url
+    sqs.delete_queue(QueueUrl=url)
+
+
+@pytest.fixture
+def dlq_handler(monkeypatch: pytest.MonkeyPatch, db_env: dict[str, str], dlq: tuple[Any, str],
+                request: pytest.FixtureRequest) -> Iterator[ModuleType]:
+    endpoint = request.getfixturevalue("localstack").endpoint_url
+    module = load_handler(monkeypatch, {**db_env, "AWS_ENDPOINT_URL": endpoint, "TICKS_DLQ_URL": dlq[1]})
+    yield module
+    module.ingestor.close()
+    load_settings.cache_clear()
+
+
+def dead_letters(sqs: Any, url: str, expected: int) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 10
+    while len(messages) < expected and time.monotonic() < deadline:
+        messages += sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1,
+                                        MessageAttributeNames=["All"]).get("Messages", [])
+    messages += sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1,
+                                    MessageAttributeNames=["All"]).get("Messages", [])  # nothing more, we hope
+    return messages
+
+
+def attribute(message: dict[str, Any], name: str) -> str:
+    return message["MessageAttributes"][name]["StringValue"]
+
+
+@pytest.mark.localstack
+def test_a_bad_row_costs_that_row_never_its_neighbours(dlq_handler: ModuleType, dlq: tuple[Any, str],
+                                                       db: pymysql.Connection) -> None:
+    """A body of 3,000 valid rows and three bad ones: the record succeeds, its 3,000 valid rows are stored, and the
+    DLQ receives one message of its own holding only the bad rows, as they were, with (row, field) attributes."""
+    script = make_script(db, make_broker(db), "BTCUSDT")
+    rows = [TickBatch.from_ticks([tick]).rows for tick in ticks_for(script, 1, 3000)]
+    bad = {1000: rows[999].replace(b"95234.56000000", "９５２３４.５６".encode()),
+           2000: rows[1999].replace(b"\t0.00100000\t", b"\t-1\t"), 3002: rows[0][:-1] + b"\t7\n"}
+    for index in sorted(bad):
+        rows.insert(index, bad[index])
+    record = sqs_record(v2_body(b"".join(rows)), message_id="mixed")
+    neighbour = sqs_record(body(ticks_for(script, 5000, 10)), message_id="neighbour")
+    assert invoke(dlq_handler, record, neighbour) == {"batchItemFailures": []}
+    assert [row[0] for row in stored_ticks(db, script)] == [*range(1, 3001), *range(5000, 5010)]
+    sqs, url = dlq
+    (letter,) = dead_letters(sqs, url, 1)
+    dead = split_message(letter["Body"])
+    assert (dead.valid.count, [row.line for row in dead.invalid]) == (0, [bad[index] for index in sorted(bad)])
+    assert orjson.loads(attribute(letter, queues.INVALID_ROWS)) == [[1000, "price"], [2000, "quantity"],
+                                                                    [3002, "row"]]
+    assert attribute(letter, queues.SOURCE_MESSAGE_ID) == "mixed"
+    assert attribute(letter, queues.REASON).startswith("tick 1000: price '９５２３４.５６'")
+
+
+@pytest.mark.localstack
+def test_bodies_of_only_bad_rows_succeed_and_each_is_dead_lettered(dlq_handler: ModuleType, dlq: tuple[Any, str],
+                                                                   db: pymysql.Connection) -> None:
+    records = [sqs_record(text, message_id=name) for name, text in BAD_ROW_BODIES.items()]
+    assert invoke(dlq_handler, *records) == {"batchItemFailures": []}
+    letters = dead_letters(*dlq, len(records))
+    by_source = {attribute(letter, queues.SOURCE_MESSAGE_ID): letter for letter in letters}
+    assert len(letters) == len(by_source) == len(BAD_ROW_BODIES)
+    for name, text in BAD_ROW_BODIES.items():
+        original = split_message(text)
+        assert by_source[name]["Body"] == original.body_of(original.invalid), name
+        assert orjson.loads(attribute(by_source[name], queues.INVALID_ROWS)) == [[0, original.invalid[0].field]]
+    assert tick_count(db) == 0
+
+
+@pytest.mark.localstack
+def test_a_record_whose_dead_letter_cannot_be_sent_fails(dlq_handler: ModuleType, dlq: tuple[Any, str],
+                                                         db: pymysql.Connection) -> None:
+    """The DLQ refuses (here: it no longer exists): the record with bad rows is reported failed, so SQS delivers
+    it again (nothing lost); its neighbours are stored."""
+    script = make_script(db, make_broker(db), "BTCUSDT")
+    sqs, url = dlq
+    sqs.delete_queue(QueueUrl=url)
+    rows = TickBatch.from_ticks(ticks_for(script, 1, 5)).rows + b"1\t6\t1e5\t1\t0\t%d\t%d\t%d\n" % (T0, T0, T0)
+    mixed = sqs_record(v2_body(rows), message_id="mixed")
+    good = sqs_record(body(ticks_for(script, 100, 5)), message_id="good")
+    assert failed_ids(invoke(dlq_handler, mixed, good)) == {"mixed"}
+    assert [row[0] for row in stored_ticks(db, script)] == list(range(100, 105))
+    sqs.create_queue(QueueName=url.rsplit("/", 1)[1])  # for the fixture's clean-up
 
 
 if __name__ == "__main__":
