@@ -123,6 +123,8 @@ MALFORMED_FRAMES: dict[str, str | bytes] = {  # the first 10 are logged (then ev
     "absurd numbers": envelope(agg_trade(-5, p="-42.00000000", q="1e999", T=2**70, E=-1, m="maybe")),
     "id beyond 64 bits": envelope(agg_trade(2**70)),
     "non-numeric price": envelope(agg_trade(7, p="NaN")),
+    "price in Arabic-Indic digits": envelope(agg_trade(8, p="١٢٣.٤")),  # `\d` takes it; the ingest never would
+    "quantity in fullwidth digits": envelope(agg_trade(9, q="０.５")),
     "empty": "",
     "JSON null": "null",
     "object that is no envelope": '{"unexpected": true}',
@@ -190,21 +192,33 @@ def tick_row(script_id: int, trade_id: int, **changes: Any) -> list[Any]:
     return list(row.values())
 
 
+def v1(*rows: list[Any]) -> str:
+    return orjson.dumps({"v": 1, "ticks": list(rows)}).decode()
+
+
+def v2(*rows: list[Any], raw: bytes | None = None) -> str:
+    text = "".join("\t".join(str(field) for field in row) + "\n" for row in rows).encode()
+    return V2_PREFIX + base64.b64encode(zlib.compress(text if raw is None else raw)).decode()
+
+
 def poison_bodies(script_id: int) -> dict[str, str]:
-    """Every way a body can be wrong; each is one record that must fail alone and end in the DLQ."""
-    def v1(*rows: list[Any]) -> str:
-        return orjson.dumps({"v": 1, "ticks": list(rows)}).decode()
-
-    def v2(*rows: list[Any], raw: bytes | None = None) -> str:
-        text = "".join("\t".join(str(field) for field in row) + "\n" for row in rows).encode()
-        return V2_PREFIX + base64.b64encode(zlib.compress(text if raw is None else raw)).decode()
-
+    """Every way a body can be wrong as a whole; each is one record that must fail alone and end in the DLQ."""
     return {
         "not JSON": "this is not JSON {",
         "JSON, not an object": "[1, 2, 3]",
         "wrong version": orjson.dumps({"v": 2, "ticks": [tick_row(script_id, 1)]}).decode(),
         "no version": orjson.dumps({"ticks": [tick_row(script_id, 2)]}).decode(),
         "no ticks": '{"v": 1}',
+        "v2: not base64": V2_PREFIX + "%%%",
+        "v2: not zlib": V2_PREFIX + base64.b64encode(b"plain text").decode(),
+        "v2: truncated": v2(tick_row(script_id, 14))[:-8],
+        "v2: zip bomb": v2(raw=b"1" * (40 * 1024 * 1024)),
+    }
+
+
+def bad_row_bodies(script_id: int) -> dict[str, str]:
+    """Valid bodies with invalid rows; each must store its valid rows and dead-letter only its invalid ones."""
+    return {
         "row missing fields": v1(tick_row(script_id, 3)[:7]),
         "negative trade id": v1(tick_row(script_id, -4)),
         "negative script id": v1(tick_row(-script_id, 5)),
@@ -214,24 +228,22 @@ def poison_bodies(script_id: int) -> dict[str, str]:
         "valid rows, then one bad": v1(tick_row(script_id, 9), tick_row(script_id, 10, quantity="-1")),
         "oversized (200 KB)": v1(tick_row(script_id, 11, price="9" * 200_000)),  # 256 KiB: some queues' limit
         "v2: valid rows, then one bad": v2(tick_row(script_id, 12), tick_row(script_id, 13, price="1e5")),
-        "v2: not base64": V2_PREFIX + "%%%",
-        "v2: not zlib": V2_PREFIX + base64.b64encode(b"plain text").decode(),
-        "v2: truncated": v2(tick_row(script_id, 14))[:-8],
-        "v2: zip bomb": v2(raw=b"1" * (40 * 1024 * 1024)),
         "v2: unterminated last row": v2(raw=b"\t".join(str(field).encode() for field in tick_row(script_id, 16))),
+        "v2: Arabic-Indic digits": v2(tick_row(script_id, 17, price="١٢٣.٤"), tick_row(script_id, 18)),
     }
+VALID_ROWS_OF_BAD_ROW_BODIES = {9, 12, 18}
 
 
-def send_all(client: Any, queue_url: str, bodies: list[str]) -> None:
-    for body in bodies:  # one by one: a batch request is capped at 1 MiB in total
-        client.send_message(QueueUrl=queue_url, MessageBody=body)
+def send_all(client: Any, queue_url: str, bodies: list[str]) -> dict[str, str]:
+    """{body: message id}; one by one: a batch request is capped at 1 MiB in total."""
+    return {body: client.send_message(QueueUrl=queue_url, MessageBody=body)["MessageId"] for body in bodies}
 
 
 def drain(client: Any, queue_url: str) -> list[dict[str, Any]]:
     """Every message in the queue, deleted as read."""
     messages: list[dict[str, Any]] = []
     while batch := client.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1,
-                                          AttributeNames=["All"]).get("Messages", []):
+                                          AttributeNames=["All"], MessageAttributeNames=["All"]).get("Messages", []):
         messages += batch
         client.delete_message_batch(QueueUrl=queue_url, Entries=[
             {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch)])
@@ -272,34 +284,50 @@ def test_poison_bodies_fail_alone_and_land_in_the_dlq(aws: Any, tickstream_stack
                                                       db: pymysql.Connection) -> None:
     """Poison bodies sent between good ones through the deployed queue: the good ones are stored, each poison one
     is reported failed by itself, retried, and moved to the DLQ after maxReceiveCount; the function logged why, with
-    the message id and a bounded sample of the body."""
-    from tickstream.codec import pack_ticks
+    the message id and a bounded sample of the body. A body with invalid rows succeeds at once: its valid rows are
+    stored, and the DLQ gets a message of its own holding only the invalid rows, named (row, field)."""
+    from tickstream.codec import pack_ticks, split_message
+    from tickstream.queues import INVALID_ROWS, SOURCE_MESSAGE_ID
     from tickstream.ticks import Tick
 
     script_id = make_script(db, make_broker(db, "Poison test"), "BTCUSDT")
     good = list(pack_ticks([Tick(script_id, i, "1.5", "2", i % 2 == 0, T0_US + i, T0_US + i, T0_US + i)
                             for i in range(1000, 4000)], max_bytes=8 * 1024))
-    poison = poison_bodies(script_id)
+    poison, bad_rows = poison_bodies(script_id), bad_row_bodies(script_id)
     started_ms = int(time.time() * 1000)
     client = aws("sqs")
-    interleaved = [body for pair in itertools.zip_longest(good, poison.values()) for body in pair if body is not None]
+    interleaved = [body for pair in itertools.zip_longest(good, [*poison.values(), *bad_rows.values()])
+                   for body in pair if body is not None]
     dlq = tickstream_stack["TicksDeadLetterQueueUrl"]
     dead: list[dict[str, Any]] = []
     try:
-        send_all(client, tickstream_stack["TicksQueueUrl"], interleaved)
-        assert wait_until(lambda: stored_count(db, script_id) == 3000, timeout=60), "every good tick stored"
+        sent = send_all(client, tickstream_stack["TicksQueueUrl"], interleaved)
+        expected_stored = 3000 + len(VALID_ROWS_OF_BAD_ROW_BODIES)
+        assert wait_until(lambda: stored_count(db, script_id) == expected_stored, timeout=60), "every valid tick"
         assert wait_until(lambda: arrived(dead, client, dlq, set(poison.values())), timeout=120), "poison in the DLQ"
     finally:
         dead += drain(client, dlq)
     mine = [m for m in dead if m["Body"] in set(poison.values())]
     assert sorted(m["Body"] for m in mine) == sorted(poison.values()), "each poison body once"
     assert all(int(m["Attributes"]["ApproximateReceiveCount"]) >= 5 for m in mine)
-    assert stored_count(db, script_id) == 3000, "no tick of a poison body was stored (not even its valid rows)"
-    rejections = [line for line in function_log_lines(aws, "tickstream-test", "IngestFunction", started_ms)
-                  if "rejected SQS record" in line]
+    assert stored_count(db, script_id) == expected_stored, "no tick of a poison body, every valid row of the others"
+    letters = {m["MessageAttributes"][SOURCE_MESSAGE_ID]["StringValue"]: m for m in dead if m.get("MessageAttributes")}
+    for name, body in bad_rows.items():
+        split = split_message(body)
+        letter = letters[sent[body]]
+        assert letter["Body"] == split.body_of(split.invalid), f"{name}: only its invalid rows, as they were"
+        assert orjson.loads(letter["MessageAttributes"][INVALID_ROWS]["StringValue"]) == [
+            [row.index, row.field] for row in split.invalid], name
+    assert len([m for m in dead if m.get("MessageAttributes")]) == len(bad_rows), "one dead letter per such body"
+    lines = function_log_lines(aws, "tickstream-test", "IngestFunction", started_ms)
+    rejections = [line for line in lines if "rejected SQS record" in line]
     logged_ids = {orjson.loads(line[line.index("{"):])["message_id"] for line in rejections}
     assert {m["MessageId"] for m in mine} <= logged_ids, "each poison message logged with its id"
     assert all(len(line) < 3000 for line in rejections), "reasons and samples are bounded, even for a 200 KB body"
+    dead_lettered = [line for line in lines if "sent invalid rows to the DLQ" in line]
+    assert {orjson.loads(line[line.index("{"):])["message_id"] for line in dead_lettered} == {
+        sent[body] for body in bad_rows.values()}, "each body with invalid rows logged once, with its id"
+    assert all(len(line) < 3000 for line in dead_lettered)
 
 
 # --- secrets in the repository -----------------------------------------------------------------------------------
