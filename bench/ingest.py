@@ -4,6 +4,8 @@ Both write paths (LOAD DATA LOCAL and multi-row INSERT IGNORE), with 0 % and 10 
 redelivery is an earlier message of the run sent again, as SQS does after a visibility timeout). The rate that
 counts is new rows stored per second of handler time, compared with stage 1's server-only ceiling (INSERT…SELECT)
 and with stage 1's server-only LOAD DATA of the same rows already decoded (what decoding and the handler add).
+Validation alone (decode and check every row, no MySQL) is reported in CPU µs per tick, for valid bodies and for
+bodies with one invalid row each (the failure path that salvages the valid rows).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import contextlib
 import importlib.util
 import io
 import os
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -29,6 +32,7 @@ from bench.common import (
     synthetic_ticks,
 )
 from tests.sqs_events import FakeLambdaContext, sqs_event, sqs_record
+from tickstream.codec import encode_rows, split_message
 from tickstream.db import connect
 from tickstream.ingest import TickIngestor
 from tickstream.settings import DatabaseSettings, load_settings
@@ -48,6 +52,9 @@ def run(rows: int, batch_messages: int, ceiling_rows_per_s: float | None,
         script_ids = list(make_scripts(conn, SYMBOLS).values())
         bodies = bodies_of(synthetic_ticks(script_ids, rows))
         ticks_per_message = rows / len(bodies)
+        result.data["validation"] = validation_cost(bodies)
+        for path, us in result.data["validation"].items():
+            result.add(f"validation only ({path}): CPU per tick", us, "µs")
         with loaded_handler(db) as handler:
             for method in METHODS:
                 for duplicates in (0, REDELIVERY_EVERY):
@@ -82,6 +89,26 @@ def report(result: StageResult, method: str, duplicates: int, outcome: dict[str,
         ratio = per_s / ceiling
         result.add(f"{label}: ratio to server-only ceiling", ratio, "×",
                    "≥ 0.75" if method == "load_data" else "", ratio >= 0.75 if method == "load_data" else None)
+
+
+def validation_cost(bodies: Sequence[str], rounds: int = 3) -> dict[str, float]:
+    """CPU µs per tick of `split_message` (best of `rounds`): the bodies as they are, and each with its middle row
+    made invalid (the failure path: the valid rows salvaged, the bad one named)."""
+    spoiled = []
+    for body in bodies:
+        lines = split_message(body).valid.rows.splitlines(keepends=True)
+        lines[len(lines) // 2] = lines[len(lines) // 2].replace(b"\t", b"\tx", 1)
+        spoiled.append(encode_rows(lines))
+    ticks = sum(len(split_message(body).valid) for body in bodies)
+    return {path: min(_cpu_seconds(sample) for _ in range(rounds)) * 1e6 / ticks
+            for path, sample in (("all rows valid", bodies), ("one bad row per message", spoiled))}
+
+
+def _cpu_seconds(bodies: Sequence[str]) -> float:
+    started = time.process_time()
+    for body in bodies:
+        split_message(body)
+    return time.process_time() - started
 
 
 def redelivered(bodies: Sequence[str], every: int) -> list[str]:
