@@ -16,11 +16,12 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
+from producer_service.backfill import BackfillJob
 from producer_service.config import ProducerSettings
 from producer_service.feed import BinanceFeed, ScriptTarget
 from producer_service.pacing import RateLimiter
 from producer_service.rest import BinanceRest
-from producer_service.sequencer import Sequencer
+from producer_service.sequencer import Gap, Sequencer
 from tickstream.codec import pack_ticks, split_message
 from tickstream.ticks import DECIMAL_PATTERN, MAX_TIME_US, MIN_TIME_US, Tick
 
@@ -134,3 +135,18 @@ def test_a_price_with_non_ascii_digits_is_a_malformed_frame(feed: tuple[BinanceF
              "T": 1_700_000_000_120, "m": True, "M": True}
     producer._on_frames(None, [frame(event)], RECEIVED_US)  # type: ignore[arg-type]
     assert (sink.ticks, producer.malformed) == ([], malformed + 1)
+
+
+def test_the_id_of_a_rejected_trade_becomes_a_gap_for_rest(feed: tuple[BinanceFeed, RecordingSink]) -> None:
+    """Trades 1, 2 (a fullwidth price) and 3: 1 and 3 are sent, and 2 is asked of REST, which has the right one."""
+    producer, sink = feed
+    producer.sequencer = Sequencer()
+    sink.ticks.clear()
+    jobs: list[BackfillJob] = []
+    producer.backfiller.request = jobs.append  # type: ignore[method-assign]
+    prices = {1: "1.5", 2: "１.5", 3: "1.5"}
+    trades = [{"e": "trade", "E": 1_700_000_000_123, "s": "BTCUSDT", "t": trade_id, "p": price, "q": "1",
+               "T": 1_700_000_000_120, "m": True, "M": True} for trade_id, price in prices.items()]
+    producer._on_frames(None, [frame(trade) for trade in trades], RECEIVED_US)  # type: ignore[arg-type]
+    assert [tick.trade_id for tick in sink.ticks] == [1, 3]
+    assert jobs == [BackfillJob(Gap(SCRIPT_ID, 2, 2), "BTCUSDT", "trade")]
