@@ -56,10 +56,16 @@ def decode_record(record: SQSRecord) -> TickBatch:
 
 
 def dead_letter_rows(record: SQSRecord, split: SplitMessage) -> None:
-    from tickstream.queues import send_invalid_rows  # boto3 only when a body has invalid rows (cold start)
+    from tickstream.queues import DeadLetterError, send_invalid_rows  # with boto3, only on this path (cold start)
 
-    letters = send_invalid_rows(split, record.message_id)  # raises if it cannot: the record fails, nothing is lost
     first = split.invalid[0]
+    try:
+        letters = send_invalid_rows(split, record.message_id)
+    except DeadLetterError as error:  # the record fails and SQS delivers it again: nothing is lost
+        logger.error("could not dead-letter invalid rows; the record fails and is retried",
+                     extra={"message_id": record.message_id, "invalid_rows": len(split.invalid), "error": str(error),
+                            "first_invalid": f"tick {first.index}: {first.reason}"})
+        raise
     logger.warning(
         "sent invalid rows to the DLQ, storing the rest",
         extra={"message_id": record.message_id, "invalid_rows": len(split.invalid), "valid_rows": split.valid.count,
