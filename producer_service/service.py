@@ -19,8 +19,8 @@ from producer_service.pacing import RateLimiter
 from producer_service.rest import BinanceRest
 from producer_service.sequencer import Gap, Sequencer
 from producer_service.sink import SqsSender, TickSink
+from tickstream.aws_clients import sqs_client
 from tickstream.db import CONNECTION_ERRORS, connect
-from tickstream.queues import sqs_client
 from tickstream.settings import Settings
 from tickstream.tick_store import last_trade_ids, missing_trade_id_ranges
 

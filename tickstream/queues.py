@@ -16,9 +16,9 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Literal
 
+from tickstream.aws_clients import sqs_client
 from tickstream.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -60,24 +60,7 @@ class RedriveResult:
     task_handle: str | None = None
 
 
-# --- client --------------------------------------------------------------------------------------------------
-
-@lru_cache(maxsize=4)
-def _cached_client(endpoint_url: str | None, region: str, connect_timeout: float, read_timeout: float) -> Any:
-    import boto3
-    from botocore.config import Config
-
-    config = Config(connect_timeout=connect_timeout, read_timeout=read_timeout,
-                    retries={"max_attempts": 2, "mode": "standard"})
-    return boto3.client("sqs", region_name=region, endpoint_url=endpoint_url, config=config)
-
-
-def sqs_client(settings: Settings | None = None, *, connect_timeout: float = 2, read_timeout: float = 10) -> Any:
-    """An SQS client for the settings' endpoint (AWS_ENDPOINT_URL: LocalStack) and region; short timeouts, so a
-    status page stays fast when the queue is unreachable. Clients are thread-safe and cached."""
-    settings = settings or load_settings()
-    return _cached_client(settings.aws_endpoint_url, settings.aws_region, connect_timeout, read_timeout)
-
+# --- errors ----------------------------------------------------------------------------------------------------
 
 def _client_errors() -> tuple[type[Exception], ...]:
     from botocore.exceptions import BotoCoreError, ClientError
