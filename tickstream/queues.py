@@ -8,6 +8,9 @@ equivalent loop receives from the DLQ, sends copies to the queue and deletes fro
 failure at any step leaves the message in the DLQ (it reappears after the visibility timeout), never lost. A delete
 that fails after a successful send leaves a second copy in the DLQ; the ingest is idempotent by trade id, so a later
 redrive of that copy stores nothing twice.
+
+What SQS says when it refuses (its messages name account ids, roles and ARNs) is logged here; the exceptions and
+reasons this module hands out carry only the error code, since the API answers them to its clients.
 """
 
 from __future__ import annotations
@@ -74,9 +77,10 @@ def _error_code(error: Exception) -> str:
 
 
 def _describe(error: Exception) -> str:
+    """The whole error, for the log only."""
     response = getattr(error, "response", None) or {}
     message = response.get("Error", {}).get("Message") or str(error)
-    return f"{_error_code(error)}: {message}"[:300]
+    return f"{_error_code(error)}: {message}"[:1000]
 
 
 # --- depth ---------------------------------------------------------------------------------------------------
@@ -89,7 +93,8 @@ def queue_depth(queue_url: str | None, *, client: Any = None, setting_name: str 
     try:
         attributes = client.get_queue_attributes(QueueUrl=queue_url, AttributeNames=_DEPTH_ATTRIBUTES)["Attributes"]
     except _client_errors() as error:
-        return QueueDepth(None, None, None, f"unreachable: {_describe(error)}")
+        log.warning("%s: depth unavailable: %s", setting_name, _describe(error))
+        return QueueDepth(None, None, None, f"unreachable: {_error_code(error)}")
     return QueueDepth(*(int(attributes.get(name, 0)) for name in _DEPTH_ATTRIBUTES))
 
 
@@ -123,7 +128,7 @@ def redrive(settings: Settings | None = None, *, method: RedriveMethod = "auto",
             return _run_move_task(client, settings.ticks_dlq_url, settings.ticks_queue_url, deadline)
         except _MoveTaskUnsupported as unsupported:
             if method == "message_move_task":
-                raise RedriveError(f"the SQS endpoint cannot run a message move task: {unsupported}") from None
+                raise RedriveError(f"the SQS endpoint cannot run a message move task ({unsupported})") from None
             log.info("message move task unavailable (%s); redriving with receive/send/delete", unsupported)
     return move_messages(client, settings.ticks_dlq_url, settings.ticks_queue_url,
                          max_messages=max_messages, deadline=deadline)
@@ -158,11 +163,12 @@ def _run_move_task(client: Any, source_url: str, destination_url: str, deadline:
 
 def _start_error(error: Exception) -> Exception:
     code, text = _error_code(error), _describe(error)
+    log.warning("StartMessageMoveTask refused: %s", text)
     if code in _MOVE_TASK_UNSUPPORTED or "Dead Letter Queue" in text:
-        return _MoveTaskUnsupported(text)
+        return _MoveTaskUnsupported(code)
     if "already a task running" in text or "task already" in text.lower():
-        return RedriveInProgress(text)
-    return RedriveError(f"could not start a message move task: {text}")
+        return RedriveInProgress("a message move task is already running from the DLQ; wait until it ends")
+    return RedriveError(f"could not start a message move task ({code})")
 
 
 def _latest_task(client: Any, source_arn: str) -> dict[str, Any]:
