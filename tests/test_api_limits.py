@@ -332,3 +332,17 @@ def test_alarm_on_producer_liveness_watches_the_metric_the_producer_sends(resour
     assert {"Name": "STACK_NAME", "Value": "AWS::StackName"} in container["Environment"]
 
 
+
+
+@pytest.mark.localstack
+def test_the_deployed_queues_carry_encryption_and_the_tls_only_policy(aws: Any,
+                                                                     tickstream_stack: dict[str, str]) -> None:
+    import json
+
+    sqs = aws("sqs")
+    for url in (tickstream_stack["TicksQueueUrl"], tickstream_stack["TicksDeadLetterQueueUrl"]):
+        attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        assert attributes.get("SqsManagedSseEnabled") == "true", attributes
+        statements = json.loads(attributes["Policy"])["Statement"]
+        assert [s["Effect"] for s in statements if s.get("Condition") == {
+            "Bool": {"aws:SecureTransport": "false"}}] == ["Deny"], statements
