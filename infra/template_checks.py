@@ -13,6 +13,8 @@
                    .env.example setting the producer and the API read is passed to them; the deploy step gets every
                    template parameter variable of infra/stack.py; ${...} names are .env.example's; the stack outputs
                    the deploy step exports exist in template.yaml.
+- iam-coverage     every AWS API a runtime's code calls (boto3 client methods, found by AST over its import
+                   closure) is granted to that runtime's role (infra/iam_check.py).
 - image-pins       the dependency groups the Dockerfiles install resolve, transitively, to exact pins in
                    requirements-dev.txt (they are installed with it as a constraints file).
 
@@ -542,6 +544,14 @@ def _dependency_closure(roots: Iterable[str]) -> tuple[set[str], set[str]]:
     return seen, unknown
 
 
+# --- IAM grants cover the code's AWS calls ------------------------------------------------------------------------
+
+def iam_coverage(templates: Sequence[Path] = (DEFAULT_TEMPLATE,)) -> dict[Path, list[Finding]]:
+    from infra.iam_check import iam_coverage as check  # it imports this module (the translator)
+
+    return check(templates)
+
+
 # --- sam build (slower: fetches the layer's wheels) --------------------------------------------------------------
 
 def find_python312() -> Path | None:
@@ -582,6 +592,7 @@ CHECKS: dict[str, Callable[[], list[Finding]]] = {
     "compose-drift": compose_drift,
     "image-pins": image_pins,
     "env-example": env_example_complete,
+    "iam-coverage": lambda: iam_coverage()[DEFAULT_TEMPLATE],
 }
 
 

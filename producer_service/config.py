@@ -42,6 +42,8 @@ class ProducerSettings:
     max_backfill_trades: int = 5_000_000  # larger gaps are reported, not fetched
     stats_log_seconds: float = 30.0
     unknown_symbol_recheck_seconds: float = 300.0
+    heartbeat_seconds: float = 30.0  # the liveness metric's period (0: none); the alarm allows 3 minutes
+    stack_name: str = "tickstream"  # the heartbeat's Stack dimension: the deployed stack's name
 
     @classmethod
     def from_env(cls) -> ProducerSettings:
@@ -60,4 +62,6 @@ class ProducerSettings:
             rest_weight_per_minute=_int("BINANCE_REST_WEIGHT_PER_MINUTE", default.rest_weight_per_minute),
             max_backfill_trades=_int("PRODUCER_MAX_BACKFILL_TRADES", default.max_backfill_trades),
             stats_log_seconds=_float("PRODUCER_STATS_LOG_SECONDS", default.stats_log_seconds),
+            heartbeat_seconds=_float("PRODUCER_HEARTBEAT_SECONDS", default.heartbeat_seconds),
+            stack_name=os.environ.get("STACK_NAME") or default.stack_name,
         )

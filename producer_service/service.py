@@ -14,13 +14,14 @@ from producer_service.backfill import BackfillJob
 from producer_service.catalog_targets import BrokerTargets, load_targets_for
 from producer_service.config import ProducerSettings
 from producer_service.feed import BinanceFeed, ScriptTarget
+from producer_service.heartbeat import Heartbeat
 from producer_service.journal import Journal
 from producer_service.pacing import RateLimiter
 from producer_service.rest import BinanceRest
 from producer_service.sequencer import Gap, Sequencer
 from producer_service.sink import SqsSender, TickSink
+from tickstream.aws_clients import cloudwatch_client, sqs_client
 from tickstream.db import CONNECTION_ERRORS, connect
-from tickstream.queues import sqs_client
 from tickstream.settings import Settings
 from tickstream.tick_store import last_trade_ids, missing_trade_id_ranges
 
@@ -45,11 +46,13 @@ class ProducerService:
         self._journaled = sink.journal.last_trade_ids()  # ids a restart must not fetch again: the journal has them
         self._stats_at = time.monotonic()
         self._stats_counts: dict[int, int] = {}
+        self.last_loop_at = time.monotonic()  # the heartbeat reports the run loop's turns
 
     def run(self) -> None:
         """Until `stop()`: refresh the catalog every refresh_seconds, maintain connections twice a second."""
         next_refresh = 0.0
         while not self.stop_requested.is_set():
+            self.last_loop_at = time.monotonic()
             if time.monotonic() >= next_refresh:
                 self.refresh()
                 next_refresh = time.monotonic() + self.settings.refresh_seconds
@@ -163,4 +166,7 @@ def build_service(settings: Settings, producer: ProducerSettings, broker_ids: li
     service = ProducerService(producer, sink, lambda: connect(settings.db, autocommit=True),
                               load_targets_for(broker_ids or None))
     sink.start()  # after the service has read what the journal holds: replay deletes what it sent
+    if producer.heartbeat_seconds > 0:
+        Heartbeat(cloudwatch_client(settings), producer.stack_name, producer.heartbeat_seconds,
+                  lambda: service.last_loop_at, service.stop_event).start()  # ends with close()
     return service

@@ -13,6 +13,7 @@ import yaml
 
 from tests.api_fixtures import API_DIR, REPO_ROOT, TOKEN, InProcessApi, load_api_app, reset_api_state
 from tickstream import catalog
+from tickstream.secrets import SecretCache
 from tickstream.tick_store import insert_ticks_ignore
 from tickstream.ticks import Tick
 
@@ -111,24 +112,22 @@ def test_token_is_accepted_case_insensitively_by_scheme(api: InProcessApi) -> No
         assert api.get("/brokers", headers={"Authorization": header}, token=None).status == 200
 
 
-def test_token_from_secrets_manager_is_fetched_once_and_cached(monkeypatch: pytest.MonkeyPatch,
-                                                               api_env: dict[str, str]) -> None:
+def test_token_from_secrets_manager_is_read_once_and_cached(monkeypatch: pytest.MonkeyPatch,
+                                                            api_env: dict[str, str]) -> None:
     monkeypatch.delenv("API_TOKEN")
     monkeypatch.setenv("API_TOKEN_SECRET_ARN", "arn:aws:secretsmanager:us-east-1:0:secret:api")
     reset_api_state()
     calls: list[str] = []
     outcomes = iter([RuntimeError("throttled"), '{"token": "from-secret"}'])
 
-    def fetch(arn: str) -> str:
+    def read(arn: str) -> str:
         calls.append(arn)
         outcome = next(outcomes)
         if isinstance(outcome, Exception):
             raise outcome
-        return json.loads(outcome)["token"]
+        return outcome
 
-    monkeypatch.setattr(auth, "_fetch_secret", fetch)
-    monkeypatch.setattr(auth, "SECRET_RETRY_SECONDS", 0.0)
-    source = auth.TokenSource()
+    source = auth.TokenSource(SecretCache(retry_seconds=0.0, read=read))
     with pytest.raises(auth.ApiError) as failed:
         auth.authenticate({"authorization": "Bearer from-secret"}, source)
     assert failed.value.status == 503
@@ -137,7 +136,7 @@ def test_token_from_secrets_manager_is_fetched_once_and_cached(monkeypatch: pyte
     with pytest.raises(auth.ApiError) as wrong:
         auth.authenticate({"authorization": "Bearer other"}, source)
     assert wrong.value.status == 401
-    assert len(calls) == 2  # one failure, then one success cached for every later request
+    assert len(calls) == 2  # one failure, then one success cached for every later request (within its TTL)
 
 
 # --- brokers ---------------------------------------------------------------------------------------------------

@@ -287,7 +287,7 @@ def test_poison_bodies_fail_alone_and_land_in_the_dlq(aws: Any, tickstream_stack
     the message id and a bounded sample of the body. A body with invalid rows succeeds at once: its valid rows are
     stored, and the DLQ gets a message of its own holding only the invalid rows, named (row, field)."""
     from tickstream.codec import pack_ticks, split_message
-    from tickstream.queues import INVALID_ROWS, SOURCE_MESSAGE_ID
+    from tickstream.dead_letters import INVALID_ROWS, SOURCE_MESSAGE_ID
     from tickstream.ticks import Tick
 
     script_id = make_script(db, make_broker(db, "Poison test"), "BTCUSDT")

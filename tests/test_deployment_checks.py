@@ -205,3 +205,93 @@ def test_api_health_event_reaches_the_health_route() -> None:
     response = json.loads(result.stdout.strip().splitlines()[-1])
     assert response["statusCode"] in (200, 503), response  # not 404/405: the route matched
     assert "status" in json.loads(response["body"])
+
+
+# --- IAM grants cover the AWS calls of each runtime's code ---------------------------------------------------------
+
+def test_every_aws_call_is_granted_to_its_runtimes_role() -> None:
+    findings = checks.iam_coverage()[checks.DEFAULT_TEMPLATE]
+    assert not findings, _messages(findings)
+
+
+# name → (text in template.yaml, its replacement, what iam-coverage must report; None: nothing)
+IAM_MUTATIONS = {
+    # Today's bug: the producer's secret grant sat on the execution role, which the code never runs as.
+    "producer-cannot-read-its-secret": (
+        "                  Action: secretsmanager:GetSecretValue\n                  Resource: !Ref DbSecretArn\n"
+        "          - !Ref AWS::NoValue\n\n  ProducerTaskDefinition:",
+        "                  Action: secretsmanager:DescribeSecret\n                  Resource: !Ref DbSecretArn\n"
+        "          - !Ref AWS::NoValue\n\n  ProducerTaskDefinition:",
+        "ProducerTaskDefinition's code calls secretsmanager:GetSecretValue (get_secret_value at tickstream/secrets.py"),
+    "producer-cannot-send": (
+        "Action: sqs:SendMessage  # also authorises SendMessageBatch", "Action: sqs:GetQueueAttributes  #",
+        "ProducerTaskDefinition's code calls sqs:SendMessage (send_message_batch at producer_service/sink.py"),
+    "heartbeat-not-granted": (
+        "Action: cloudwatch:PutMetricData", "Action: cloudwatch:GetMetricData",
+        "ProducerTaskDefinition's code calls cloudwatch:PutMetricData (put_metric_data at producer_service/"),
+    # A SAM policy template is expanded: without it the ingest cannot read DB_SECRET_ARN.
+    "ingest-policy-template-removed": (
+        "              Resource: !GetAtt TicksDeadLetterQueue.Arn\n"
+        "        - !If\n          - HasDbSecret\n          - AWSSecretsManagerGetSecretValuePolicy:\n"
+        "              SecretArn: !Ref DbSecretArn\n",
+        "              Resource: !GetAtt TicksDeadLetterQueue.Arn\n"
+        "        - !If\n          - HasDbSecret\n          - CloudWatchPutMetricPolicy: {}\n",
+        "IngestFunction's code calls secretsmanager:GetSecretValue"),
+    # The ingest dead-letters a body's invalid rows itself.
+    "ingest-cannot-dead-letter": (
+        "              Action: sqs:SendMessage\n              Resource: !GetAtt TicksDeadLetterQueue.Arn\n",
+        "              Action: sqs:GetQueueUrl\n              Resource: !GetAtt TicksDeadLetterQueue.Arn\n",
+        "IngestFunction's code calls sqs:SendMessage"),
+    # ... and its wildcard (sqs:SendMessage*) grants the API's redrive sends: no finding.
+    "api-send-as-policy-template": (
+        "            - Effect: Allow\n              Action: sqs:SendMessage\n"
+        "              Resource: !GetAtt TicksQueue.Arn\n",
+        "        - SQSSendMessagePolicy:\n            QueueName: !GetAtt TicksQueue.QueueName\n", None),
+    "api-cannot-redrive": (
+        "Action: [sqs:StartMessageMoveTask, sqs:ListMessageMoveTasks,", "Action: [sqs:ListMessageMoveTasks,",
+        "ApiFunction's code calls sqs:StartMessageMoveTask (start_message_move_task at tickstream/queues.py"),
+}
+
+
+@pytest.fixture(scope="module")
+def iam_findings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    directory = tmp_path_factory.mktemp("iam-mutants")
+    mutants = {name: _mutate(checks.DEFAULT_TEMPLATE, directory / f"{name}.yaml", old, new)
+               for name, (old, new, _expected) in IAM_MUTATIONS.items()}
+    findings = checks.iam_coverage(list(mutants.values()))  # one translator run for all
+    return {name: _messages(findings[path]) for name, path in mutants.items()}
+
+
+@pytest.mark.parametrize("mutation", IAM_MUTATIONS)
+def test_iam_coverage_catches_a_missing_grant(mutation: str, iam_findings: dict[str, str]) -> None:
+    expected = IAM_MUTATIONS[mutation][2]
+    if expected is None:
+        assert iam_findings[mutation] == ""
+    else:
+        assert expected in iam_findings[mutation], iam_findings[mutation]
+        assert iam_findings[mutation].count("[iam-coverage]") == 1, iam_findings[mutation]
+
+
+def test_iam_calls_are_found_through_lazy_imports_only_where_imported(tmp_path: Path) -> None:
+    from infra import iam_check
+
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "entry.py").write_text("def main():\n    from pkg import sender\n    sender.send()\n")
+    (package / "sender.py").write_text(
+        "import boto3\n\ndef send():\n    client = boto3.client('sqs')\n"
+        "    client.send_message_batch(QueueUrl='q', Entries=[])\n"
+        "    client.get_paginator('list_queues')\n    client.close()\n")
+    (package / "unused.py").write_text("import boto3\nboto3.client('sqs').purge_queue(QueueUrl='q')\n")
+    (package / "dynamic.py").write_text("import boto3\n\ndef make(name):\n    return boto3.client(name)\n")
+    runtime = iam_check.Runtime("Fn", "FnRole", "pkg.entry", ((tmp_path, ("pkg",)),))
+    modules = iam_check.import_closure(runtime)
+    assert {path.name for path in modules} == {"__init__.py", "entry.py", "sender.py"}
+    services, unreadable = iam_check.client_services(modules)
+    assert (services, unreadable) == ({"sqs"}, [])
+    calls = iam_check.aws_calls(modules, services)
+    assert sorted((c.action, c.operation) for c in calls) == [("sqs:ListQueues", "list_queues"),
+                                                             ("sqs:SendMessage", "send_message_batch")]
+    dynamic = iam_check.Runtime("Fn", "FnRole", "pkg.dynamic", ((tmp_path, ("pkg",)),))
+    assert "cannot read" in iam_check.client_services(iam_check.import_closure(dynamic))[1][0]

@@ -20,8 +20,8 @@ import pytest
 
 from tests.conftest import make_broker, make_script, stored_ticks, tick_count
 from tests.sqs_events import FakeLambdaContext, sqs_event, sqs_record
-from tickstream import queues
 from tickstream.codec import V2_PREFIX, TickBatch, decode_message, pack_ticks, split_message
+from tickstream.dead_letters import INVALID_ROWS, REASON, SOURCE_MESSAGE_ID
 from tickstream.settings import load_settings
 from tickstream.ticks import Tick
 
@@ -247,10 +247,10 @@ def test_a_bad_row_costs_that_row_never_its_neighbours(dlq_handler: ModuleType, 
     (letter,) = dead_letters(sqs, url, 1)
     dead = split_message(letter["Body"])
     assert (dead.valid.count, [row.line for row in dead.invalid]) == (0, [bad[index] for index in sorted(bad)])
-    assert orjson.loads(attribute(letter, queues.INVALID_ROWS)) == [[1000, "price"], [2000, "quantity"],
+    assert orjson.loads(attribute(letter, INVALID_ROWS)) == [[1000, "price"], [2000, "quantity"],
                                                                     [3002, "row"]]
-    assert attribute(letter, queues.SOURCE_MESSAGE_ID) == "mixed"
-    assert attribute(letter, queues.REASON).startswith("tick 1000: price '９５２３４.５６'")
+    assert attribute(letter, SOURCE_MESSAGE_ID) == "mixed"
+    assert attribute(letter, REASON).startswith("tick 1000: price '９５２３４.５６'")
 
 
 @pytest.mark.localstack
@@ -259,12 +259,12 @@ def test_bodies_of_only_bad_rows_succeed_and_each_is_dead_lettered(dlq_handler: 
     records = [sqs_record(text, message_id=name) for name, text in BAD_ROW_BODIES.items()]
     assert invoke(dlq_handler, *records) == {"batchItemFailures": []}
     letters = dead_letters(*dlq, len(records))
-    by_source = {attribute(letter, queues.SOURCE_MESSAGE_ID): letter for letter in letters}
+    by_source = {attribute(letter, SOURCE_MESSAGE_ID): letter for letter in letters}
     assert len(letters) == len(by_source) == len(BAD_ROW_BODIES)
     for name, text in BAD_ROW_BODIES.items():
         original = split_message(text)
         assert by_source[name]["Body"] == original.body_of(original.invalid), name
-        assert orjson.loads(attribute(by_source[name], queues.INVALID_ROWS)) == [[0, original.invalid[0].field]]
+        assert orjson.loads(attribute(by_source[name], INVALID_ROWS)) == [[0, original.invalid[0].field]]
     assert tick_count(db) == 0
 
 

@@ -9,8 +9,8 @@ failure at any step leaves the message in the DLQ (it reappears after the visibi
 that fails after a successful send leaves a second copy in the DLQ; the ingest is idempotent by trade id, so a later
 redrive of that copy stores nothing twice.
 
-The ingest dead-letters a body's invalid rows itself (`send_invalid_rows`), as messages of their own, so one bad row
-never holds back its neighbours.
+What SQS says when it refuses (its messages name account ids, roles and ARNs) is logged here; the exceptions and
+reasons this module hands out carry only the error code, since the API answers them to its clients.
 """
 
 from __future__ import annotations
@@ -19,12 +19,9 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Literal
 
-import orjson
-
-from tickstream.codec import InvalidRow, SplitMessage
+from tickstream.aws_clients import client_errors, describe_error, error_code, sqs_client, sqs_message_bytes
 from tickstream.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -66,42 +63,6 @@ class RedriveResult:
     task_handle: str | None = None
 
 
-# --- client --------------------------------------------------------------------------------------------------
-
-@lru_cache(maxsize=4)
-def _cached_client(endpoint_url: str | None, region: str, connect_timeout: float, read_timeout: float) -> Any:
-    import boto3
-    from botocore.config import Config
-
-    config = Config(connect_timeout=connect_timeout, read_timeout=read_timeout,
-                    retries={"max_attempts": 2, "mode": "standard"})
-    return boto3.client("sqs", region_name=region, endpoint_url=endpoint_url, config=config)
-
-
-def sqs_client(settings: Settings | None = None, *, connect_timeout: float = 2, read_timeout: float = 10) -> Any:
-    """An SQS client for the settings' endpoint (AWS_ENDPOINT_URL: LocalStack) and region; short timeouts, so a
-    status page stays fast when the queue is unreachable. Clients are thread-safe and cached."""
-    settings = settings or load_settings()
-    return _cached_client(settings.aws_endpoint_url, settings.aws_region, connect_timeout, read_timeout)
-
-
-def _client_errors() -> tuple[type[Exception], ...]:
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    return BotoCoreError, ClientError
-
-
-def _error_code(error: Exception) -> str:
-    response = getattr(error, "response", None) or {}
-    return str(response.get("Error", {}).get("Code", type(error).__name__))
-
-
-def _describe(error: Exception) -> str:
-    response = getattr(error, "response", None) or {}
-    message = response.get("Error", {}).get("Message") or str(error)
-    return f"{_error_code(error)}: {message}"[:300]
-
-
 # --- depth ---------------------------------------------------------------------------------------------------
 
 def queue_depth(queue_url: str | None, *, client: Any = None, setting_name: str = "TICKS_QUEUE_URL") -> QueueDepth:
@@ -111,8 +72,9 @@ def queue_depth(queue_url: str | None, *, client: Any = None, setting_name: str 
     client = client or sqs_client()
     try:
         attributes = client.get_queue_attributes(QueueUrl=queue_url, AttributeNames=_DEPTH_ATTRIBUTES)["Attributes"]
-    except _client_errors() as error:
-        return QueueDepth(None, None, None, f"unreachable: {_describe(error)}")
+    except client_errors() as error:
+        log.warning("%s: depth unavailable: %s", setting_name, describe_error(error))
+        return QueueDepth(None, None, None, f"unreachable: {error_code(error)}")
     return QueueDepth(*(int(attributes.get(name, 0)) for name in _DEPTH_ATTRIBUTES))
 
 
@@ -146,7 +108,7 @@ def redrive(settings: Settings | None = None, *, method: RedriveMethod = "auto",
             return _run_move_task(client, settings.ticks_dlq_url, settings.ticks_queue_url, deadline)
         except _MoveTaskUnsupported as unsupported:
             if method == "message_move_task":
-                raise RedriveError(f"the SQS endpoint cannot run a message move task: {unsupported}") from None
+                raise RedriveError(f"the SQS endpoint cannot run a message move task ({unsupported})") from None
             log.info("message move task unavailable (%s); redriving with receive/send/delete", unsupported)
     return move_messages(client, settings.ticks_dlq_url, settings.ticks_queue_url,
                          max_messages=max_messages, deadline=deadline)
@@ -165,7 +127,7 @@ def _run_move_task(client: Any, source_url: str, destination_url: str, deadline:
     try:
         source_arn, destination_arn = _queue_arn(client, source_url), _queue_arn(client, destination_url)
         handle = client.start_message_move_task(SourceArn=source_arn, DestinationArn=destination_arn)["TaskHandle"]
-    except _client_errors() as error:
+    except client_errors() as error:
         raise _start_error(error) from error
     while True:
         task = _latest_task(client, source_arn)
@@ -180,19 +142,20 @@ def _run_move_task(client: Any, source_url: str, destination_url: str, deadline:
 
 
 def _start_error(error: Exception) -> Exception:
-    code, text = _error_code(error), _describe(error)
+    code, text = error_code(error), describe_error(error)
+    log.warning("StartMessageMoveTask refused: %s", text)
     if code in _MOVE_TASK_UNSUPPORTED or "Dead Letter Queue" in text:
-        return _MoveTaskUnsupported(text)
+        return _MoveTaskUnsupported(code)
     if "already a task running" in text or "task already" in text.lower():
-        return RedriveInProgress(text)
-    return RedriveError(f"could not start a message move task: {text}")
+        return RedriveInProgress("a message move task is already running from the DLQ; wait until it ends")
+    return RedriveError(f"could not start a message move task ({code})")
 
 
 def _latest_task(client: Any, source_arn: str) -> dict[str, Any]:
     try:
         results = client.list_message_move_tasks(SourceArn=source_arn, MaxResults=1).get("Results", [])
-    except _client_errors() as error:
-        log.warning("could not follow the message move task: %s", _describe(error))
+    except client_errors() as error:
+        log.warning("could not follow the message move task: %s", describe_error(error))
         return {"Status": "UNKNOWN"}
     return results[0] if results else {"Status": "UNKNOWN"}
 
@@ -235,27 +198,19 @@ def _send_copies(client: Any, queue_url: str, messages: Sequence[dict[str, Any]]
         entries = [_send_entry(str(index), message) for index, message in enumerate(group)]
         try:
             response = client.send_message_batch(QueueUrl=queue_url, Entries=entries)
-        except _client_errors() as error:
-            log.warning("redrive: sending %d message(s) failed: %s", len(group), _describe(error))
+        except client_errors() as error:
+            log.warning("redrive: sending %d message(s) failed: %s", len(group), describe_error(error))
             continue
         ok = {entry["Id"] for entry in response.get("Successful", [])}
         accepted.extend(message for index, message in enumerate(group) if str(index) in ok)
     return accepted
 
 
-def _message_bytes(message: dict[str, Any]) -> int:
-    size = len(message["Body"].encode())
-    for name, value in message.get("MessageAttributes", {}).items():
-        size += len(name.encode()) + len(value.get("DataType", "").encode())
-        size += len(value.get("StringValue", "").encode()) + len(value.get("BinaryValue", b""))
-    return size
-
-
 def _size_bounded_groups(messages: Sequence[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
     group: list[dict[str, Any]] = []
     size = 0
     for message in messages:
-        message_size = _message_bytes(message)
+        message_size = sqs_message_bytes(message)
         if group and size + message_size > SEND_BATCH_BYTES:
             yield group
             group, size = [], 0
@@ -289,58 +244,11 @@ def _delete(client: Any, queue_url: str, messages: Sequence[dict[str, Any]]) -> 
         try:
             response = client.delete_message_batch(QueueUrl=queue_url, Entries=entries)
             failed = len(response.get("Failed", []))
-        except _client_errors() as error:
-            log.warning("redrive: deleting %d moved message(s) failed: %s", len(chunk), _describe(error))
+        except client_errors() as error:
+            log.warning("redrive: deleting %d moved message(s) failed: %s", len(chunk), describe_error(error))
             continue
         if failed:
             log.warning("redrive: %d moved message(s) stay in the DLQ too (a harmless duplicate later)", failed)
 
 
 # --- dead letters of the ingest --------------------------------------------------------------------------------
-
-# One dead letter, body and attributes: SQS's classic message limit (LocalStack's default; AWS allows 1 MiB).
-DEAD_LETTER_BYTES = 256 * 1024
-SOURCE_MESSAGE_ID = "tickstream.source_message_id"
-INVALID_ROWS = "tickstream.invalid_rows"  # JSON [[row, "field"], ...]: each row of the body, in order
-REASON = "tickstream.reason"  # the first row's problem, for people
-
-
-class DeadLetterError(RuntimeError):
-    """Invalid rows that could not be sent to the DLQ: the record must fail (and be retried) rather than lose them."""
-
-
-def send_invalid_rows(split: SplitMessage, source_message_id: str, *, settings: Settings | None = None,
-                      client: Any = None) -> int:
-    """Send a body's invalid rows to the DLQ as messages of their own (a body of the same version holding only
-    those rows, and attributes naming each row and field); returns how many messages. Raises DeadLetterError if
-    any send fails or no DLQ is configured."""
-    settings = settings or load_settings()
-    if not settings.ticks_dlq_url:
-        raise DeadLetterError("TICKS_DLQ_URL is not set: invalid rows cannot be dead-lettered")
-    client = client or sqs_client(settings)
-    letters = list(_dead_letters(split, source_message_id, split.invalid))
-    for body, attributes in letters:
-        try:
-            client.send_message(QueueUrl=settings.ticks_dlq_url, MessageBody=body, MessageAttributes=attributes)
-        except _client_errors() as error:
-            raise DeadLetterError(f"sending invalid rows to the DLQ failed: {_describe(error)}") from error
-    return len(letters)
-
-
-def _dead_letters(split: SplitMessage, source_message_id: str,
-                  rows: Sequence[InvalidRow]) -> Iterator[tuple[str, dict[str, dict[str, str]]]]:
-    """(body, attributes) of each dead letter: all the rows in one, or halves until each fits DEAD_LETTER_BYTES."""
-    body = split.body_of(rows)
-    first = rows[0]
-    attributes = {
-        SOURCE_MESSAGE_ID: {"DataType": "String", "StringValue": source_message_id},
-        INVALID_ROWS: {"DataType": "String",
-                       "StringValue": orjson.dumps([[row.index, row.field] for row in rows]).decode()},
-        REASON: {"DataType": "String", "StringValue": f"tick {first.index}: {first.reason}"},
-    }
-    if len(rows) > 1 and _message_bytes({"Body": body, "MessageAttributes": attributes}) > DEAD_LETTER_BYTES:
-        half = len(rows) // 2
-        yield from _dead_letters(split, source_message_id, rows[:half])
-        yield from _dead_letters(split, source_message_id, rows[half:])
-        return
-    yield body, attributes

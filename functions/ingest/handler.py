@@ -56,7 +56,7 @@ def decode_record(record: SQSRecord) -> TickBatch:
 
 
 def dead_letter_rows(record: SQSRecord, split: SplitMessage) -> None:
-    from tickstream.queues import DeadLetterError, send_invalid_rows  # with boto3, only on this path (cold start)
+    from tickstream.dead_letters import DeadLetterError, send_invalid_rows  # with boto3, only on this path (cold start)
 
     first = split.invalid[0]
     try:

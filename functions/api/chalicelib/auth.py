@@ -2,36 +2,33 @@
 `chalice.test.Client` and behind API Gateway.
 
 The expected token is `API_TOKEN` from the environment or, on AWS, the Secrets Manager secret named by
-`API_TOKEN_SECRET_ARN` (its SecretString: the token itself, or JSON with a "token" key), fetched on first use and
-cached for the container's life. No token configured means every authenticated route answers 503: the API is
-never open by default.
+`API_TOKEN_SECRET_ARN` (its SecretString: the token itself, or JSON with a "token" key), read on first use and
+again once the cached value is older than tickstream.secrets.SECRET_TTL_SECONDS (5 minutes), so a rotated token is
+the only one accepted within 5 minutes. No token configured, or a secret that cannot be read, means every
+authenticated route answers 503 (the reason is logged, never answered): the API is never open by default.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
-import threading
-import time
+import logging
 from collections.abc import Mapping
 
 from chalicelib.errors import ApiError
-from tickstream.secrets import secret_string
+from tickstream.secrets import SecretCache
 from tickstream.settings import load_settings
 
+log = logging.getLogger(__name__)
 PUBLIC_ROUTES = frozenset({"/health"})
-# After a failed Secrets Manager call, wait this long before the next one, so a broken secret is not hammered.
-SECRET_RETRY_SECONDS = 5.0
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="tickstream"'}
 
 
 class TokenSource:
-    """The expected token, from the environment or Secrets Manager (cached)."""
+    """The expected token, from the environment or Secrets Manager (cached with a TTL)."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._secret_tokens: dict[str, str] = {}
-        self._failed_at: dict[str, float] = {}
+    def __init__(self, secrets: SecretCache | None = None) -> None:
+        self.secrets = secrets or SecretCache()
 
     def expected(self) -> str:
         settings = load_settings()
@@ -43,31 +40,22 @@ class TokenSource:
                        "no API token is configured (set API_TOKEN or API_TOKEN_SECRET_ARN); refusing every request")
 
     def _from_secret(self, arn: str) -> str:
-        with self._lock:
-            if arn in self._secret_tokens:
-                return self._secret_tokens[arn]
-            if time.monotonic() - self._failed_at.get(arn, float("-inf")) < SECRET_RETRY_SECONDS:
-                raise _secret_unavailable()
-            try:
-                token = _fetch_secret(arn)
-            except Exception as error:  # any failure (network, permissions, format) means: cannot authenticate
-                self._failed_at[arn] = time.monotonic()
-                raise _secret_unavailable() from error
-            self._secret_tokens[arn] = token
-            return token
+        try:
+            return _token(self.secrets.get(arn))
+        except Exception as error:  # any failure (network, permissions, format) means: cannot authenticate
+            log.warning("API token secret unusable: %s: %s", type(error).__name__, error)
+            raise _secret_unavailable() from error
 
     def clear(self) -> None:
-        with self._lock:
-            self._secret_tokens.clear()
-            self._failed_at.clear()
+        self.secrets.clear()
 
 
 def _secret_unavailable() -> ApiError:
     return ApiError(503, "auth_unavailable", "the API token secret cannot be read right now")
 
 
-def _fetch_secret(arn: str) -> str:
-    text = secret_string(arn).strip()
+def _token(secret: str) -> str:
+    text = secret.strip()
     if text.startswith("{"):
         text = str(json.loads(text)["token"]).strip()
     if not text:

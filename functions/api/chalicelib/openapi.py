@@ -28,6 +28,7 @@ _ERROR_TEXT = {
     415: "Body is not application/json",
     422: "Invalid fields (named in error.fields)",
     503: "Database, queue or token secret unavailable, or no API token configured",
+    504: "A database statement ran past the statement timeout and was stopped",
 }
 
 
@@ -166,7 +167,7 @@ def _responses(path: str, operation: Operation, refs: dict[Any, dict[str, str]])
     success = refs[(operation.response, "serialization")] if operation.response else {"type": "object"}
     responses: dict[str, Any] = {str(operation.status): {"description": "OK", "content": _json(success)}}
     error = _json(refs[(models.ErrorOut, "serialization")])
-    codes = set(operation.errors) | {503}
+    codes = set(operation.errors) | {503, 504}
     if path not in PUBLIC_ROUTES:
         codes.add(401)
     for code in sorted(codes):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -38,6 +39,7 @@ from chalicelib.models import (
 )
 from tickstream import catalog, queues
 
+log = logging.getLogger(__name__)
 database = Database()
 
 
@@ -218,7 +220,10 @@ def redrive(body: RedriveRequest) -> RedriveOut:
     except Exception as error:  # botocore: endpoint down, throttled, no permission
         if not _is_aws_error(error):
             raise
-        raise unavailable("queue_unavailable", f"SQS did not answer: {type(error).__name__}") from None
+        # What AWS says names accounts, roles and ARNs: the log gets it, the client a generic answer.
+        log.warning("redrive failed: %s: %s", type(error).__name__, error)
+        raise unavailable("queue_unavailable", "SQS refused or did not answer; try again (details are in the "
+                                               "API's log)") from None
     return RedriveOut(**dataclasses.asdict(result))
 
 
