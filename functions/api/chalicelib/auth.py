@@ -19,7 +19,8 @@ from chalicelib.errors import ApiError
 from tickstream.secrets import secret_string
 from tickstream.settings import load_settings
 
-PUBLIC_ROUTES = frozenset({"/health"})
+# The console's page and files are public; every data call it makes carries the token.
+PUBLIC_ROUTES = frozenset({"/health", "/console", "/console/{asset}"})
 # After a failed Secrets Manager call, wait this long before the next one, so a broken secret is not hammered.
 SECRET_RETRY_SECONDS = 5.0
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="tickstream"'}
