@@ -144,8 +144,13 @@ def recent_ticks(script_id: int, count: int, first_id: int = 1, seconds_apart: f
     """Ticks ending about now (the chart's default range), prices walking up and down."""
     now_us = int(time.time() * 1_000_000)
     start = now_us - int(count * seconds_apart * 1_000_000)
-    return [Tick(script_id, first_id + i, f"{100 + (i * 37 % 23) - (i % 7):.8f}", f"{1 + i % 5}.25000000",
-                 i % 2 == 0, start + int(i * seconds_apart * 1_000_000), start, start) for i in range(count)]
+    ticks = []
+    for i in range(count):
+        traded = start + int(i * seconds_apart * 1_000_000)
+        received = max(traded, now_us - 20_000 - i % 13 * 1_000)  # as if the producer had just sent them
+        ticks.append(Tick(script_id, first_id + i, f"{100 + (i * 37 % 23) - (i % 7):.8f}", f"{1 + i % 5}.25000000",
+                          i % 2 == 0, traded, traded, received))
+    return ticks
 
 
 # --- tests ---------------------------------------------------------------------------------------------------------
@@ -164,7 +169,6 @@ def test_sign_in_with_a_wrong_then_the_right_token_and_sign_out(console: Console
     page.wait_for_selector("h1:text('Overview')")
     assert page.evaluate("sessionStorage.getItem('tickstream.token')") == TOKEN
     assert TOKEN not in page.url
-    console.screenshot("overview")
     page.reload()  # the tab keeps its session
     page.wait_for_selector("h1:text('Overview')")
     page.click("[data-action=sign-out]")
@@ -316,16 +320,18 @@ def test_chart_draws_candles_and_volume(console: Console, server: LocalServer, d
 
 
 def test_overview_redrive_button_moves_the_dlq_back(console: Console, server: LocalServer, queues: dict[str, str],
-                                                    request: pytest.FixtureRequest) -> None:
+                                                    db: pymysql.Connection, request: pytest.FixtureRequest) -> None:
     if not queues:
         pytest.skip("needs the LocalStack fixtures (tests/localstack_fixtures.py)")
     sqs = request.getfixturevalue("aws")("sqs")
     for i in range(3):
         sqs.send_message(QueueUrl=queues["TICKS_DLQ_URL"], MessageBody=f"dead letter {i}")
-    new_script(server, "BTCUSDT")
+    for symbol in ("BTCUSDT", "ETHUSDT"):
+        insert_ticks_ignore(db, recent_ticks(new_script(server, symbol), 90))
     page = console.page
     console.sign_in()
     page.wait_for_selector("[data-queue='Dead-letter queue'] .big:text('3')")
+    console.screenshot("overview")
     page.click("[data-action=redrive]")
     dialog = page.locator("[role=dialog]")
     dialog.wait_for()
