@@ -1,6 +1,8 @@
 """Stage 7: candles. One UTC day of 1m candles for a symbol with 1M trades that day (and 500k on each day around
-it, so the table holds more than the answer), fetched over HTTP from `chalice local`; p50/p99 against the server's
-own floor measured in the same run: one bare pass over the same day's rows (COUNT and SUM, no grouping).
+it, so the table holds more than the answer), fetched over HTTP from `chalice local`: the first call (computed
+from the ticks, sealing the minutes into candles_1m) and then p50/p99 of repeated calls (from the sealed minutes);
+against the server's own floor measured in the same run: one bare pass over the same day's rows (COUNT and SUM,
+no grouping), which any computation from the raw ticks costs at least.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ _DIGITS = "(SELECT 0 d UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 
           " SELECT 5 UNION ALL SELECT 6 UNION ALL SELECT 7 UNION ALL SELECT 8 UNION ALL SELECT 9)"
 _INSERT_DAY = f"""
 INSERT INTO ticks (script_id, trade_id, price, quantity, is_buyer_maker, traded_at, event_at, received_at_producer)
-SELECT %s, %s + n, 95000 + (n * 7919 % 500000) / 100, ((n * 104729) % 99999 + 1) / 100000000, n % 2,
+SELECT %s, %s + n, 95000 + MOD(n * 7919, 500000) / 100, (MOD(n * 104729, 99999) + 1) / 100000000, MOD(n, 2),
        %s + INTERVAL (n * %s) MICROSECOND, %s, %s
 FROM (SELECT a.d + 10 * b.d + 100 * c.d + 1000 * e.d + 10000 * f.d + 100000 * g.d AS n
       FROM {_DIGITS} a, {_DIGITS} b, {_DIGITS} c, {_DIGITS} e, {_DIGITS} f, {_DIGITS} g) seq
@@ -90,8 +92,8 @@ def run() -> StageResult:
             _fill_day(conn, script_id, 1 + NEIGHBOUR_TRADES + DAY_TRADES, DAY + timedelta(days=1), NEIGHBOUR_TRADES)
             conn.autocommit(True)
             floor_ms = _bare_pass_ms(conn, script_id)
-            sql_ms = [_timed_ms(lambda: market_data.candles(conn, script_id, DAY, DAY + timedelta(days=1), 60))
-                      for _ in range(5)]
+            sql_ms = [_timed_ms(lambda: market_data._bars_from_ticks(conn, script_id, DAY, DAY + timedelta(days=1),
+                                                                     60)) for _ in range(3)]
         finally:
             conn.close()
         port = _free_port()
@@ -99,17 +101,18 @@ def run() -> StageResult:
                "DB_NAME": db.name, "API_TOKEN": TOKEN}
         api = _start_api(env, port)
         try:
-            latencies, bars = _fetch_repeatedly(port, script_id)
+            first_ms, latencies, bars = _fetch_repeatedly(port, script_id)
         finally:
             api.terminate()
             api.wait(timeout=10)
     p50, p99 = statistics.median(latencies), _percentile(latencies, 0.99)
-    result.data = {"latencies_ms": latencies, "bare_pass_ms": floor_ms, "sql_only_ms": sql_ms, "bars": bars}
-    result.add("1m candles of a 1M-trade day over HTTP, p50 / p99", f"{p50:.0f} / {p99:.0f}", "ms",
-               f"p99 ≤ {GOAL_P99_MS:.0f}", p99 <= GOAL_P99_MS)
-    result.add("candle SQL alone (median of 5)", round(statistics.median(sql_ms)), "ms")
-    result.add("floor: one bare pass over the day's rows (COUNT, SUM)", round(floor_ms), "ms")
-    result.add("p50 / floor", round(p50 / floor_ms, 2) if floor_ms else None, "×")
+    result.data = {"first_call_ms": first_ms, "latencies_ms": latencies, "bare_pass_ms": floor_ms,
+                   "from_ticks_ms": sql_ms, "bars": bars, "load_average": os.getloadavg()}
+    result.add(f"1m candles of a 1M-trade day over HTTP ({bars} bars), p50 / p99 of {REQUESTS} calls",
+               f"{p50:.0f} / {p99:.0f}", "ms", f"p99 ≤ {GOAL_P99_MS:.0f}", p99 <= GOAL_P99_MS)
+    result.add("the first call (computes from the ticks, seals the minutes)", round(first_ms), "ms")
+    result.add("the same bars from the ticks alone, in-process (median of 3)", round(statistics.median(sql_ms)), "ms")
+    result.add("floor of any computation from the ticks: one bare pass (COUNT, SUM)", round(floor_ms), "ms")
     return result
 
 
@@ -125,12 +128,12 @@ def _bare_pass_ms(conn: pymysql.Connection, script_id: int) -> float:
     return statistics.median(_timed_ms(lambda: scalar(conn, sql, (script_id, lo, hi))) for _ in range(5))
 
 
-def _fetch_repeatedly(port: int, script_id: int) -> tuple[list[float], int]:
+def _fetch_repeatedly(port: int, script_id: int) -> tuple[float, list[float], int]:
     url = f"http://127.0.0.1:{port}/scripts/{script_id}/candles"
     params = {"interval": "1m", "from": DAY.isoformat(), "to": (DAY + timedelta(days=1)).isoformat()}
     headers = {"Authorization": f"Bearer {TOKEN}", "Connection": "close"}
     latencies, bars = [], 0
-    for attempt in range(REQUESTS + 2):  # two warm-up calls: the connection, the buffer pool
+    for attempt in range(REQUESTS + 2):  # the first computes and seals; the second warms the cache's pages
         started = time.perf_counter()
         reply = requests.get(url, params=params, headers=headers, timeout=30)
         elapsed = (time.perf_counter() - started) * 1000
@@ -141,4 +144,6 @@ def _fetch_repeatedly(port: int, script_id: int) -> tuple[list[float], int]:
             raise AssertionError("the day's candles do not add up to its trades")
         if attempt >= 2:
             latencies.append(elapsed)
-    return latencies, bars
+        elif attempt == 0:
+            first_ms = elapsed
+    return first_ms, latencies, bars

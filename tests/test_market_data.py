@@ -95,6 +95,18 @@ def test_candles_are_exact_for_every_interval(http_api: HttpApi, db: pymysql.Con
     window = {"interval": interval, "from": str(T0_US // 1000), "to": str(T0_US // 1000 + 2 * 3600 * 1000)}
     if interval == "1s":  # 7,200 one-second bars: more than one call's limit, so page with next_from
         window["to"] = str(T0_US // 1000 + 1800 * 1000)
+    window_end_s = -(-int(window["to"]) // 1000 // step) * step  # `to` rounded up to a bar end
+    in_window = [t for t in ticks if t.traded_at_us < window_end_s * 1_000_000]
+    want = [as_decimals(bar) for bar in expected_candles(in_window, step)]
+    for _ in ("computed", "again, from the sealed minutes"):
+        # Bars are aligned to the epoch: the 1h and 1d bars start before T0 and cover it whole.
+        assert [comparable(bar) for bar in all_candles(http_api, script_id, window)] == want
+    if step >= 60:  # sealed: every minute of the 121 but the first (no trade before it) and the last (none after)
+        assert len(expected_candles(ticks, 60)) == 121
+        assert table_rows(db, "candles_1m", script_id) == 119
+
+
+def all_candles(http_api: HttpApi, script_id: int, window: dict[str, str]) -> list[dict[str, Any]]:
     bars: list[dict[str, Any]] = []
     params = dict(window)
     for _ in range(10):
@@ -104,13 +116,42 @@ def test_candles_are_exact_for_every_interval(http_api: HttpApi, db: pymysql.Con
         assert len(page["candles"]) <= market_data.MAX_BARS
         bars.extend(page["candles"])
         if page["next_from"] is None:
-            break
+            return bars
         params["from"] = page["next_from"]
-    window_end_s = -(-int(window["to"]) // 1000 // step) * step  # `to` rounded up to a bar end
-    in_window = [t for t in ticks if t.traded_at_us < window_end_s * 1_000_000]
-    want = [as_decimals(bar) for bar in expected_candles(in_window, step)]
-    # Bars are aligned to the epoch: the 1h and 1d bars start before T0 and cover it whole.
-    assert [comparable(bar) for bar in bars] == want
+    raise AssertionError("more pages than expected")
+
+
+def table_rows(db: pymysql.Connection, table: str, script_id: int) -> int:
+    with db.cursor() as cursor:
+        cursor.execute(f"SELECT COUNT(*) FROM {table} WHERE script_id = %s", (script_id,))  # a literal table name
+        return cursor.fetchone()[0]
+
+
+def test_a_minute_with_a_hole_is_not_cached_so_a_backfill_shows(http_api: HttpApi, db: pymysql.Connection) -> None:
+    """Ten trades a minute for ten minutes (ids 1–100), trades 45 (inside minute 4) and 70 (the last of minute 6)
+    missing, as gaps the producer backfills later: the minutes that could still receive them are computed on every
+    call until they are filled, so a late tick is never hidden by a stale cached bar."""
+    script_id = new_script(http_api)
+    ticks = [Tick(script_id, i, f"{100 + i}.5", "1", False, T0_US + (i - 1) * 6_000_000, T0_US, T0_US)
+             for i in range(1, 101)]
+    insert_ticks_ignore(db, [t for t in ticks if t.trade_id not in (45, 70)])
+    window = {"interval": "5m", "from": str(T0_US // 1000), "to": str(T0_US // 1000 + 600_000)}
+    first = all_candles(http_api, script_id, window)
+    assert [bar["trades"] for bar in first] == [49, 49]
+    # Never minutes 0 (no trade before it) and 9 (none after it); not yet 4 (45), 6 and 7 (70 between them).
+    assert sealed_minutes(db, script_id) == [1, 2, 3, 5, 8]
+    insert_ticks_ignore(db, [ticks[44], ticks[69]])  # the backfill
+    after = all_candles(http_api, script_id, window)
+    assert [comparable(bar) for bar in after] == [as_decimals(bar) for bar in expected_candles(ticks, 300)]
+    assert sealed_minutes(db, script_id) == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert http_api.request("DELETE", f"/scripts/{script_id}?purge=true").status_code == 200
+    assert table_rows(db, "candles_1m", script_id) == 0  # the purge takes the cache with the ticks
+
+
+def sealed_minutes(db: pymysql.Connection, script_id: int) -> list[int]:
+    with db.cursor() as cursor:
+        cursor.execute("SELECT minute FROM candles_1m WHERE script_id = %s ORDER BY minute", (script_id,))
+        return [row[0] - T0_US // 60_000_000 for row in cursor.fetchall()]
 
 
 def test_candle_range_is_aligned_cut_at_limit_and_continued(http_api: HttpApi, db: pymysql.Connection) -> None:

@@ -319,14 +319,17 @@ def delete_script(conn: pymysql.Connection, script_id: int, *, purge: bool = Fal
 
 
 def _purge_script(conn: pymysql.Connection, script_id: int) -> int:
-    """Delete a script's ticks in chunks, each its own transaction; returns how many."""
+    """Delete a script's ticks in chunks, each its own transaction, then its cached candles; returns how many."""
     deleted = 0
     while True:
         with _transaction(conn) as cursor:
             chunk = cursor.execute("DELETE FROM ticks WHERE script_id = %s LIMIT %s", (script_id, PURGE_CHUNK_ROWS))
         deleted += chunk
         if chunk < PURGE_CHUNK_ROWS:
-            return deleted
+            break
+    with _transaction(conn) as cursor:  # the candle cache of those ticks (tickstream.market_data)
+        cursor.execute("DELETE FROM candles_1m WHERE script_id = %s", (script_id,))
+    return deleted
 
 
 def active_scripts(conn: pymysql.Connection, broker_ids: list[int] | None = None) -> list[ActiveScript]:
