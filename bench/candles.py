@@ -92,7 +92,7 @@ def run() -> StageResult:
             _fill_day(conn, script_id, 1 + NEIGHBOUR_TRADES + DAY_TRADES, DAY + timedelta(days=1), NEIGHBOUR_TRADES)
             conn.autocommit(True)
             floor_ms = _bare_pass_ms(conn, script_id)
-            sql_ms = [_timed_ms(lambda: market_data._bars_from_ticks(conn, script_id, DAY, DAY + timedelta(days=1),
+            sql_ms = [_timed_ms(lambda: market_data.candles_from_ticks(conn, script_id, DAY, DAY + timedelta(days=1),
                                                                      60)) for _ in range(3)]
         finally:
             conn.close()

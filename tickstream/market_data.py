@@ -24,7 +24,7 @@ from typing import Any
 
 import pymysql
 
-from tickstream.catalog import _db_time, _decimal_text
+from tickstream.catalog import _db_time, _decimal_text, tick_range
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MINUTE = 60
@@ -87,12 +87,12 @@ def candles(conn: pymysql.Connection, script_id: int, start: datetime, end: date
     """The bars of [start, end) with at least one trade, in time order. Callers bound the range."""
     minute_aligned = all(int((t - EPOCH).total_seconds()) % MINUTE == 0 for t in (start, end))
     if interval_seconds % MINUTE or not minute_aligned:
-        return _bars_from_ticks(conn, script_id, start, end, interval_seconds)
+        return candles_from_ticks(conn, script_id, start, end, interval_seconds)
     minutes = _minute_bars(conn, script_id, start, end)
     return minutes if interval_seconds == MINUTE else _merge(minutes, interval_seconds)
 
 
-def _bars_from_ticks(conn: pymysql.Connection, script_id: int, start: datetime, end: datetime,
+def candles_from_ticks(conn: pymysql.Connection, script_id: int, start: datetime, end: datetime,
                      interval_seconds: int) -> list[Candle]:
     window = (_db_time(start), _db_time(end))
     with conn.cursor() as cursor:
@@ -118,7 +118,7 @@ def _at_minute(minute: int) -> datetime:
 def _minute_bars(conn: pymysql.Connection, script_id: int, start: datetime, end: datetime) -> list[Candle]:
     sealed = _sealed_minutes(conn, script_id, _minute_of(start), _minute_of(end))
     fresh = [bar for first, stop in _unsealed_runs(sealed, _minute_of(start), _minute_of(end))
-             for bar in _bars_from_ticks(conn, script_id, _at_minute(first), _at_minute(stop), MINUTE)]
+             for bar in candles_from_ticks(conn, script_id, _at_minute(first), _at_minute(stop), MINUTE)]
     _seal(conn, script_id, fresh)
     return sorted([*sealed, *fresh], key=lambda bar: bar.open_time)
 
@@ -216,19 +216,10 @@ def _candle(row: Sequence[Any], interval_seconds: int) -> Candle:
 def export_rows(conn: pymysql.Connection, script_id: int, *, start: datetime | None, end: datetime | None,
                 after: int | None, limit: int) -> tuple[list[ExportRow], int | None]:
     """Up to `limit` ticks of [start, end) after trade id `after`, ascending; and the cursor for the next page."""
-    where, params = ["script_id = %s"], [script_id]
-    if start is not None:
-        where.append("traded_at >= %s")
-        params.append(_db_time(start))
-    if end is not None:
-        where.append("traded_at < %s")
-        params.append(_db_time(end))
-    if after is not None:
-        where.append("trade_id > %s")
-        params.append(after)
+    where, params = tick_range(script_id, start, end, after)
     sql = ("SELECT trade_id, CAST(price AS CHAR), CAST(quantity AS CHAR),"
            " TIMESTAMPDIFF(MICROSECOND, '1970-01-01', traded_at), is_buyer_maker"
-           f" FROM ticks WHERE {' AND '.join(where)} ORDER BY trade_id LIMIT %s")
+           f" FROM ticks WHERE {where} ORDER BY trade_id LIMIT %s")
     with conn.cursor() as cursor:
         cursor.execute(sql, (*params, limit + 1))  # one extra row tells whether another page exists
         rows = cursor.fetchall()
