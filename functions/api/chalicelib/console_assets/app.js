@@ -13,7 +13,8 @@
   const REFRESH_MS = 5000;
   const PAGE_SIZE = 25;
   const INTERVALS = { '1s': 1, '1m': 60, '5m': 300, '1h': 3600, '1d': 86400 };
-  const DEFAULT_BARS = 900;  // the default chart range: this many bars back from now
+  // The default chart range, in bars back from now: 15 min of 1s, 15 h of 1m, 2 days of 5m, 2 weeks of 1h, 90 days.
+  const DEFAULT_BARS = { '1s': 900, '1m': 900, '5m': 576, '1h': 336, '1d': 90 };
   const MAX_CANDLE_CALLS = 20;
   const PAGES = [['overview', 'Overview'], ['brokers', 'Brokers'], ['scripts', 'Scripts'], ['ticks', 'Ticks'],
     ['chart', 'Chart']];
@@ -559,7 +560,7 @@
   // --- chart -------------------------------------------------------------------------------------------------
   function defaultRange(interval) {
     const now = new Date();
-    return { from: toInput(new Date(now.getTime() - INTERVALS[interval] * DEFAULT_BARS * 1000)), to: toInput(now) };
+    return { from: toInput(new Date(now.getTime() - INTERVALS[interval] * DEFAULT_BARS[interval] * 1000)), to: toInput(now) };
   }
 
   function Chart({ call, params }) {
