@@ -364,3 +364,33 @@ def test_delete_asks_for_the_purge_and_says_what_it_deleted(console: Console, se
     page.click("[role=dialog] [data-confirm]")
     page.wait_for_selector("text=deleted with 0 script(s) and 0 tick(s)")
     assert api(server, "GET", "/brokers").json()["brokers"] == []
+
+
+@pytest.mark.localstack
+def test_console_works_behind_api_gateway_under_its_stage_prefix(browser: Any, request: pytest.FixtureRequest,
+                                                                 db: pymysql.Connection) -> None:
+    """The template deployed on LocalStack: the page, its files and its data calls all under
+    /_aws/execute-api/<id>/api/, through API Gateway and the packaged function (sam build), as on AWS."""
+    try:
+        localstack = request.getfixturevalue("localstack")
+        stack = request.getfixturevalue("tickstream_stack")
+    except pytest.FixtureLookupError:
+        pytest.skip("needs the LocalStack fixtures (tests/localstack_fixtures.py)")
+    from tests.localstack_fixtures import TEST_API_TOKEN
+
+    base = f"{localstack.endpoint_url}/_aws/execute-api/{stack['ApiId']}/api"
+    created = requests.post(f"{base}/brokers", json={"name": "via API Gateway"}, timeout=30,
+                            headers={"Authorization": f"Bearer {TEST_API_TOKEN}"})
+    assert created.status_code == 201, created.text
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = Console(context.new_page(), base)
+    page.page.set_default_timeout(60_000)  # every file is a function invocation through the emulator
+    try:
+        page.sign_in(TEST_API_TOKEN)
+        page.go("brokers")
+        page.page.wait_for_selector("table[data-table=brokers] [data-col=name]:text('via API Gateway')")
+        assert page.page.evaluate("document.styleSheets.length") == 1  # console/style.css under the prefix
+    finally:
+        errors = page.errors
+        context.close()
+    assert errors == [], errors
