@@ -15,7 +15,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP_INSTALL = pip install --quiet --disable-pip-version-check
 
-.PHONY: help venv venvs db-ready test lint migrate up down demo bench clean
+.PHONY: help venv venvs db-ready browser test lint migrate up down demo bench clean
 
 help:
 	@echo "make test     run the whole test suite (MariaDB, host LocalStack, simulator, API)"
@@ -49,10 +49,16 @@ venvs: $(VENV)/.installed .venv-localstack/.installed .venv-sam/.installed
 db-ready:
 	@infra/ensure_mariadb.sh
 
+# The console's browser tests drive Debian's chromium through Playwright (never `playwright install`: nothing is
+# downloaded at run time); installed here with apt-get when missing.
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+
 migrate: venv db-ready
 	$(PY) -m tickstream.migrate
 
-test: venvs db-ready
+test: venvs db-ready browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 up: venvs db-ready

@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> None:
         children.start("API", api_command, env, cwd=REPO_ROOT / "functions" / "api", log=api_log)
         wait_for_http(f"{api}/health")
         say(f"API on {api}, its log in {api_log} (try: curl -H \"Authorization: Bearer $API_TOKEN\" {api}/stats)")
+        wait_for_http(f"{api}/console")
+        say(f"web console on {api}/console (sign in with the API token)")
         if args.demo:
             children.start("exchange simulator", [sys.executable, "-m", "simulator", "--port", str(SIMULATOR_PORT),
                                                   "--symbols", ",".join(DEMO_SYMBOLS), "--rate", "20",

@@ -54,6 +54,7 @@ def test_demo_collects_ticks_and_stops_on_sigterm(db_env: dict[str, str], tmp_pa
         _drop_database(env["DB_NAME"])
     output = log_path.read_bytes()
     assert b"created script PEPEUSDT through the API" in output
+    assert b"web console on http://127.0.0.1:" in output
     assert b"stopping LocalStack" in output
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", localstack_port), timeout=1).close()

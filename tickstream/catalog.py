@@ -319,14 +319,17 @@ def delete_script(conn: pymysql.Connection, script_id: int, *, purge: bool = Fal
 
 
 def _purge_script(conn: pymysql.Connection, script_id: int) -> int:
-    """Delete a script's ticks in chunks, each its own transaction; returns how many."""
+    """Delete a script's ticks in chunks, each its own transaction, then its cached candles; returns how many."""
     deleted = 0
     while True:
         with _transaction(conn) as cursor:
             chunk = cursor.execute("DELETE FROM ticks WHERE script_id = %s LIMIT %s", (script_id, PURGE_CHUNK_ROWS))
         deleted += chunk
         if chunk < PURGE_CHUNK_ROWS:
-            return deleted
+            break
+    with _transaction(conn) as cursor:  # the candle cache of those ticks (tickstream.market_data)
+        cursor.execute("DELETE FROM candles_1m WHERE script_id = %s", (script_id,))
+    return deleted
 
 
 def active_scripts(conn: pymysql.Connection, broker_ids: list[int] | None = None) -> list[ActiveScript]:
@@ -372,14 +375,9 @@ _TICK_COLUMNS = ("trade_id, CAST(price AS CHAR), CAST(quantity AS CHAR), is_buye
                  " received_at_producer, stored_at")
 
 
-def read_ticks(conn: pymysql.Connection, script_id: int, *, start: datetime | None = None,
-               end: datetime | None = None, after: int | None = None, limit: int = 100,
-               descending: bool = False) -> TickPage:
-    """One page of a script's ticks traded in [start, end), ordered by trade id.
-
-    Keyset pagination: `after` is the previous page's `next_cursor` (a trade id), so every page is an index range
-    scan on the primary key, however deep, and rows inserted meanwhile never shift a page (no OFFSET).
-    """
+def tick_range(script_id: int, start: datetime | None, end: datetime | None, after: int | None,
+               descending: bool = False) -> tuple[str, list[Any]]:
+    """The WHERE clause (and its parameters) of a keyset page: traded in [start, end), after the cursor id."""
     where, params = ["script_id = %s"], [script_id]
     if start is not None:
         where.append("traded_at >= %s")
@@ -390,8 +388,20 @@ def read_ticks(conn: pymysql.Connection, script_id: int, *, start: datetime | No
     if after is not None:
         where.append("trade_id < %s" if descending else "trade_id > %s")
         params.append(after)
+    return " AND ".join(where), params
+
+
+def read_ticks(conn: pymysql.Connection, script_id: int, *, start: datetime | None = None,
+               end: datetime | None = None, after: int | None = None, limit: int = 100,
+               descending: bool = False) -> TickPage:
+    """One page of a script's ticks traded in [start, end), ordered by trade id.
+
+    Keyset pagination: `after` is the previous page's `next_cursor` (a trade id), so every page is an index range
+    scan on the primary key, however deep, and rows inserted meanwhile never shift a page (no OFFSET).
+    """
+    where, params = tick_range(script_id, start, end, after, descending)
     direction = "DESC" if descending else "ASC"
-    sql = f"SELECT {_TICK_COLUMNS} FROM ticks WHERE {' AND '.join(where)} ORDER BY trade_id {direction} LIMIT %s"
+    sql = f"SELECT {_TICK_COLUMNS} FROM ticks WHERE {where} ORDER BY trade_id {direction} LIMIT %s"
     with conn.cursor() as cursor:
         cursor.execute(sql, (*params, limit + 1))  # one extra row tells whether another page exists
         rows = cursor.fetchall()

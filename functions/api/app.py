@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from chalice import Chalice, Response
-from chalicelib import http, openapi, service
+from chalicelib import console, http, market_data, openapi, service
 from chalicelib.http import ANY_CONTENT, JSON_CONTENT, json_body, path_id, query, respond
 from chalicelib.models import (
     BrokerCreate,
@@ -104,3 +104,26 @@ def stats() -> Response:
 @app.route("/dlq/redrive", methods=["POST"], content_types=JSON_CONTENT)
 def redrive_dlq() -> Response:
     return respond(service.redrive(json_body(app.current_request, RedriveRequest, optional=True)))
+
+
+@app.route("/scripts/{script_id}/candles", methods=["GET"], content_types=ANY_CONTENT)
+def candles(script_id: str) -> Response:
+    script = path_id(script_id, "script")
+    return respond(market_data.candles(script, query(app.current_request, market_data.CandlesQuery)))
+
+
+@app.route("/scripts/{script_id}/ticks.csv", methods=["GET"], content_types=ANY_CONTENT)
+def ticks_csv(script_id: str) -> Response:
+    script = path_id(script_id, "script")
+    body, headers = market_data.ticks_csv(script, query(app.current_request, market_data.TicksCsvQuery))
+    return Response(body=body, headers=headers)
+
+
+@app.route(console.SHELL_ROUTE, methods=["GET"], content_types=ANY_CONTENT)
+def console_shell() -> Response:
+    return console.asset(console.SHELL)
+
+
+@app.route(console.ASSET_ROUTE, methods=["GET"], content_types=ANY_CONTENT)
+def console_asset(asset: str) -> Response:
+    return console.asset(asset)

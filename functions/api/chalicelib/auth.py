@@ -20,7 +20,8 @@ from tickstream.secrets import SecretCache
 from tickstream.settings import load_settings
 
 log = logging.getLogger(__name__)
-PUBLIC_ROUTES = frozenset({"/health"})
+# The console's page and files are public; every data call it makes carries the token.
+PUBLIC_ROUTES = frozenset({"/health", "/console", "/console/{asset}"})
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="tickstream"'}
 
 

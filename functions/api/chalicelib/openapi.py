@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from chalicelib import models
+from chalicelib import console, market_data, models
 from chalicelib.auth import PUBLIC_ROUTES
 
 REF = "#/components/schemas/{model}"
@@ -42,6 +42,8 @@ class Operation:
     body_required: bool = True
     query: type[BaseModel] | None = None
     errors: tuple[int, ...] = ()
+    media_type: str = "application/json"  # of the success response; a non-JSON one is a string
+    headers: tuple[tuple[str, str], ...] = ()  # (name, description) of success response headers
 
 
 OPERATIONS: dict[tuple[str, str], Operation] = {
@@ -69,6 +71,14 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("/scripts/{script_id}/ticks", "GET"): Operation(
         "listTicks", "A script's ticks in a time range, keyset-paginated by trade id", models.TickPage,
         query=models.TicksQuery, errors=(404, 422)),
+    ("/scripts/{script_id}/candles", "GET"): Operation(
+        "listCandles", "OHLC bars with volume, quote volume, trade count and first/last trade id, exact decimals",
+        market_data.CandlesOut, query=market_data.CandlesQuery, errors=(404, 422)),
+    ("/scripts/{script_id}/ticks.csv", "GET"): Operation(
+        "exportTicksCsv", "A script's ticks as Binance aggTrades CSV, ascending, a page per call", None,
+        query=market_data.TicksCsvQuery, errors=(404, 422), media_type="text/csv",
+        headers=(("Content-Disposition", "attachment; filename=<SYMBOL>-aggTrades-<from>-<to>.csv"),
+                 (market_data.NEXT_CURSOR_HEADER, "present when more rows follow: pass as cursor"))),
     ("/stats", "GET"): Operation("stats", "Per-script counts and lag; queue and DLQ depth", models.StatsOut),
     ("/dlq/redrive", "POST"): Operation("redriveDlq", "Move DLQ messages back to the ticks queue", models.RedriveOut,
                                         body=models.RedriveRequest, body_required=False,
@@ -79,7 +89,8 @@ ID_SCHEMA = {"type": "integer", "minimum": 1, "maximum": models.MAX_ID}
 
 
 def chalice_routes(routes: dict[str, dict[str, Any]]) -> set[tuple[str, str]]:
-    return {(path, method) for path, methods in routes.items() for method in methods}
+    """The API's routes: all but the console's page and files, which are not API operations."""
+    return {(path, method) for path, methods in routes.items() for method in methods if path not in console.ROUTES}
 
 
 def build(routes: dict[str, dict[str, Any]], title: str = "tickstream API", version: str = "1.0.0") -> dict[str, Any]:
@@ -165,7 +176,12 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
 
 def _responses(path: str, operation: Operation, refs: dict[Any, dict[str, str]]) -> dict[str, Any]:
     success = refs[(operation.response, "serialization")] if operation.response else {"type": "object"}
-    responses: dict[str, Any] = {str(operation.status): {"description": "OK", "content": _json(success)}}
+    if operation.media_type != "application/json":
+        success = {"type": "string"}
+    ok: dict[str, Any] = {"description": "OK", "content": {operation.media_type: {"schema": success}}}
+    if operation.headers:
+        ok["headers"] = {name: {"description": text, "schema": {"type": "string"}} for name, text in operation.headers}
+    responses: dict[str, Any] = {str(operation.status): ok}
     error = _json(refs[(models.ErrorOut, "serialization")])
     codes = set(operation.errors) | {503, 504}
     if path not in PUBLIC_ROUTES:

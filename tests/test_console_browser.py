@@ -1,0 +1,396 @@
+"""The web console in a real headless Chromium (Debian's, driven by Playwright; `make browser` installs it), served by
+a real `chalice local` against MariaDB and, for the redrive button, LocalStack's SQS.
+
+Every test fails on any browser console error or uncaught page error except the HTTP statuses it provokes on
+purpose (a wrong token's 401, a form's 422). TICKSTREAM_CONSOLE_SCREENSHOTS=<dir> also saves a screenshot of each
+page there (how docs/console-*.png are made).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import pytest
+import requests
+
+from tests.api_fixtures import TOKEN, LocalServer, start_chalice_local, stop_chalice_local
+from tickstream.tick_store import insert_ticks_ignore
+from tickstream.ticks import Tick
+
+pytest_plugins = ["tests.api_fixtures"]
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = os.environ.get("TICKSTREAM_CHROMIUM", "/usr/bin/chromium")
+# Offline and quiet: no first-run, sync, component updates or background fetches (the network rule).
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SCREENSHOTS = os.environ.get("TICKSTREAM_CONSOLE_SCREENSHOTS")
+XSS_NAME = "<img src=x onerror=alert(1)>"
+WAIT_MS = 10_000
+
+
+@pytest.fixture(scope="module")
+def queues(request: pytest.FixtureRequest) -> dict[str, str]:
+    """A ticks queue and DLQ on the session's LocalStack (empty if the LocalStack fixtures are not loaded)."""
+    try:
+        localstack = request.getfixturevalue("localstack")
+        sqs = request.getfixturevalue("aws")("sqs")
+    except pytest.FixtureLookupError:
+        return {}
+    name = f"console-{uuid.uuid4().hex[:8]}"
+    dlq_url = sqs.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    queue_url = sqs.create_queue(QueueName=name, Attributes={
+        "RedrivePolicy": f'{{"deadLetterTargetArn": "{dlq_arn}", "maxReceiveCount": "5"}}'})["QueueUrl"]
+    return {"AWS_ENDPOINT_URL": localstack.endpoint_url, "AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test", "TICKS_QUEUE_URL": queue_url, "TICKS_DLQ_URL": dlq_url}
+
+
+@pytest.fixture(scope="module")
+def server(db_env: dict[str, str], queues: dict[str, str],
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    log_path = tmp_path_factory.mktemp("console") / "chalice-local.log"
+    local = start_chalice_local({**db_env, **queues, "API_TOKEN": TOKEN}, log_path)
+    yield local
+    stop_chalice_local(local)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    assert Path(CHROMIUM).is_file(), f"{CHROMIUM} is missing: `make browser` installs Debian's chromium"
+    with playwright_api.sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield instance
+        instance.close()
+
+
+class Console:
+    """A browser page on the console, recording console errors and page errors."""
+
+    def __init__(self, page: Any, base_url: str) -> None:
+        self.page = page
+        self.base_url = base_url
+        self.errors: list[str] = []
+        self.dialogs: list[str] = []
+        page.on("console", lambda message: self.errors.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: self.errors.append(f"page error: {error}"))
+        page.on("dialog", self._dialog)
+        page.set_default_timeout(WAIT_MS)
+
+    def _dialog(self, dialog: Any) -> None:
+        self.dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    def open(self, fragment: str = "") -> None:
+        self.page.goto(f"{self.base_url}/console{fragment}")
+
+    def sign_in(self, token: str = TOKEN) -> None:
+        self.open()
+        self.page.fill("#f-token", token)
+        self.page.click("form.signin button[type=submit]")
+        self.page.wait_for_selector("header nav")
+
+    def go(self, page: str) -> None:
+        self.page.click(f"header nav a[href='#/{page}']")
+        self.page.wait_for_selector(f"header nav a.active[href='#/{page}']")
+
+    def expect_http_errors(self, status: int) -> None:
+        """Drop the console lines Chromium logs for responses of `status` the test asked for; nothing else."""
+        pattern = re.compile(rf"status of {status}\b")
+        self.errors = [error for error in self.errors if not pattern.search(error)]
+
+    def screenshot(self, name: str) -> None:
+        if SCREENSHOTS:
+            Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
+            self.page.wait_for_timeout(300)
+            self.page.screenshot(path=str(Path(SCREENSHOTS) / f"console-{name}.png"), full_page=True)
+
+
+@pytest.fixture
+def console(browser: Any, server: LocalServer, db: pymysql.Connection) -> Iterator[Console]:
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
+    page = Console(context.new_page(), server.url)
+    yield page
+    errors, dialogs = page.errors, page.dialogs
+    context.close()
+    assert errors == [], errors
+    assert dialogs == [], dialogs  # alert(), confirm(): the XSS payload, or a page that uses native dialogs
+
+
+def api(server: LocalServer, method: str, path: str, **kwargs: Any) -> requests.Response:
+    reply = requests.request(method, server.url + path, headers={"Authorization": f"Bearer {TOKEN}",
+                                                                 "Connection": "close"}, timeout=10, **kwargs)
+    assert reply.status_code < 400, reply.text
+    return reply
+
+
+def new_script(server: LocalServer, symbol: str, broker_name: str = "Binance") -> int:
+    brokers = {b["name"]: b["id"] for b in api(server, "GET", "/brokers").json()["brokers"]}
+    broker_id = brokers.get(broker_name) or api(server, "POST", "/brokers", json={"name": broker_name}).json()["id"]
+    return api(server, "POST", "/scripts", json={"broker_id": broker_id, "name": symbol,
+                                                 "trading_symbol": symbol}).json()["id"]
+
+
+def recent_ticks(script_id: int, count: int, first_id: int = 1, seconds_apart: float = 1.0) -> list[Tick]:
+    """Ticks ending about now (the chart's default range), prices walking up and down."""
+    now_us = int(time.time() * 1_000_000)
+    start = now_us - int(count * seconds_apart * 1_000_000)
+    ticks = []
+    for i in range(count):
+        traded = start + int(i * seconds_apart * 1_000_000)
+        received = max(traded, now_us - 20_000 - i % 13 * 1_000)  # as if the producer had just sent them
+        ticks.append(Tick(script_id, first_id + i, f"{100 + (i * 37 % 23) - (i % 7):.8f}", f"{1 + i % 5}.25000000",
+                          i % 2 == 0, traded, traded, received))
+    return ticks
+
+
+# --- tests ---------------------------------------------------------------------------------------------------------
+
+def test_sign_in_with_a_wrong_then_the_right_token_and_sign_out(console: Console) -> None:
+    page = console.page
+    console.open()
+    assert page.locator("header nav").count() == 0  # the shell is public; nothing loads without a token
+    page.fill("#f-token", "not-the-token")
+    page.click("form.signin button[type=submit]")
+    page.wait_for_selector("text=That token was not accepted.")
+    console.expect_http_errors(401)
+    assert page.evaluate("sessionStorage.length") == 0
+    page.fill("#f-token", TOKEN)
+    page.click("form.signin button[type=submit]")
+    page.wait_for_selector("h1:text('Overview')")
+    assert page.evaluate("sessionStorage.getItem('tickstream.token')") == TOKEN
+    assert TOKEN not in page.url
+    page.reload()  # the tab keeps its session
+    page.wait_for_selector("h1:text('Overview')")
+    page.click("[data-action=sign-out]")
+    page.wait_for_selector("form.signin")
+    assert page.evaluate("sessionStorage.length") == 0
+    page.reload()
+    page.wait_for_selector("form.signin")
+
+
+def test_broker_and_script_through_the_forms_with_422s_inline_and_names_as_text(console: Console,
+                                                                              server: LocalServer) -> None:
+    page = console.page
+    console.sign_in()
+    console.go("brokers")
+    form = page.locator("form[data-form=broker]")
+    form.locator("#f-name").fill(XSS_NAME)
+    form.locator("#f-ws_url").fill("http://not-a-websocket.test")
+    form.locator("button[type=submit]").click()
+    error = form.locator("[data-field-error=ws_url]")
+    error.wait_for()
+    assert "ws" in error.inner_text()
+    console.expect_http_errors(422)
+    assert api(server, "GET", "/brokers").json()["brokers"] == []  # refused: nothing stored
+    form.locator("#f-ws_url").fill("ws://127.0.0.1:9/")
+    form.locator("button[type=submit]").click()
+    row = page.locator("table[data-table=brokers] tbody tr")
+    row.first.wait_for()
+    assert row.first.locator("[data-col=name]").inner_text() == XSS_NAME  # shown as text
+    assert page.locator("img").count() == 0  # and not parsed as markup
+    console.screenshot("brokers")
+
+    console.go("scripts")
+    form = page.locator("form[data-form=script]")
+    form.locator("#f-broker_id option").filter(has_text=XSS_NAME).wait_for(state="attached")
+    form.locator("#f-broker_id").select_option(label=XSS_NAME)
+    form.locator("#f-name").fill("Bitcoin")
+    form.locator("#f-trading_symbol").fill("BTC-USDT")
+    form.locator("button[type=submit]").click()
+    form.locator("[data-field-error=trading_symbol]").wait_for()
+    console.expect_http_errors(422)
+    form.locator("#f-trading_symbol").fill("btcusdt")
+    form.locator("button[type=submit]").click()
+    page.wait_for_selector("table[data-table=scripts] [data-col=symbol]:text('BTCUSDT')")
+    assert form.locator("[data-field-error]").count() == 0
+    scripts = api(server, "GET", "/scripts").json()["scripts"]
+    assert [(s["trading_symbol"], s["name"]) for s in scripts] == [("BTCUSDT", "Bitcoin")]
+    assert page.locator("img").count() == 0
+    console.go("overview")
+    page.wait_for_selector("table[data-table=overview] tbody tr")
+    assert XSS_NAME in page.locator("table[data-table=overview]").inner_text()
+    assert page.locator("img").count() == 0
+    assert page.evaluate("typeof window.alert") == "function" and console.dialogs == []
+
+
+def test_scripts_filter_sort_page_and_bulk_deactivate(console: Console, server: LocalServer) -> None:
+    symbols = [f"SYM{i:02d}USDT" for i in range(30)]
+    for symbol in symbols:
+        new_script(server, symbol)
+    new_script(server, "OTHERUSDT", broker_name="Other")
+    page = console.page
+    console.sign_in()
+    console.go("scripts")
+    table = page.locator("table[data-table=scripts]")
+    page.wait_for_selector("text=31 script(s)")
+    page.fill("[data-filter=search]", "sym")
+    page.wait_for_selector("text=30 script(s)")
+    page.click("th[data-sort=trading_symbol]")
+    page.click("th[data-sort=trading_symbol]")  # descending
+    assert table.locator("[data-col=symbol]").first.inner_text() == "SYM29USDT"
+    assert table.locator("tbody tr").count() == 25
+    page.click("[data-action=next-page]")
+    page.wait_for_selector("text=Page 2 of 2")
+    assert table.locator("[data-col=symbol]").all_inner_texts() == [f"SYM{i:02d}USDT" for i in range(4, -1, -1)]
+    console.screenshot("scripts")
+    page.click("thead input[type=checkbox]")  # the page's five
+    page.click("[data-action=deactivate]")
+    page.wait_for_selector("text=5 script(s) deactivated.")
+    active = {s["trading_symbol"]: s["is_active"] for s in api(server, "GET", "/scripts").json()["scripts"]}
+    assert [symbol for symbol, is_active in active.items() if not is_active] == symbols[:5]
+    page.select_option("[data-filter=active]", "false")
+    page.wait_for_selector("text=5 script(s)")
+    assert table.locator("[data-col=active]").all_inner_texts() == ["no"] * 5
+
+
+def test_ticks_appear_page_and_download_as_the_apis_csv(console: Console, server: LocalServer,
+                                                        db: pymysql.Connection, tmp_path: Path) -> None:
+    script_id = new_script(server, "ETHUSDT")
+    insert_ticks_ignore(db, recent_ticks(script_id, 120))
+    page = console.page
+    console.sign_in()
+    console.open(f"#/ticks?script={script_id}")
+    page.select_option("[data-filter=limit]", "50")
+    ids = page.locator("table[data-table=ticks] [data-col=trade_id]")
+    playwright_api.expect(ids.first).to_have_text("120")
+    assert ids.all_inner_texts() == [str(i) for i in range(120, 70, -1)]
+    console.screenshot("ticks")
+    page.click("[data-action=older]")
+    playwright_api.expect(ids.first).to_have_text("70")
+    assert page.locator("text=Page 2 · newest first").count() == 1
+    assert ids.all_inner_texts() == [str(i) for i in range(70, 20, -1)]
+    page.click("[data-action=older]")
+    playwright_api.expect(ids.first).to_have_text("20")
+    assert ids.all_inner_texts() == [str(i) for i in range(20, 0, -1)]
+    assert page.locator("[data-action=older]").is_disabled()
+    page.click("[data-action=newer]")
+    page.click("[data-action=newer]")
+    insert_ticks_ignore(db, recent_ticks(script_id, 5, first_id=121))  # new ticks arrive
+    page.click("button:text('Refresh')")
+    playwright_api.expect(ids.first).to_have_text("125")
+
+    with page.expect_download() as download_info:
+        page.click("[data-action=csv]")
+    download = download_info.value
+    saved = tmp_path / download.suggested_filename
+    download.save_as(saved)
+    assert download.suggested_filename == "ETHUSDT-aggTrades-start-end.csv"
+    from_api = api(server, "GET", f"/scripts/{script_id}/ticks.csv").text
+    assert saved.read_text() == from_api
+    rows = list(csv.reader(io.StringIO(from_api)))
+    assert rows[0][0] == "agg_trade_id" and [row[0] for row in rows[1:]] == [str(i) for i in range(1, 126)]
+    page.wait_for_selector("text=125 rows")
+
+
+def test_chart_draws_candles_and_volume(console: Console, server: LocalServer, db: pymysql.Connection) -> None:
+    script_id = new_script(server, "BTCUSDT")
+    insert_ticks_ignore(db, recent_ticks(script_id, 3000, seconds_apart=1.0))  # ~50 one-minute bars
+    page = console.page
+    console.sign_in()
+    console.open(f"#/chart?script={script_id}")
+    page.wait_for_selector("[data-chart-summary]:text-matches('[0-9]+ bars, 3,000 trades')")
+    page.wait_for_timeout(500)  # the chart paints on the next animation frame
+    # Pixels in the candle colours (up #1a7f37, down #cf222e) on the chart's canvases: not blank.
+    coloured = page.evaluate("""() => {
+        let n = 0;
+        for (const canvas of document.querySelectorAll('#chart canvas')) {
+            const { data } = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height);
+            for (let i = 0; i < data.length; i += 4) {
+                const [r, g, b] = [data[i], data[i + 1], data[i + 2]];
+                if ((Math.abs(r - 26) < 30 && Math.abs(g - 127) < 30 && Math.abs(b - 55) < 30)
+                    || (Math.abs(r - 207) < 30 && Math.abs(g - 34) < 30 && Math.abs(b - 46) < 30)) n += 1;
+            }
+        }
+        return n;
+    }""")
+    assert coloured > 500, coloured
+    console.screenshot("chart")
+    page.select_option("[data-filter=interval]", "5m")
+    page.wait_for_selector("[data-chart-summary]:text-matches('[0-9]+ bars, 3,000 trades')")
+
+
+def test_overview_redrive_button_moves_the_dlq_back(console: Console, server: LocalServer, queues: dict[str, str],
+                                                    db: pymysql.Connection, request: pytest.FixtureRequest) -> None:
+    if not queues:
+        pytest.skip("needs the LocalStack fixtures (tests/localstack_fixtures.py)")
+    sqs = request.getfixturevalue("aws")("sqs")
+    for i in range(3):
+        sqs.send_message(QueueUrl=queues["TICKS_DLQ_URL"], MessageBody=f"dead letter {i}")
+    for symbol in ("BTCUSDT", "ETHUSDT"):
+        insert_ticks_ignore(db, recent_ticks(new_script(server, symbol), 90))
+    page = console.page
+    console.sign_in()
+    page.wait_for_selector("[data-queue='Dead-letter queue'] .big:text('3')")
+    console.screenshot("overview")
+    page.click("[data-action=redrive]")
+    dialog = page.locator("[role=dialog]")
+    dialog.wait_for()
+    assert "3 message(s)" in dialog.inner_text()
+    page.click("[role=dialog] button:text('Cancel')")  # nothing moves without the confirmation
+    assert page.locator("[role=dialog]").count() == 0
+    page.click("[data-action=redrive]")
+    page.click("[role=dialog] [data-confirm]")
+    page.wait_for_selector("text=3 moved, 0 failed")
+    page.wait_for_selector("[data-queue='Dead-letter queue'] .big:text('0')")
+    attributes = sqs.get_queue_attributes(QueueUrl=queues["TICKS_QUEUE_URL"],
+                                          AttributeNames=["ApproximateNumberOfMessages"])["Attributes"]
+    assert attributes["ApproximateNumberOfMessages"] == "3"
+
+
+def test_delete_asks_for_the_purge_and_says_what_it_deleted(console: Console, server: LocalServer,
+                                                            db: pymysql.Connection) -> None:
+    script_id = new_script(server, "PEPEUSDT")
+    insert_ticks_ignore(db, recent_ticks(script_id, 10))
+    page = console.page
+    console.sign_in()
+    console.go("scripts")
+    page.click(f"tr[data-script='{script_id}'] button:text('Delete…')")
+    assert "10 stored tick(s)" in page.locator("[role=dialog]").inner_text()
+    page.click("[role=dialog] [data-confirm]")
+    page.wait_for_selector("text=Script PEPEUSDT deleted with 10 tick(s).")
+    console.go("brokers")
+    page.click("table[data-table=brokers] button:text('Delete…')")
+    assert "no scripts" in page.locator("[role=dialog]").inner_text()
+    page.click("[role=dialog] [data-confirm]")
+    page.wait_for_selector("text=deleted with 0 script(s) and 0 tick(s)")
+    assert api(server, "GET", "/brokers").json()["brokers"] == []
+
+
+@pytest.mark.localstack
+def test_console_works_behind_api_gateway_under_its_stage_prefix(browser: Any, request: pytest.FixtureRequest,
+                                                                 db: pymysql.Connection) -> None:
+    """The template deployed on LocalStack: the page, its files and its data calls all under
+    /_aws/execute-api/<id>/api/, through API Gateway and the packaged function (sam build), as on AWS."""
+    try:
+        localstack = request.getfixturevalue("localstack")
+        stack = request.getfixturevalue("tickstream_stack")
+    except pytest.FixtureLookupError:
+        pytest.skip("needs the LocalStack fixtures (tests/localstack_fixtures.py)")
+    from tests.localstack_fixtures import TEST_API_TOKEN
+
+    base = f"{localstack.endpoint_url}/_aws/execute-api/{stack['ApiId']}/api"
+    created = requests.post(f"{base}/brokers", json={"name": "via API Gateway"}, timeout=30,
+                            headers={"Authorization": f"Bearer {TEST_API_TOKEN}"})
+    assert created.status_code == 201, created.text
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = Console(context.new_page(), base)
+    page.page.set_default_timeout(60_000)  # every file is a function invocation through the emulator
+    try:
+        page.sign_in(TEST_API_TOKEN)
+        page.go("brokers")
+        page.page.wait_for_selector("table[data-table=brokers] [data-col=name]:text('via API Gateway')")
+        assert page.page.evaluate("document.styleSheets.length") == 1  # console/style.css under the prefix
+    finally:
+        errors = page.errors
+        context.close()
+    assert errors == [], errors
