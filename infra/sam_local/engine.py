@@ -170,6 +170,22 @@ def stop(paths: EnginePaths, pid: int | None = None) -> None:
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
     paths.pid_file.unlink(missing_ok=True)
+    unmount_leftovers(paths.run_dir)
+
+
+def mounts_under(directory: Path) -> list[str]:
+    """Mount points below `directory`, deepest first (from /proc/self/mountinfo; octal escapes as written)."""
+    prefix = str(directory.resolve()).rstrip("/") + "/"
+    with open("/proc/self/mountinfo") as mountinfo:
+        points = [line.split()[4] for line in mountinfo]
+    return sorted((point for point in points if point.startswith(prefix)), key=len, reverse=True)
+
+
+def unmount_leftovers(run_dir: Path) -> None:
+    """dockerd leaves its default network namespace bind-mounted under the exec root (exec/netns/default) after a
+    clean stop; unmount whatever is left so the run directory can be removed."""
+    for point in mounts_under(run_dir):
+        subprocess.run(["umount", point], check=False, capture_output=True)
 
 
 def read_pid(paths: EnginePaths) -> int | None:
