@@ -151,9 +151,10 @@ def migrate_create_event(response_url: str = LOCAL_RESPONSE_URL) -> dict[str, An
 
 
 def env_vars_example() -> dict[str, Any]:
-    """`sam local invoke --env-vars events/env-vars.example.json`: the docker compose stack's MySQL by name."""
+    """`sam local invoke --env-vars events/env-vars.example.json --docker-network tickstream`: the docker compose
+    stack's MySQL by its service name, with the compose file's default password (DB_PASSWORD, if you set one)."""
     return {
-        "Parameters": {"DB_HOST": "mysql", "DB_PORT": "3306", "DB_USER": "root", "DB_PASSWORD": "",
+        "Parameters": {"DB_HOST": "mysql", "DB_PORT": "3306", "DB_USER": "root", "DB_PASSWORD": "tickstream",
                        "DB_NAME": "market_ticks_db"},
         "ApiFunction": {"API_TOKEN": EXAMPLE_API_TOKEN},
     }

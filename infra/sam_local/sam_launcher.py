@@ -5,12 +5,14 @@
 Runs under the SAM venv (it imports samcli; arguments are `sam`'s). Why it exists: SAM never sets a container's
 network mode (`--docker-network host` only skips joining a network), so a Lambda container lands on Docker's
 default bridge; on a daemon without any bridge (the only kind allowed here: nothing may leave 127.0.0.0/8) it has
-only its own loopback, SAM cannot reach the emulator and times out after 15 s. This launcher changes exactly one
-call, docker-py's `containers.create`, and only for containers SAM labels as Lambda containers: host network mode,
-no port mapping, and the emulator told to listen on 127.0.0.1 at the port SAM chose to connect to and to serve the
-runtime API on another free loopback port. Image builds (SAM's `RUN mv … aws-lambda-rie`) get no network at all.
-Every other container is refused. It depends on SAM's and docker-py's internals: both are pinned in
-infra/requirements-sam.txt, and `check_internals()` fails loudly (exit 3) when an upgrade moved them.
+only its own loopback, SAM cannot reach the emulator and times out after 15 s. The launcher changes docker-py's
+`containers.create`, only for containers SAM labels as Lambda containers: host network mode, no port mapping, and
+the emulator told to listen on 127.0.0.1 at the port SAM connects to and to serve the runtime API on another free
+loopback port. Both ports come from the kernel's ephemeral range (SAM's own pick, 5000–9000, could land on a fixed
+port another part of the system uses, such as 8000). Image builds (SAM's `RUN mv … aws-lambda-rie`) get no
+network at all; any other container is refused; `local` commands never pull. It depends on SAM's and docker-py's
+internals: both are pinned in infra/requirements-sam.txt, and `check_internals()` fails loudly (exit 3) when an
+upgrade moved them.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ def check_internals() -> None:
     """The calls this launcher changes must still look as they did in the pinned SAM and docker-py."""
     import docker.api.build
     import docker.models.containers
+    import samcli.local.docker.container
     from samcli.local.docker.container import Container
     from samcli.local.docker.lambda_container import LambdaContainer
 
@@ -75,6 +78,9 @@ def check_internals() -> None:
         problems.append("docker-py's build() has no network_mode")
     if "aws-lambda-rie" not in LambdaContainer._get_default_entry_point()[0]:
         problems.append("SAM's default entrypoint is no longer the emulator")
+    if "find_free_port(" not in inspect.getsource(Container.__init__) or not callable(
+            getattr(samcli.local.docker.container, "find_free_port", None)):
+        problems.append("SAM no longer picks the emulator's port with container.find_free_port")
     if "containers.create(self._image, **kwargs)" not in inspect.getsource(Container.create):
         problems.append("SAM no longer creates containers through docker-py's containers.create")
     if problems:
@@ -84,6 +90,7 @@ def check_internals() -> None:
 def install() -> None:
     import docker.api.build
     import docker.models.containers
+    import samcli.local.docker.container
 
     original_create = docker.models.containers.ContainerCollection.create
     original_build = docker.api.build.BuildApiMixin.build
@@ -99,6 +106,7 @@ def install() -> None:
 
     docker.models.containers.ContainerCollection.create = create
     docker.api.build.BuildApiMixin.build = build
+    samcli.local.docker.container.find_free_port = lambda *args, **kwargs: free_loopback_port()
 
 
 def with_skip_pull(argv: list[str]) -> list[str]:
