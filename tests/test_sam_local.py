@@ -131,8 +131,8 @@ def docker_engine() -> Iterator[engine.EnginePaths]:
     """dockerd for this module, stopped by its pid afterwards; the stand-in image built if its inputs changed."""
     run_dir = Path(tempfile.mkdtemp(prefix="tsd-", dir="/tmp"))  # short: unix socket paths
     paths = engine.EnginePaths(engine.paths_from_env().cache_dir, run_dir)
-    log_path = run_dir / "setup.log"
-    with log_path.open("a") as log:
+    paths.cache_dir.mkdir(parents=True, exist_ok=True)
+    with (paths.cache_dir / "last-setup.log").open("w") as log:  # apt, debootstrap, image builds, with timings
         try:
             engine.ensure_packages(log)
         except engine.EngineUnavailable as error:

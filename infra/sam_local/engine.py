@@ -92,12 +92,14 @@ def ensure_packages(log: IO[str] = sys.stderr) -> None:
                                 f"{' '.join(APT_PACKAGES)}")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     print(f"sam_local: installing {' '.join(APT_PACKAGES)} (missing: {', '.join(missing)})", file=log)
+    started = time.monotonic()
     with _services_never_started():
         subprocess.run(["apt-get", "update", "-q"], env=env, check=False, stdout=log, stderr=log)
         result = subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *APT_PACKAGES],
                                 env=env, check=False, stdout=log, stderr=log)
     if result.returncode != 0 or missing_programs():
         raise EngineUnavailable(f"apt-get install {' '.join(APT_PACKAGES)} failed (exit {result.returncode})")
+    print(f"sam_local: installed in {time.monotonic() - started:.1f} s", file=log)
 
 
 @contextlib.contextmanager
