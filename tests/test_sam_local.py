@@ -114,8 +114,26 @@ def test_debian_mirror_is_read_from_both_source_formats(tmp_path: Path) -> None:
     other.write_text("deb https://packages.cloud.google.com/apt cloud-sdk-bookworm main\n")
     assert base_image.debian_mirror([other, deb822]) == "http://deb.debian.org/debian"
     assert base_image.debian_mirror([one_line]) == "http://mirror.example/debian"
-    with pytest.raises(engine.EngineUnavailable):
+    with pytest.raises(engine.SetupFailed):
         base_image.debian_mirror([other])
+
+
+def test_stand_in_is_rebuilt_when_an_input_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The image tags are hashes of their inputs: same inputs → same tag (cached), any change → a new build."""
+    stand_in = tmp_path / "stand_in"
+    shutil.copytree(base_image.STAND_IN_DIR, stand_in)
+    monkeypatch.setattr(base_image, "STAND_IN_DIR", stand_in)
+    inputs = base_image.StandInInputs("http://deb.debian.org/debian", Path("/opt/python3.12"), "3.12.1")
+    assert base_image.StandInInputs("http://deb.debian.org/debian", Path("/opt/python3.12"),
+                                    "3.12.1").stand_in_image == inputs.stand_in_image
+    before = inputs.stand_in_key()
+    requirements = stand_in / "requirements.txt"
+    requirements.write_text(requirements.read_text().replace("awslambdaric==", "awslambdaric>="))
+    assert inputs.stand_in_key() != before
+    assert base_image.StandInInputs("http://mirror.example/debian", Path("/opt/python3.12"),
+                                    "3.12.1").debian_image != inputs.debian_image
+    assert base_image.StandInInputs("http://deb.debian.org/debian", Path("/opt/python3.12"),
+                                    "3.12.2").debian_image == inputs.debian_image  # Debian does not depend on it
 
 
 # --- the engine, the image, the build ------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from infra.sam_local.engine import EnginePaths, EngineUnavailable, api_get, docker_cli, paths_from_env
+from infra.sam_local.engine import EnginePaths, SetupFailed, api_get, docker_cli, paths_from_env
 
 STAND_IN_DIR = Path(__file__).resolve().parent / "stand_in"
 LAMBDA_IMAGE = "public.ecr.aws/lambda/python:3.12-x86_64"  # what SAM 1.170 builds zip functions on
@@ -85,7 +85,7 @@ def debian_mirror(sources: Sequence[Path] | None = None) -> str:
             for uri in uris:
                 if re.fullmatch(r"https?://[^/]+(/.*)?/debian/?", uri):
                     return uri.rstrip("/")
-    raise EngineUnavailable("no Debian mirror (…/debian) in /etc/apt/sources.list*: debootstrap needs one")
+    raise SetupFailed("no Debian mirror (…/debian) in /etc/apt/sources.list*: debootstrap needs one")
 
 
 def inputs_from_host() -> StandInInputs:
@@ -117,14 +117,14 @@ def _build_debian(paths: EnginePaths, inputs: StandInInputs, log: IO[str]) -> No
         command = ["debootstrap", "--variant=minbase", f"--include={','.join(DEBIAN_PACKAGES)}", DEBIAN_SUITE,
                    str(rootfs), inputs.mirror]
         if subprocess.run(command, stdout=log, stderr=log, check=False).returncode != 0:
-            raise EngineUnavailable(f"debootstrap from {inputs.mirror} failed (see the log above)")
+            raise SetupFailed(f"debootstrap from {inputs.mirror} failed (see the log above)")
         for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):  # downloaded .debs: 40 MB of nothing
             for item in (rootfs / cache).glob("*.deb" if "archives" in cache else "*_*"):
                 item.unlink()
         tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
         _docker(paths, "import", "-", inputs.debian_image, stdin=tar.stdout)
         if tar.wait() != 0:
-            raise EngineUnavailable("tar of the debootstrapped root failed")
+            raise SetupFailed("tar of the debootstrapped root failed")
     print(f"sam_local: {inputs.debian_image} built in {time.monotonic() - started:.1f} s", file=log)
 
 
@@ -139,7 +139,7 @@ def _build_stand_in(paths: EnginePaths, inputs: StandInInputs, log: IO[str]) -> 
                "--python-version", "3.12", "--platform", "manylinux2014_x86_64",
                "-r", str(STAND_IN_DIR / "requirements.txt")]
         if subprocess.run(pip, stdout=log, stderr=log, check=False).returncode != 0:
-            raise EngineUnavailable("pip install of the stand-in's runtime (awslambdaric, boto3) failed")
+            raise SetupFailed("pip install of the stand-in's runtime (awslambdaric, boto3) failed")
         shutil.copy2(STAND_IN_DIR / "bootstrap", context / "runtime" / "bootstrap")
         shutil.copy2(STAND_IN_DIR / "lambda-entrypoint.sh", context / "lambda-entrypoint.sh")
         dockerfile = (STAND_IN_DIR / "Dockerfile").read_text()
@@ -155,7 +155,7 @@ def _docker(paths: EnginePaths, *args: str, stdin: IO[bytes] | None = None) -> s
     result = subprocess.run([docker_cli(), "--host", paths.docker_host, *args], stdin=stdin, capture_output=True,
                             check=False)
     if result.returncode != 0:
-        raise EngineUnavailable(f"docker {args[0]} failed: {result.stderr.decode(errors='replace').strip()}")
+        raise SetupFailed(f"docker {args[0]} failed: {result.stderr.decode(errors='replace').strip()}")
     return result.stdout.decode()
 
 

@@ -43,6 +43,10 @@ class EngineUnavailable(RuntimeError):
     """Docker cannot run on this machine; the message says why."""
 
 
+class SetupFailed(RuntimeError):
+    """Docker could run here but installing or building what it needs failed: a fault to fix, not a reason to skip."""
+
+
 @dataclass(frozen=True)
 class EnginePaths:
     cache_dir: Path  # per machine: data root (images), debootstrap inputs
@@ -98,7 +102,7 @@ def ensure_packages(log: IO[str] = sys.stderr) -> None:
         result = subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *APT_PACKAGES],
                                 env=env, check=False, stdout=log, stderr=log)
     if result.returncode != 0 or missing_programs():
-        raise EngineUnavailable(f"apt-get install {' '.join(APT_PACKAGES)} failed (exit {result.returncode})")
+        raise SetupFailed(f"apt-get install {' '.join(APT_PACKAGES)} failed (exit {result.returncode})")
     print(f"sam_local: installed in {time.monotonic() - started:.1f} s", file=log)
 
 
@@ -248,7 +252,7 @@ def _check_loopback_only(paths: EnginePaths) -> None:
     drivers = {network["Name"]: network["Driver"] for network in json.loads(body)}
     if set(drivers.values()) - {"host", "null"}:
         stop(paths)
-        raise EngineUnavailable(f"dockerd came up with networks beyond host/none: {drivers}")
+        raise SetupFailed(f"dockerd came up with networks beyond host/none: {drivers}")
 
 
 def _log_tail(paths: EnginePaths, lines: int = 8) -> str:
@@ -270,7 +274,7 @@ def cache_lock(paths: EnginePaths, timeout: float = LOCK_TIMEOUT_SECONDS) -> Ite
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise EngineUnavailable(
+                    raise SetupFailed(
                         f"{paths.cache_dir} stayed locked by another run for {timeout:.0f} s") from None
                 time.sleep(0.5)
         try:
@@ -309,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             stop(paths)
         else:
             print(f"dockerd pid {read_pid(paths)} running" if is_running(paths) else "dockerd not running")
-    except EngineUnavailable as error:
+    except (EngineUnavailable, SetupFailed) as error:
         print(f"sam_local: {error}", file=sys.stderr)
         return 1
     return 0
