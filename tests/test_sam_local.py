@@ -148,26 +148,28 @@ def docker_interfaces() -> set[str]:
 def docker_engine() -> Iterator[engine.EnginePaths]:
     """dockerd for this module, stopped by its pid afterwards; the stand-in image built if its inputs changed."""
     run_dir = Path(tempfile.mkdtemp(prefix="tsd-", dir="/tmp"))  # short: unix socket paths
-    paths = engine.EnginePaths(engine.paths_from_env().cache_dir, run_dir)
+    paths = engine.EnginePaths(engine.machine_cache_dir(), run_dir)
     paths.cache_dir.mkdir(parents=True, exist_ok=True)
-    with (paths.cache_dir / "last-setup.log").open("w") as log:  # apt, debootstrap, image builds, with timings
-        try:
-            engine.ensure_packages(log)
-        except engine.EngineUnavailable as error:
-            pytest.skip(f"Docker cannot run here: {error}")
-        with engine.cache_lock(paths):
+    try:
+        with (paths.cache_dir / "last-setup.log").open("w") as log:  # apt, debootstrap, image builds, timings
             try:
-                pid = engine.start(paths)
+                engine.ensure_packages(log)
             except engine.EngineUnavailable as error:
-                pytest.skip(f"Docker cannot run here: dockerd does not start: {error}")
-            try:
-                base_image.ensure_stand_in(paths, log=log)
-                yield paths
-            finally:
-                engine.stop(paths, pid)
-    assert not engine.ping(paths), "dockerd still answers after stop"
-    assert engine.mounts_under(run_dir) == [], "mounts left under the run directory"
-    shutil.rmtree(run_dir)
+                pytest.skip(f"Docker cannot run here: {error}")
+            with engine.cache_lock(paths):
+                try:
+                    pid = engine.start(paths)
+                except engine.EngineUnavailable as error:
+                    pytest.skip(f"Docker cannot run here: dockerd does not start: {error}")
+                try:
+                    base_image.ensure_stand_in(paths, log=log)
+                    yield paths
+                finally:
+                    engine.stop(paths, pid)
+        assert not engine.ping(paths), "dockerd still answers after stop"
+        assert engine.mounts_under(run_dir) == [], "mounts left under the run directory"
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, 0)
         pytest.fail(f"dockerd pid {pid} is still alive")
@@ -203,17 +205,14 @@ def sam_local_invoke(paths: engine.EnginePaths, template: Path, function: str, e
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def database_env(settings: DatabaseSettings) -> dict[str, str]:
-    return {"DB_HOST": settings.host, "DB_PORT": str(settings.port), "DB_USER": settings.user,
-            "DB_PASSWORD": settings.password, "DB_NAME": settings.name}
-
-
 @pytest.fixture
-def invoke(docker_engine: engine.EnginePaths, built_template: Path, db_settings: DatabaseSettings,
+def invoke(docker_engine: engine.EnginePaths, built_template: Path, db_env: dict[str, str],
            tmp_path: Path):  # -> a function that invokes one function with one event
+    """The session's throw-away database, reached on 127.0.0.1:3306 from the host-network container."""
     def run(function: str, event: Path, api_token: str = generate.EXAMPLE_API_TOKEN,
-            database: DatabaseSettings = db_settings) -> dict[str, Any]:
-        env_vars = {"Parameters": database_env(database), "ApiFunction": {"API_TOKEN": api_token}}
+            db_name: str | None = None) -> dict[str, Any]:
+        env_vars = {"Parameters": {**db_env, "DB_NAME": db_name or db_env["DB_NAME"]},
+                    "ApiFunction": {"API_TOKEN": api_token}}
         return sam_local_invoke(docker_engine, built_template, function, event, env_vars, tmp_path)
     return run
 
@@ -275,12 +274,12 @@ def test_api_function_creates_a_broker_with_the_token(invoke, db: pymysql.Connec
 
 
 @pytest.fixture
-def local_api(docker_engine: engine.EnginePaths, built_template: Path, db_settings: DatabaseSettings,
+def local_api(docker_engine: engine.EnginePaths, built_template: Path, db_env: dict[str, str],
               tmp_path: Path) -> Iterator[str]:
     """`sam local start-api` on a free loopback port, warm containers; stopped with Ctrl-C (SIGINT) by its pid."""
     port = free_loopback_port()
     env_file = tmp_path / "api-env.json"
-    env_file.write_text(json.dumps({"Parameters": database_env(db_settings),
+    env_file.write_text(json.dumps({"Parameters": db_env,
                                     "ApiFunction": {"API_TOKEN": generate.EXAMPLE_API_TOKEN}}))
     tools = template_checks.tools_from_env()
     with (tmp_path / "start-api.log").open("w") as log:
@@ -378,7 +377,7 @@ def test_migrate_function_applies_the_migrations_and_answers_cloudformation(
     url, received = response_url
     event = tmp_path / "migrate-create.json"
     event.write_text(generate.render(generate.migrate_create_event(url)))
-    invoke("MigrateFunction", event, database=empty_database)
+    invoke("MigrateFunction", event, db_name=empty_database.name)
     assert len(received) == 1, received
     answer = received[0]
     assert answer["Status"] == "SUCCESS", answer

@@ -16,7 +16,6 @@ Amazon Linux 2023), the CPython patch level and AWS's own bootstrap (approximate
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import shutil
 import subprocess
@@ -28,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from infra.sam_local.engine import EnginePaths, SetupFailed, api_get, docker_cli, paths_from_env
+from infra.sam_local.engine import EnginePaths, SetupFailed, api_get, default_paths, docker_cli
 
 STAND_IN_DIR = Path(__file__).resolve().parent / "stand_in"
 LAMBDA_IMAGE = "public.ecr.aws/lambda/python:3.12-x86_64"  # what SAM 1.170 builds zip functions on
@@ -100,7 +99,7 @@ def image_exists(paths: EnginePaths, image: str) -> bool:
 def ensure_stand_in(paths: EnginePaths | None = None, inputs: StandInInputs | None = None,
                     log: IO[str] = sys.stderr) -> str:
     """Build the stand-in if its inputs changed and tag it as AWS's image; returns the stand-in's own tag."""
-    paths = paths or paths_from_env()
+    paths = paths or default_paths()
     inputs = inputs or inputs_from_host()
     if not image_exists(paths, inputs.stand_in_image):
         if not image_exists(paths, inputs.debian_image):
@@ -157,11 +156,6 @@ def _docker(paths: EnginePaths, *args: str, stdin: IO[bytes] | None = None) -> s
     if result.returncode != 0:
         raise SetupFailed(f"docker {args[0]} failed: {result.stderr.decode(errors='replace').strip()}")
     return result.stdout.decode()
-
-
-def image_labels(paths: EnginePaths, image: str) -> dict[str, str]:
-    status, body = api_get(paths, f"/images/{image}/json")
-    return json.loads(body)["Config"]["Labels"] or {} if status == 200 else {}
 
 
 if __name__ == "__main__":

@@ -4,9 +4,9 @@
     python -m infra.sam_local.engine start     # prints `export DOCKER_HOST=unix://…`
     python -m infra.sam_local.engine stop
 
-The daemon gets its own socket, exec root and pid file under the run directory (TICKSTREAM_SAM_LOCAL_RUN_DIR,
-default /tmp/tickstream-sam-local) and its images under the per-machine cache (TICKSTREAM_SAM_LOCAL_CACHE, default
-~/.cache/tickstream/sam-local), so the stand-in base image is built once per machine. No bridge, no iptables, no
+The daemon gets its own socket, exec root and pid file under a run directory (/tmp/tickstream-sam-local by hand;
+the tests use one of their own) and its images under the per-machine cache ($XDG_CACHE_HOME, default ~/.cache,
+/tickstream/sam-local), so the stand-in base image is built once per machine. No bridge, no iptables, no
 userland proxy: with `--bridge=none` only the `host` and `none` networks exist and no interface is created. It
 listens on a unix socket only (no TCP port). One daemon per cache at a time: a lock file guards the data root.
 """
@@ -73,10 +73,12 @@ class EnginePaths:
         return f"unix://{self.socket}"
 
 
-def paths_from_env() -> EnginePaths:
-    cache = os.environ.get("TICKSTREAM_SAM_LOCAL_CACHE") or Path.home() / ".cache" / "tickstream" / "sam-local"
-    run = os.environ.get("TICKSTREAM_SAM_LOCAL_RUN_DIR") or "/tmp/tickstream-sam-local"  # short: socket paths ≤ 107
-    return EnginePaths(Path(cache), Path(run))
+def machine_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tickstream" / "sam-local"
+
+
+def default_paths() -> EnginePaths:
+    return EnginePaths(machine_cache_dir(), Path("/tmp/tickstream-sam-local"))  # short: socket paths ≤ 107 bytes
 
 
 # --- packages -----------------------------------------------------------------------------------------------------
@@ -283,24 +285,11 @@ def cache_lock(paths: EnginePaths, timeout: float = LOCK_TIMEOUT_SECONDS) -> Ite
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-@contextlib.contextmanager
-def running_engine(paths: EnginePaths | None = None, log: IO[str] = sys.stderr) -> Iterator[EnginePaths]:
-    """Install if needed, start, yield, and always stop the daemon by its pid."""
-    paths = paths or paths_from_env()
-    ensure_packages(log)
-    with cache_lock(paths):
-        pid = start(paths)
-        try:
-            yield paths
-        finally:
-            stop(paths, pid)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["install", "start", "stop", "status"])
     command = parser.parse_args(argv).command
-    paths = paths_from_env()
+    paths = default_paths()
     try:
         if command == "install":
             ensure_packages()
