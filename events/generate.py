@@ -11,6 +11,7 @@ example, not a secret: `sam local` runs the API with whatever API_TOKEN the --en
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import json
 import sys
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tickstream.codec import encode_rows, pack_ticks
+from tickstream.codec import V2_PREFIX, pack_ticks
 from tickstream.ticks import Tick
 
 EVENTS_DIR = Path(__file__).resolve().parent
@@ -70,15 +71,16 @@ def ingest_event() -> dict[str, Any]:
     ]}
 
 
-# A row whose price is not a decimal: the codec rejects the whole message, naming the row and the field.
-POISON_ROW = f"{BTC}\t300\t95,234.56\t0.00100000\t0\t{T0_US}\t{T0_US}\t{T0_US}\n".encode()
+# Poison as a whole: the version 2 prefix and base64, but not zlib data, so no row of it can be read. Such a
+# record fails alone (SQS retries it, then moves it to the DLQ as it is).
+POISON_BODY = V2_PREFIX + base64.b64encode(b"these bytes are not zlib data").decode()
 
 
 def ingest_poison_event() -> dict[str, Any]:
     """A valid message and a poison one: only the poison is reported in batchItemFailures; the valid is stored."""
     return {"Records": [
         sqs_record(3, _one_body(_ticks(BTC, 200, "95234.56000001", "0.00100000", 2))),
-        sqs_record(4, encode_rows([POISON_ROW])),
+        sqs_record(4, POISON_BODY),
     ]}
 
 

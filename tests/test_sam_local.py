@@ -64,7 +64,7 @@ def test_committed_events_are_what_the_generator_writes() -> None:
 
 def test_the_poison_event_really_is_poison() -> None:
     records = json.loads((EVENTS / "ingest-poison.json").read_text())["Records"]
-    with pytest.raises(ValueError, match="price"):
+    with pytest.raises(ValueError, match="not zlib data"):
         decode_message(records[1]["body"])
 
 
@@ -76,7 +76,10 @@ def test_launcher_puts_lambda_containers_on_the_host_network() -> None:
     assert changed["entrypoint"] == ["/var/rapid/aws-lambda-rie", "--log-level", "error",
                                      "--runtime-interface-emulator-address", "127.0.0.1:5123",
                                      "--runtime-api-address", "127.0.0.1:6001"]
-    assert changed["environment"] == {"A": "1"}
+    # an AWS call the function might make goes to a closed loopback port, never to AWS's endpoints
+    assert changed["environment"] == {"A": "1", "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}
+    given = host_network_kwargs({**sam_kwargs, "environment": {"AWS_ENDPOINT_URL": "http://127.0.0.1:4566"}}, 6001)
+    assert given["environment"] == {"AWS_ENDPOINT_URL": "http://127.0.0.1:4566"}
 
 
 @pytest.mark.parametrize("sam_kwargs", [

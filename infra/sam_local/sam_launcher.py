@@ -10,9 +10,10 @@ only its own loopback, SAM cannot reach the emulator and times out after 15 s. T
 the emulator told to listen on 127.0.0.1 at the port SAM connects to and to serve the runtime API on another free
 loopback port. Both ports come from the kernel's ephemeral range (SAM's own pick, 5000–9000, could land on a fixed
 port another part of the system uses, such as 8000). Image builds (SAM's `RUN mv … aws-lambda-rie`) get no
-network at all; any other container is refused; `local` commands never pull. It depends on SAM's and docker-py's
-internals: both are pinned in infra/requirements-sam.txt, and `check_internals()` fails loudly (exit 3) when an
-upgrade moved them.
+network at all; any other container is refused; `local` commands never pull; the function's AWS SDK gets a
+loopback AWS_ENDPOINT_URL (the launcher's own AWS_ENDPOINT_URL, e.g. a LocalStack on the host, else a closed
+port). It depends on SAM's and docker-py's internals: both are pinned in infra/requirements-sam.txt, and
+`check_internals()` fails loudly (exit 3) when an upgrade moved them.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from typing import Any
 LOOPBACK = "127.0.0.1"
 LAMBDA_LABEL = ("sam.cli.container.type", "lambda")
 EMULATOR_CONTAINER_PORT = "8080"  # samcli.local.docker.container.Container.RAPID_PORT_CONTAINER
+# Where a function's AWS SDK calls go unless the caller names an endpoint (LocalStack, say): a closed loopback port
+# (discard), so a stray call fails fast here instead of resolving and reaching AWS.
+CLOSED_ENDPOINT = f"http://{LOOPBACK}:9"
 
 
 class UnsupportedSam(RuntimeError):
@@ -40,7 +44,8 @@ def free_loopback_port() -> int:
         return probe.getsockname()[1]
 
 
-def host_network_kwargs(kwargs: dict[str, Any], runtime_api_port: int) -> dict[str, Any]:
+def host_network_kwargs(kwargs: dict[str, Any], runtime_api_port: int,
+                        aws_endpoint: str = CLOSED_ENDPOINT) -> dict[str, Any]:
     """What docker-py's `containers.create` gets instead, for one Lambda container."""
     labels = kwargs.get("labels") or {}
     if labels.get(LAMBDA_LABEL[0]) != LAMBDA_LABEL[1]:
@@ -54,9 +59,13 @@ def host_network_kwargs(kwargs: dict[str, Any], runtime_api_port: int) -> dict[s
     entrypoint = list(kwargs.get("entrypoint") or [])
     if not entrypoint or not entrypoint[0].endswith("aws-lambda-rie"):
         raise UnsupportedSam(f"unexpected entrypoint {entrypoint}: expected SAM's runtime interface emulator")
+    environment = kwargs.get("environment") or {}
+    if not isinstance(environment, dict):
+        raise UnsupportedSam(f"unexpected environment {type(environment).__name__}: expected a dict")
     changed = {key: value for key, value in kwargs.items() if key not in ("ports", "network", "networking_config")}
     changed.update(
         network_mode="host",
+        environment={**environment, "AWS_ENDPOINT_URL": environment.get("AWS_ENDPOINT_URL") or aws_endpoint},
         entrypoint=[*entrypoint, "--runtime-interface-emulator-address", f"{LOOPBACK}:{emulator_port}",
                     "--runtime-api-address", f"{LOOPBACK}:{runtime_api_port}"],
     )
@@ -97,7 +106,8 @@ def install() -> None:
 
     @functools.wraps(original_create)
     def create(self: Any, image: str, command: Any = None, **kwargs: Any) -> Any:
-        return original_create(self, image, command, **host_network_kwargs(kwargs, free_loopback_port()))
+        aws_endpoint = os.environ.get("AWS_ENDPOINT_URL") or CLOSED_ENDPOINT  # e.g. a LocalStack on the host
+        return original_create(self, image, command, **host_network_kwargs(kwargs, free_loopback_port(), aws_endpoint))
 
     @functools.wraps(original_build)
     def build(self: Any, *args: Any, **kwargs: Any) -> Any:
