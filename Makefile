@@ -15,7 +15,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP_INSTALL = pip install --quiet --disable-pip-version-check
 
-.PHONY: help venv venvs db-ready browser test lint migrate up down demo bench clean
+.PHONY: help venv venvs db-ready browser test lint migrate up down demo bench events clean
 
 help:
 	@echo "make test     run the whole test suite (MariaDB, host LocalStack, simulator, API)"
@@ -24,6 +24,7 @@ help:
 	@echo "make migrate  create the database if missing and apply migrations"
 	@echo "make bench    benchmarks; results under bench/results/"
 	@echo "make lint     ruff"
+	@echo "make events   regenerate events/ (sample events for sam local invoke) from tickstream.codec"
 
 $(VENV)/.installed: requirements-dev.txt
 	@test -n "$(PYTHON312)" || { echo "Python 3.12 not found (set PYTHON312=/path/to/python3.12)"; exit 1; }
@@ -69,6 +70,10 @@ demo: venvs db-ready
 
 bench: venvs db-ready
 	$(PY) -m bench $(BENCH_ARGS)
+
+# Sample events for `sam local invoke`, written by tickstream's own codec (tests fail if the committed ones drift).
+events: venv
+	$(PY) -m events.generate
 
 lint: venv
 	$(VENV)/bin/ruff check .
