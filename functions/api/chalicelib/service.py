@@ -49,6 +49,10 @@ def _catalog_errors(subject: str) -> Iterator[None]:
         raise conflict("duplicate", f"{subject} already exists") from None
     except catalog.UnknownBroker:
         raise invalid([{"field": "broker_id", "message": "no broker with this id"}]) from None
+    except catalog.IdentityLocked as error:
+        raise conflict("script_has_ticks", f"{error}: its stored trade ids belong to the current market. Create a"
+                                           " new script for the new one (and deactivate this one, is_active:"
+                                           " false)") from None
     except catalog.InUse as error:
         raise conflict("in_use", f"{error}: deactivate it (is_active: false) to stop collecting, or delete with"
                                  " ?purge=true to delete the data too") from None
