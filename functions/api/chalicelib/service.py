@@ -37,6 +37,8 @@ from chalicelib.models import (
     TicksQuery,
 )
 from tickstream import catalog, queues
+from tickstream.exchange_endpoints import EndpointKind, endpoint_problem
+from tickstream.settings import load_settings
 
 database = Database()
 
@@ -88,7 +90,19 @@ def get_broker(broker_id: int) -> BrokerOut:
     return _broker_out(broker)
 
 
+def _check_endpoints(api_config: dict[str, Any]) -> None:
+    """The exchange URLs must pass the allowlist (tickstream.exchange_endpoints); 422 naming each one that does not.
+    The producer applies the same rule again before it connects."""
+    allowed = load_settings().exchange_host_allowlist
+    kinds: dict[str, EndpointKind] = {"ws_url": "ws", "rest_url": "rest"}
+    refused = [{"field": f"api_config.{name}", "message": problem} for name, kind in kinds.items()
+               if (url := api_config.get(name)) is not None and (problem := endpoint_problem(url, kind, allowed))]
+    if refused:
+        raise invalid(refused)
+
+
 def create_broker(body: BrokerCreate) -> BrokerOut:
+    _check_endpoints(body.api_config.model_dump(exclude_unset=True))
     with database.connection() as conn, _catalog_errors(f"a broker named {body.name!r}"):
         broker = catalog.create_broker(conn, name=body.name, type=body.type,
                                        api_config=body.api_config.model_dump(exclude_unset=True),
@@ -98,6 +112,8 @@ def create_broker(body: BrokerCreate) -> BrokerOut:
 
 def update_broker(broker_id: int, body: BrokerPatch) -> BrokerOut:
     changes = _changes(body, json_fields=("api_config",))
+    if "api_config" in changes:
+        _check_endpoints(changes["api_config"])
     with database.connection() as conn, _catalog_errors(f"a broker named {changes.get('name')!r}"):
         broker = catalog.update_broker(conn, broker_id, changes)
     if broker is None:
