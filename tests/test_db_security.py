@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pymysql
 import pytest
+from yoyo import get_backend
 
 from tests.fake_mysql import FakeMysqlServer, Responder
 from tickstream.codec import TickBatch
 from tickstream.db import connect, tls_arguments
+from tickstream.migrate import backend_url
 from tickstream.settings import DatabaseSettings, database_settings
 from tickstream.tick_store import LOAD_DATA_SQL, LoadDataFile
 from tickstream.ticks import Tick
@@ -120,6 +122,8 @@ def test_tls_settings_are_read_and_reach_pymysql(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(ValueError, match="DB_SSL_CA"):
         database_settings()
     monkeypatch.delenv("DB_SSL_CA")
+    with pytest.raises(ValueError, match="DB_SSL_VERIFY_IDENTITY needs DB_SSL_CA"):  # no half-verified TLS
+        database_settings()
     monkeypatch.setenv("DB_SSL_VERIFY_IDENTITY", "maybe")
     with pytest.raises(ValueError, match="DB_SSL_VERIFY_IDENTITY"):
         database_settings()
@@ -172,3 +176,12 @@ def test_tls_refuses_a_server_it_cannot_verify(fake_server: list[FakeMysqlServer
     with pytest.raises(pymysql.err.OperationalError):
         connect(settings_for(server, ssl_ca=str(pki[ca].with_suffix(".pem")), ssl_verify_identity=verify_identity))
     assert not server.queries  # not one query (nor the password's hash, on a verified channel) reached it
+
+
+def test_the_migrations_use_the_same_tls(fake_server: list[FakeMysqlServer], pki: dict[str, Path]) -> None:
+    """yoyo opens its own connection (from a URL): it must refuse the same servers."""
+    server = start(fake_server, lambda sql: None, tls=server_tls(pki, "elsewhere"))
+    db = settings_for(server, ssl_ca=str(pki["ca"].with_suffix(".pem")), ssl_verify_identity=True)
+    with pytest.raises(pymysql.err.OperationalError):
+        get_backend(backend_url(db))
+    assert not server.queries

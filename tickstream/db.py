@@ -95,8 +95,9 @@ def connect(db: DatabaseSettings, *, database: bool = True, autocommit: bool = F
 
 
 def tls_arguments(db: DatabaseSettings) -> dict[str, Any]:
-    """pymysql's TLS arguments. With a CA or identity check, TLS is required (no plain-text fallback) and the
-    certificate verified; without, pymysql's default: TLS if the server offers it, unverified."""
-    if not db.ssl_ca and not db.ssl_verify_identity:
+    """pymysql's TLS arguments. With a CA file, TLS is required (no plain-text fallback) and the certificate must
+    chain to it, and with `ssl_verify_identity` name the host; without, pymysql's default: TLS if the server
+    offers it, unverified (local stacks)."""
+    if not db.ssl_ca:
         return {}
     return {"ssl_ca": db.ssl_ca, "ssl_verify_cert": True, "ssl_verify_identity": db.ssl_verify_identity}

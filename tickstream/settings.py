@@ -22,7 +22,7 @@ class DatabaseSettings:
     name: str
     # TLS to MySQL (README: Security). A CA file makes TLS required and the server's certificate checked against it.
     ssl_ca: str | None = None
-    ssl_verify_identity: bool = False  # also check that the certificate names DB_HOST
+    ssl_verify_identity: bool = False  # also check that the certificate names DB_HOST (needs ssl_ca)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,9 +73,12 @@ def database_settings() -> DatabaseSettings:
         secret = secret_json(secret_arn)
         renamed = {"username": "user", "password": "password", "host": "host", "port": "port", "dbname": "name"}
         settings.update({ours: str(secret[theirs]) for theirs, ours in renamed.items() if secret.get(theirs)})
+    ssl_ca, verify_identity = _existing_file("DB_SSL_CA"), _flag("DB_SSL_VERIFY_IDENTITY")
+    if verify_identity and ssl_ca is None:
+        raise ValueError("DB_SSL_VERIFY_IDENTITY needs DB_SSL_CA (for a publicly trusted server certificate, the"
+                         " system's bundle, e.g. /etc/ssl/certs/ca-certificates.crt)")
     return DatabaseSettings(settings["host"], int(settings["port"]), settings["user"], settings["password"],
-                            settings["name"], ssl_ca=_existing_file("DB_SSL_CA"),
-                            ssl_verify_identity=_flag("DB_SSL_VERIFY_IDENTITY"))
+                            settings["name"], ssl_ca=ssl_ca, ssl_verify_identity=verify_identity)
 
 
 @lru_cache(maxsize=1)
