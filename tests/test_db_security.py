@@ -13,6 +13,8 @@ import pymysql
 import pytest
 from yoyo import get_backend
 
+from infra.stack import LOCALSTACK_COMMUNITY_PARAMETERS
+from infra.template_checks import load_template
 from tests.fake_mysql import FakeMysqlServer, Responder
 from tickstream.codec import TickBatch
 from tickstream.db import connect, tls_arguments
@@ -185,3 +187,13 @@ def test_the_migrations_use_the_same_tls(fake_server: list[FakeMysqlServer], pki
     with pytest.raises(pymysql.err.OperationalError):
         get_backend(backend_url(db))
     assert not server.queries
+
+
+def test_the_template_turns_verified_tls_on_for_aws_and_local_stacks_off() -> None:
+    template = load_template()
+    assert template["Parameters"]["DbTls"]["Default"] == "verify-identity"
+    assert template["Parameters"]["DbSslCa"]["Default"] == "/opt/rds-ca/global-bundle.pem"
+    assert {"DB_SSL_CA", "DB_SSL_VERIFY_IDENTITY"} <= set(template["Globals"]["Function"]["Environment"]["Variables"])
+    producer = template["Resources"]["ProducerTaskDefinition"]["Properties"]["ContainerDefinitions"][0]
+    assert {"DB_SSL_CA", "DB_SSL_VERIFY_IDENTITY"} <= {item["Name"] for item in producer["Environment"]}
+    assert LOCALSTACK_COMMUNITY_PARAMETERS["DbTls"] == "off"  # a local MariaDB has no certificate to verify

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from infra.template_checks import load_template
 from producer_service import rest
 from producer_service.catalog_targets import load_targets_for
 from producer_service.connection import ConnectionLimits, StreamConnection
@@ -95,6 +96,15 @@ def test_the_api_refuses_endpoints_outside_the_allowlist_with_a_422(api: InProce
     official = api.post("/brokers", {"name": "binance", "api_config": {"ws_url": "wss://stream.binance.com:9443",
                                                                         "rest_url": "https://api.binance.com"}})
     assert official.status == 201, official.body
+
+
+def test_the_template_passes_the_allowlist_to_the_api_and_the_producer() -> None:
+    template = load_template()
+    assert template["Parameters"]["ExchangeHostAllowlist"]["Default"] == ""  # AWS: the official hosts only
+    api = template["Resources"]["ApiFunction"]["Properties"]["Environment"]["Variables"]
+    producer = template["Resources"]["ProducerTaskDefinition"]["Properties"]["ContainerDefinitions"][0]
+    assert "EXCHANGE_HOST_ALLOWLIST" in api
+    assert "EXCHANGE_HOST_ALLOWLIST" in {item["Name"] for item in producer["Environment"]}
 
 
 # --- the producer: which brokers it collects -------------------------------------------------------------------
