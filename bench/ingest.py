@@ -147,7 +147,8 @@ def use_store(handler: ModuleType, db: DatabaseSettings, method: str) -> None:
     """A fresh warm-container ingestor forced onto one write path."""
     handler.ingestor.close()
     load_data = method == "load_data"
-    handler.ingestor = TickIngestor(db, open_store=lambda: TickStore(connect(db), use_load_data=load_data))
+    handler.ingestor = TickIngestor(db, open_store=lambda: TickStore(connect(db, local_infile=True),
+                                                                     use_load_data=load_data))
 
 
 def ingest(handler: ModuleType, stream: Sequence[str], batch_messages: int,

@@ -183,6 +183,7 @@ def producer_environment(settings: LocalStackSettings, db: DatabaseSettings, que
         "AWS_SECRET_ACCESS_KEY": DUMMY_CREDENTIALS["aws_secret_access_key"], "AWS_DEFAULT_REGION": REGION,
         "AWS_EC2_METADATA_DISABLED": "true", "PRODUCER_JOURNAL_DIR": str(work_dir / "journal"),
         "PRODUCER_REFRESH_SECONDS": "1", "PRODUCER_STATS_LOG_SECONDS": "10",
+        "EXCHANGE_HOST_ALLOWLIST": "127.0.0.1",  # the simulator (README: Security)
     })
     return env
 

@@ -92,10 +92,12 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
 
 def start_feed(sim: SimulatorProcess, sink: CountingSink, stop: threading.Event) -> BinanceFeed:
     settings = ProducerSettings()
-    rest = BinanceRest(sim.rest_url, settings.rest_weight_per_minute, settings.rest_weight_share, stop)
+    simulator = frozenset({"127.0.0.1"})  # EXCHANGE_HOST_ALLOWLIST for the simulator (README: Security)
+    rest = BinanceRest(sim.rest_url, settings.rest_weight_per_minute, settings.rest_weight_share, stop,
+                       allowed_hosts=simulator)
     sequencer = Sequencer(settings.max_backfill_trades)
     feed = BinanceFeed("bench", sim.ws_url, rest, settings, cast(TickSink, sink), sequencer,
-                       RateLimiter(settings.connection_attempts_per_5_min, 300.0), stop)
+                       RateLimiter(settings.connection_attempts_per_5_min, 300.0), stop, simulator)
     feed.apply([ScriptTarget(script_id, symbol, KIND) for script_id, symbol in enumerate(SYMBOLS, start=1)])
     wait_until(lambda: sim.subscribed_streams() == len(SYMBOLS), 30, "the producer did not subscribe")
     return feed

@@ -45,10 +45,12 @@ PARAMETER_VARIABLES = {
     "IngestTimeoutSeconds": "INGEST_TIMEOUT_SECONDS",
     "TicksQueueVisibilityTimeoutSeconds": "TICKS_QUEUE_VISIBILITY_TIMEOUT_SECONDS",
     "ApiToken": "API_TOKEN",
+    "ExchangeHostAllowlist": "EXCHANGE_HOST_ALLOWLIST",
 }
 # LocalStack community has no AWS::CloudFormation::CustomResource (it deploys it as a no-op), so the schema is
 # migrated by the caller (`make up`, the tests) instead of by the SchemaMigration resource. README says so.
-LOCALSTACK_COMMUNITY_PARAMETERS = {"MigrateOnDeploy": "false"}
+# The template turns MySQL TLS on for AWS (the RDS CA in the layer); a local MariaDB has no certificate to verify.
+LOCALSTACK_COMMUNITY_PARAMETERS = {"MigrateOnDeploy": "false", "DbTls": "off"}
 
 
 class DeployError(RuntimeError):

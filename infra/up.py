@@ -28,6 +28,7 @@ from tickstream.settings import database_settings
 
 API_PORT = int(os.environ.get("API_PORT", "8000"))
 SIMULATOR_PORT = int(os.environ.get("SIMULATOR_PORT", "9443"))
+SIMULATOR_HOST = "127.0.0.1"  # where the simulator listens; named in EXCHANGE_HOST_ALLOWLIST for --demo
 DEMO_SYMBOLS = ("BTCUSDT", "ETHUSDT", "PEPEUSDT")
 
 
@@ -110,6 +111,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m infra.up", description=__doc__.split("\n")[0])
     parser.add_argument("--demo", action="store_true", help="use the exchange simulator and create demo scripts")
     args = parser.parse_args(argv)
+    if args.demo:  # the simulator is on loopback: the API and the producer must allow it (README: Security)
+        listed = [host for host in os.environ.get("EXCHANGE_HOST_ALLOWLIST", "").split(",") if host.strip()]
+        os.environ["EXCHANGE_HOST_ALLOWLIST"] = ",".join(dict.fromkeys([*listed, SIMULATOR_HOST]))
     db = database_settings()
     say(f"MySQL {db.host}:{db.port}/{db.name}: applied {len(migrate(db))} migration(s)")
     localstack = settings_from_env()
@@ -139,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
             children.start("exchange simulator", [sys.executable, "-m", "simulator", "--port", str(SIMULATOR_PORT),
                                                   "--symbols", ",".join(DEMO_SYMBOLS), "--rate", "20",
                                                   "--log-level", "WARNING"], env)
-            ws_url, rest_url = f"ws://127.0.0.1:{SIMULATOR_PORT}", f"http://127.0.0.1:{SIMULATOR_PORT}"
+            ws_url, rest_url = f"ws://{SIMULATOR_HOST}:{SIMULATOR_PORT}", f"http://{SIMULATOR_HOST}:{SIMULATOR_PORT}"
             wait_for_http(f"{rest_url}/api/v3/ping")
             create_demo_broker(api, token, ws_url, rest_url)
         children.start("producer", [sys.executable, "-m", "producer_service"], env)

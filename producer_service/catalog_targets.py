@@ -11,6 +11,7 @@ import pymysql
 from producer_service.feed import ScriptTarget
 from tickstream import catalog
 from tickstream.binance import PRODUCTION_REST_URL, PRODUCTION_WS_URL, STREAM_TYPES
+from tickstream.exchange_endpoints import endpoint_problem
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +28,19 @@ class BrokerTargets:
         return self.broker_id, self.ws_url, self.rest_url
 
 
-def load_targets_for(broker_ids: list[int] | None) -> Callable[[pymysql.Connection], list[BrokerTargets]]:
+def load_targets_for(broker_ids: list[int] | None, allowed_hosts: frozenset[str] = frozenset()
+                     ) -> Callable[[pymysql.Connection], list[BrokerTargets]]:
+    """`allowed_hosts`: EXCHANGE_HOST_ALLOWLIST. A broker whose endpoints it refuses is skipped (logged once per
+    endpoint); the API refuses such URLs already, this also covers rows written by hand or before the rule."""
+    reported: set[str] = set()
+
     def load(conn: pymysql.Connection) -> list[BrokerTargets]:
-        return broker_targets(catalog.active_scripts(conn, broker_ids))
+        return broker_targets(catalog.active_scripts(conn, broker_ids), allowed_hosts, reported)
     return load
 
 
-def broker_targets(scripts: list[catalog.ActiveScript]) -> list[BrokerTargets]:
+def broker_targets(scripts: list[catalog.ActiveScript], allowed_hosts: frozenset[str] = frozenset(),
+                   reported: set[str] | None = None) -> list[BrokerTargets]:
     by_broker: dict[int, list[catalog.ActiveScript]] = {}
     for script in scripts:
         if script.stream not in STREAM_TYPES:
@@ -41,7 +48,7 @@ def broker_targets(scripts: list[catalog.ActiveScript]) -> list[BrokerTargets]:
                       script.trading_symbol, script.stream, ", ".join(STREAM_TYPES))
             continue
         by_broker.setdefault(script.broker_id, []).append(script)
-    return [
+    brokers = [
         BrokerTargets(
             broker_id=broker_id,
             ws_url=rows[0].ws_url or PRODUCTION_WS_URL,
@@ -50,3 +57,15 @@ def broker_targets(scripts: list[catalog.ActiveScript]) -> list[BrokerTargets]:
         )
         for broker_id, rows in sorted(by_broker.items())
     ]
+    return [broker for broker in brokers if _allowed(broker, allowed_hosts, set() if reported is None else reported)]
+
+
+def _allowed(broker: BrokerTargets, allowed_hosts: frozenset[str], reported: set[str]) -> bool:
+    problems = [f"{kind} URL {url!r} {problem}" for kind, url in (("ws", broker.ws_url), ("rest", broker.rest_url))
+                if (problem := endpoint_problem(url, kind, allowed_hosts))]
+    for problem in problems:
+        if problem not in reported:
+            reported.add(problem)
+            log.error("broker %d: %s; not collecting its %d script(s) (README: Security)", broker.broker_id,
+                      problem, len(broker.targets))
+    return not problems

@@ -26,6 +26,7 @@ import orjson
 import websocket
 
 from producer_service.pacing import Backoff, RateLimiter
+from tickstream.exchange_endpoints import check_endpoint
 
 log = logging.getLogger(__name__)
 STREAMS_PER_CONTROL_MESSAGE = 200
@@ -50,11 +51,12 @@ class StreamConnection:
 
     def __init__(self, name: str, base_url: str, limits: ConnectionLimits, attempts: RateLimiter,
                  on_frames: Callable[[StreamConnection, list[bytes], int], None],
-                 on_connected: Callable[[StreamConnection], None]) -> None:
+                 on_connected: Callable[[StreamConnection], None], allowed_hosts: frozenset[str] = frozenset()) -> None:
         """`on_frames(conn, messages, received_us)` gets the data messages of one `recv`, oldest first, and when
-        they were received (µs since the epoch)."""
+        they were received (µs since the epoch). `allowed_hosts`: EXCHANGE_HOST_ALLOWLIST."""
         self.name = name
         self.url = base_url.rstrip("/") + "/stream"
+        self.allowed_hosts = allowed_hosts
         self.limits = limits
         self.attempts = attempts
         self.on_frames = on_frames
@@ -116,8 +118,10 @@ class StreamConnection:
     def _session(self, backoff: Backoff) -> None:
         if not self.attempts.acquire(self._closing):
             return
+        check_endpoint(self.url, "ws", self.allowed_hosts)  # the exchange allowlist, again: defence in depth
         # enable_multithread: `reconnect()` (another thread) aborts the socket while this one may be sending.
-        ws = websocket.create_connection(self.url, timeout=10, enable_multithread=True)
+        # redirect_limit 0: a redirect is refused, not followed past the allowlist.
+        ws = websocket.create_connection(self.url, timeout=10, enable_multithread=True, redirect_limit=0)
         ws.sock.settimeout(READ_TIMEOUT)  # the handshake is done: from now on the longer timeout (sends)
         self._ws = ws
         if self._closing.is_set():

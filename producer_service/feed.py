@@ -44,9 +44,11 @@ class ScriptTarget:
 
 class BinanceFeed:
     def __init__(self, name: str, ws_url: str, rest: BinanceRest, settings: ProducerSettings, sink: TickSink,
-                 sequencer: Sequencer, attempts: RateLimiter, stop: threading.Event) -> None:
+                 sequencer: Sequencer, attempts: RateLimiter, stop: threading.Event,
+                 allowed_hosts: frozenset[str] = frozenset()) -> None:
         self.name = name
         self.ws_url = ws_url
+        self.allowed_hosts = allowed_hosts  # EXCHANGE_HOST_ALLOWLIST, checked again on every connect
         self.rest = rest
         self.settings = settings
         self.sink = sink
@@ -127,7 +129,7 @@ class BinanceFeed:
     def _open_connection(self, streams: set[str]) -> StreamConnection:
         self._serial += 1
         conn = StreamConnection(f"{self.name}#{self._serial}", self.ws_url, self._limits, self.attempts,
-                                self._on_frames, self._on_connected)
+                                self._on_frames, self._on_connected, self.allowed_hosts)
         self.connections.append(conn)
         conn.start(streams)
         return conn

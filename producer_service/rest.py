@@ -2,6 +2,9 @@
 
 Binance counts request weight per minute per IP and reports it in `X-MBX-USED-WEIGHT-1M`. We stay under a share
 of the budget, honour 429 + `Retry-After`, and stop for good on 418 (the IP is banned: calling on extends it).
+
+The base URL must pass the exchange allowlist (tickstream.exchange_endpoints) before every call; redirects are
+never followed (the allowlist would mean nothing) and a response body is read up to MAX_RESPONSE_BYTES, no further.
 """
 
 from __future__ import annotations
@@ -11,12 +14,17 @@ import threading
 import time
 from typing import Any
 
+import orjson
 import requests
+
+from tickstream.exchange_endpoints import check_endpoint
 
 log = logging.getLogger(__name__)
 
 WEIGHTS = {"/api/v3/aggTrades": 4, "/api/v3/historicalTrades": 25, "/api/v3/exchangeInfo": 20}
 PAGE_LIMIT = 1000
+# exchangeInfo of every spot symbol, the largest answer, is a few MiB; a page of 1000 trades ~150 KiB.
+MAX_RESPONSE_BYTES = 32 * 1024**2
 
 
 class RestBanned(RuntimeError):
@@ -34,8 +42,11 @@ class RestError(RuntimeError):
 
 class BinanceRest:
     def __init__(self, base_url: str, weight_per_minute: int = 6000, share: float = 0.8,
-                 stop: threading.Event | None = None, timeout: float = 10.0) -> None:
+                 stop: threading.Event | None = None, timeout: float = 10.0,
+                 allowed_hosts: frozenset[str] = frozenset()) -> None:
+        """`allowed_hosts`: EXCHANGE_HOST_ALLOWLIST, beyond the venues' official hosts."""
         self.base_url = base_url.rstrip("/")
+        self.allowed_hosts = allowed_hosts
         self.budget = int(weight_per_minute * share)
         self.stop = stop or threading.Event()
         self.timeout = timeout
@@ -63,7 +74,11 @@ class BinanceRest:
             self._wait_for_budget(WEIGHTS.get(path, 1))
             if self.stop.is_set():
                 raise InterruptedError("producer stopping")
-            response = self._session.get(self.base_url + path, params=params, timeout=self.timeout)
+            check_endpoint(self.base_url, "rest", self.allowed_hosts)  # again here: defence in depth
+            response = self._session.get(self.base_url + path, params=params, timeout=self.timeout,
+                                         allow_redirects=False, stream=True)
+            with response:
+                body = _capped_body(response)
             self._note_weight(response)
             if response.status_code == 429:
                 self._sleep(float(response.headers.get("Retry-After", "5")), "429 from REST")
@@ -71,10 +86,13 @@ class BinanceRest:
             if response.status_code == 418:
                 self.banned = True
                 log.error("REST answered 418: this IP is banned; backfill stops (gaps stay reported)")
-                raise RestBanned(response.text[:200])
+                raise RestBanned(_sample(body))
+            if 300 <= response.status_code < 400:  # not followed: the allowlist checked this URL only
+                raise RestError(response.status_code, None, "redirect to "
+                                f"{response.headers.get('Location', '')[:200]!r} refused (exchange allowlist)")
             if response.status_code >= 400:
-                raise _rest_error(response)
-            return response.json()
+                raise _rest_error(response.status_code, body)
+            return orjson.loads(body)
 
     def _wait_for_budget(self, weight: int) -> None:
         with self._lock:
@@ -96,9 +114,27 @@ class BinanceRest:
         self.stop.wait(seconds)
 
 
-def _rest_error(response: requests.Response) -> RestError:
+def _capped_body(response: requests.Response) -> bytes:
+    """The (decompressed) body, refused past MAX_RESPONSE_BYTES: a hostile or broken server cannot fill memory."""
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
+        raise RestError(response.status_code, None, f"response of {declared} bytes refused ({MAX_RESPONSE_BYTES} max)")
+    chunks, size = [], 0
+    for chunk in response.iter_content(64 * 1024):
+        size += len(chunk)
+        if size > MAX_RESPONSE_BYTES:
+            raise RestError(response.status_code, None, f"response over {MAX_RESPONSE_BYTES} bytes refused")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _sample(body: bytes) -> str:
+    return body[:200].decode("utf-8", errors="replace")
+
+
+def _rest_error(status: int, body: bytes) -> RestError:
     try:
-        body = response.json()
-        return RestError(response.status_code, body.get("code"), str(body.get("msg")))
-    except ValueError:
-        return RestError(response.status_code, None, response.text[:200])
+        error = orjson.loads(body)
+        return RestError(status, error.get("code"), str(error.get("msg")))
+    except (ValueError, AttributeError):
+        return RestError(status, None, _sample(body))

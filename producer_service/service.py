@@ -32,8 +32,11 @@ HOLE_SCAN_IDS = 1_000_000  # how far back, in ids, a (re)started producer looks 
 class ProducerService:
     def __init__(self, settings: ProducerSettings, sink: TickSink,
                  connect_db: Callable[[], pymysql.Connection],
-                 load_targets: Callable[[pymysql.Connection], list[BrokerTargets]]) -> None:
+                 load_targets: Callable[[pymysql.Connection], list[BrokerTargets]],
+                 allowed_hosts: frozenset[str] = frozenset()) -> None:
+        """`allowed_hosts`: EXCHANGE_HOST_ALLOWLIST, enforced again by every REST call and WebSocket connect."""
         self.settings = settings
+        self.allowed_hosts = allowed_hosts
         self.sink = sink
         self.connect_db = connect_db
         self.load_targets = load_targets
@@ -81,9 +84,9 @@ class ProducerService:
         feed = self.feeds.get(broker.endpoint)
         if feed is None:
             rest = BinanceRest(broker.rest_url, self.settings.rest_weight_per_minute, self.settings.rest_weight_share,
-                               self.stop_event)
+                               self.stop_event, allowed_hosts=self.allowed_hosts)
             feed = BinanceFeed(f"broker {broker.broker_id}", broker.ws_url, rest, self.settings,
-                               self.sink, self.sequencer, self.attempts, self.stop_event)
+                               self.sink, self.sequencer, self.attempts, self.stop_event, self.allowed_hosts)
             self.feeds[broker.endpoint] = feed
         gone = [target for stream, target in feed.by_stream.items()
                 if stream not in {t.stream for t in broker.targets}]
@@ -163,8 +166,9 @@ def build_service(settings: Settings, producer: ProducerSettings, broker_ids: li
     journal = Journal(producer.journal_dir, producer.journal_max_bytes)
     sink = TickSink(SqsSender(sqs_client(settings), settings.ticks_queue_url), journal, producer.max_message_bytes,
                     producer.linger_seconds, producer.buffer_ticks)
+    allowed_hosts = settings.exchange_host_allowlist
     service = ProducerService(producer, sink, lambda: connect(settings.db, autocommit=True),
-                              load_targets_for(broker_ids or None))
+                              load_targets_for(broker_ids or None, allowed_hosts), allowed_hosts)
     sink.start()  # after the service has read what the journal holds: replay deletes what it sent
     if producer.heartbeat_seconds > 0:
         Heartbeat(cloudwatch_client(settings), producer.stack_name, producer.heartbeat_seconds,

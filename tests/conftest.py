@@ -20,6 +20,10 @@ pytest_plugins: list[str] = []
 for _name, _value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
                       "AWS_EC2_METADATA_DISABLED": "true"}.items():
     os.environ[_name] = _value
+# The exchange simulator listens on 127.0.0.1: the one host beyond the venues' official ones that the API accepts
+# and the producer connects to (plain ws/http included), for every test and every process a test starts.
+SIMULATOR_HOSTS = frozenset({"127.0.0.1"})
+os.environ["EXCHANGE_HOST_ALLOWLIST"] = ",".join(SIMULATOR_HOSTS)
 
 
 @pytest.fixture(scope="session")

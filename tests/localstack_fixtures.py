@@ -80,6 +80,7 @@ def tickstream_stack(deploy: Deployer, db_env: dict[str, str]) -> dict[str, str]
         "DbUser": db_env["DB_USER"],
         "DbPassword": db_env["DB_PASSWORD"],
         "DbName": db_env["DB_NAME"],
+        "ExchangeHostAllowlist": os.environ["EXCHANGE_HOST_ALLOWLIST"],  # the simulator (tests/conftest.py)
         "IngestTimeoutSeconds": str(TEST_INGEST_TIMEOUT_SECONDS),
         "TicksQueueVisibilityTimeoutSeconds": str(TEST_VISIBILITY_TIMEOUT_SECONDS),
         "ApiToken": TEST_API_TOKEN,

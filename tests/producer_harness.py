@@ -19,7 +19,7 @@ import pymysql
 from producer_service.config import ProducerSettings
 from producer_service.service import ProducerService, build_service
 from simulator.harness import ExchangeSimulator
-from tests.conftest import make_broker, make_script
+from tests.conftest import SIMULATOR_HOSTS, make_broker, make_script
 from tickstream.codec import decode_message
 from tickstream.settings import DatabaseSettings, Settings
 
@@ -58,7 +58,8 @@ class RunningProducer:
 def running_producer(db: DatabaseSettings, endpoint_url: str, queue_url: str, journal_dir: Path,
                      **overrides: Any) -> Iterator[RunningProducer]:
     settings = Settings(db=db, aws_endpoint_url=endpoint_url, aws_region="us-east-1", ticks_queue_url=queue_url,
-                        ticks_dlq_url=None, api_token=None, api_token_secret_arn=None)
+                        ticks_dlq_url=None, api_token=None, api_token_secret_arn=None,
+                        exchange_host_allowlist=SIMULATOR_HOSTS)
     producer = dataclasses.replace(FAST_PRODUCER, journal_dir=journal_dir, **overrides)
     service = build_service(settings, producer, None)
 

@@ -51,7 +51,8 @@ def test_every_route_needs_the_token_over_http(chalice_local: LocalServer, path:
 
 
 def test_crud_conflicts_and_purge_over_http(http_api: HttpApi, db: pymysql.Connection) -> None:
-    broker = http_api.post("/brokers", json={"name": "Binance", "api_config": {"ws_url": "wss://x.test"}})
+    broker = http_api.post("/brokers", json={"name": "Binance",
+                                             "api_config": {"ws_url": "wss://data-stream.binance.vision"}})
     assert broker.status_code == 201
     broker_id = broker.json()["id"]
     assert http_api.post("/brokers", json={"name": "Binance"}).status_code == 409

@@ -45,7 +45,7 @@ def test_many_chunks_are_one_transaction_written_by_one_thread(db_settings: Data
     stores: list[FailingStore] = []
 
     def open_store() -> TickStore:
-        stores.append(FailingStore(connect(db_settings), fail_on_write=0, error=RuntimeError()))
+        stores.append(FailingStore(connect(db_settings, local_infile=True), fail_on_write=0, error=RuntimeError()))
         return stores[-1]
 
     ingestor = TickIngestor(db_settings, open_store=open_store)
@@ -62,7 +62,8 @@ def test_a_failing_chunk_commits_nothing_and_raises(db_settings: DatabaseSetting
                                                     error: BaseException) -> None:
     """Chunks 1-2 reached the server, chunk 3 failed: the invocation raises and SQS keeps the whole batch."""
     script = make_script(db, make_broker(db), "BTCUSDT")
-    ingestor = TickIngestor(db_settings, open_store=lambda: FailingStore(connect(db_settings), 3, error))
+    ingestor = TickIngestor(db_settings,
+                            open_store=lambda: FailingStore(connect(db_settings, local_infile=True), 3, error))
     with pytest.raises(type(error), match="injected"), ingestor.pipeline() as pipeline:
         for start in range(0, 5 * CHUNK_ROWS, CHUNK_ROWS):
             pipeline.add(batch(script, start, CHUNK_ROWS))
@@ -77,7 +78,7 @@ def test_a_lost_server_is_retried_once_serially_with_everything(db_settings: Dat
     stores: list[FailingStore] = []
 
     def open_store() -> TickStore:
-        stores.append(FailingStore(connect(db_settings), 2 if not stores else 0, lost))
+        stores.append(FailingStore(connect(db_settings, local_infile=True), 2 if not stores else 0, lost))
         return stores[-1]
 
     ingestor = TickIngestor(db_settings, open_store=open_store)

@@ -40,7 +40,7 @@ from producer_service.pacing import RateLimiter
 from producer_service.rest import BinanceRest
 from producer_service.sequencer import Gap, Sequencer
 from simulator.harness import ExchangeSimulator
-from tests.conftest import make_script
+from tests.conftest import SIMULATOR_HOSTS, make_script
 from tests.producer_harness import (
     QueueReader,
     expected_ids,
@@ -520,7 +520,8 @@ def collecting_connection(url: str, streams: set[str], watchdog_seconds: float =
                           ) -> tuple[StreamConnection, list[bytes]]:
     got: list[bytes] = []
     conn = StreamConnection("test", url, ConnectionLimits(3.0, watchdog_seconds, 0.2), RateLimiter(100, 1.0),
-                            lambda _conn, messages, _us: got.extend(messages), lambda _conn: None)
+                            lambda _conn, messages, _us: got.extend(messages), lambda _conn: None,
+                            SIMULATOR_HOSTS)
     conn.start(streams)
     return conn, got
 

@@ -20,7 +20,7 @@ T0 = 1_750_000_000_000_001
 
 @pytest.fixture(params=["load_data", "insert_ignore"])
 def store(request: pytest.FixtureRequest, db_settings: DatabaseSettings) -> Iterator[TickStore]:
-    tick_store = TickStore(connect(db_settings), use_load_data=request.param == "load_data")
+    tick_store = TickStore(connect(db_settings, local_infile=True), use_load_data=request.param == "load_data")
     assert tick_store.method == request.param
     yield tick_store
     tick_store.close()
@@ -77,12 +77,12 @@ def test_detects_whether_the_server_allows_load_data(db_settings: DatabaseSettin
         (original,) = cursor.fetchone()
         try:
             cursor.execute("SET GLOBAL local_infile = 0")  # how MySQL 8 and RDS ship
-            conn = connect(db_settings)
+            conn = connect(db_settings, local_infile=True)
             assert not server_allows_load_data(conn)
             assert TickStore(conn).method == "insert_ignore"
             conn.close()
             cursor.execute("SET GLOBAL local_infile = 1")
-            conn = connect(db_settings)
+            conn = connect(db_settings, local_infile=True)
             assert TickStore(conn).method == "load_data"
             conn.close()
         finally:

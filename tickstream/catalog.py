@@ -47,6 +47,11 @@ class UnknownBroker(CatalogError):
     """A script refers to a broker that does not exist."""
 
 
+class IdentityLocked(CatalogError):
+    """A change of a script's broker, trading symbol or stream once it has ticks: the stored trade ids belong to
+    one market, and the next market's ids would collide with them (IGNORE would drop every colliding trade)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Broker:
     id: int
@@ -292,18 +297,51 @@ def create_script(conn: pymysql.Connection, *, broker_id: int, name: str, tradin
 
 
 def update_script(conn: pymysql.Connection, script_id: int, changes: Mapping[str, Any]) -> Script | None:
-    """Apply `changes` (any of broker_id, name, trading_symbol, additional_data, is_active); None if missing."""
+    """Apply `changes` (any of broker_id, name, trading_symbol, additional_data, is_active); None if missing.
+
+    Raises IdentityLocked when the change moves the script to another market (broker, symbol or stream) while it
+    has ticks. The script row is locked and the tick probe is a locking read, so a tick stored meanwhile either
+    comes first (and the change is refused) or waits for this transaction.
+    """
     if changes:
         assignments, values = _set_clause(changes, _SCRIPT_UPDATABLE)
         with _constraint_errors(), _transaction(conn) as cursor:
+            cursor.execute(f"SELECT {_SCRIPT_COLUMNS} FROM scripts WHERE id = %s FOR UPDATE", (script_id,))
+            row = cursor.fetchone()
+            if row is None:
+                return None
+            moved = _identity_changes(_script(row), changes)
+            if moved and _has_ticks(cursor, script_id, lock=True):
+                raise IdentityLocked(f"script {script_id} has ticks, so its {' and '.join(moved)} cannot change")
             cursor.execute(f"UPDATE scripts SET {assignments} WHERE id = %s", (*values, script_id))
     return get_script(conn, script_id)
 
 
+def _stream_of(additional_data: Mapping[str, Any]) -> str:
+    stream = additional_data.get("stream")
+    return stream if isinstance(stream, str) and stream else DEFAULT_STREAM
+
+
+def _identity_changes(script: Script, changes: Mapping[str, Any]) -> list[str]:
+    """The fields that name the script's market (broker_id, trading_symbol, stream) which `changes` alters."""
+    moved = [field for field in ("broker_id", "trading_symbol")
+             if field in changes and changes[field] != getattr(script, field)]
+    if "additional_data" in changes and _stream_of(changes["additional_data"]) != _stream_of(script.additional_data):
+        moved.append("stream")
+    return moved
+
+
+def _has_ticks(cursor: pymysql.cursors.Cursor, script_id: int, *, lock: bool = False) -> bool:
+    """One probe of the primary key (script_id, trade_id), whatever the table's size: never a COUNT. `lock` also
+    holds the probed range until the transaction ends, so no tick of the script can be inserted meanwhile."""
+    cursor.execute("SELECT 1 FROM ticks WHERE script_id = %s LIMIT 1" + (" LOCK IN SHARE MODE" if lock else ""),
+                   (script_id,))
+    return cursor.fetchone() is not None
+
+
 def script_has_ticks(conn: pymysql.Connection, script_id: int) -> bool:
     with conn.cursor() as cursor:
-        cursor.execute("SELECT 1 FROM ticks WHERE script_id = %s LIMIT 1", (script_id,))
-        return cursor.fetchone() is not None
+        return _has_ticks(cursor, script_id)
 
 
 def delete_script(conn: pymysql.Connection, script_id: int, *, purge: bool = False) -> DeleteResult | None:
@@ -353,13 +391,12 @@ def active_scripts(conn: pymysql.Connection, broker_ids: list[int] | None = None
 
 
 def _active_script(row: Sequence[Any]) -> ActiveScript:
-    additional, api_config = _json_object(row[3]), _json_object(row[4])
-    stream = additional.get("stream")
+    api_config = _json_object(row[4])
     return ActiveScript(
         script_id=row[0],
         broker_id=row[1],
         trading_symbol=row[2],
-        stream=stream if isinstance(stream, str) and stream else DEFAULT_STREAM,
+        stream=_stream_of(_json_object(row[3])),
         ws_url=_text_or_none(api_config.get("ws_url")),
         rest_url=_text_or_none(api_config.get("rest_url")),
     )

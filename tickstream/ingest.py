@@ -46,7 +46,7 @@ NOTHING_STORED = StoreOutcome(0, 0, 0, frozenset())
 
 class TickIngestor:
     def __init__(self, db: DatabaseSettings, open_store: Callable[[], TickStore] | None = None) -> None:
-        self._open_store = open_store or (lambda: TickStore(connect(db)))
+        self._open_store = open_store or (lambda: TickStore(connect(db, local_infile=True)))
         self._store: TickStore | None = None
         self._known_scripts: set[int] = set()
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from yoyo import get_backend, read_migrations
 
-from tickstream.db import connect
+from tickstream.db import connect, tls_arguments
 from tickstream.settings import DatabaseSettings, database_settings
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -29,7 +29,14 @@ def create_database(db: DatabaseSettings) -> None:
 
 def backend_url(db: DatabaseSettings) -> str:
     credentials = quote(db.user, safe="") + (":" + quote(db.password, safe="") if db.password else "")
-    return f"mysql://{credentials}@{db.host}:{db.port}/{quote(db.name, safe='')}"
+    return f"mysql://{credentials}@{db.host}:{db.port}/{quote(db.name, safe='')}{_tls_query(db)}"
+
+
+def _tls_query(db: DatabaseSettings) -> str:
+    """The TLS of tickstream.db.tls_arguments for yoyo, which passes the URL's query arguments on to
+    pymysql.connect as strings (pymysql reads any non-empty string as true, hence no "false" values)."""
+    tls = {name: str(value) for name, value in tls_arguments(db).items() if value}
+    return "?" + urlencode(tls) if tls else ""
 
 
 def migrate(db: DatabaseSettings, migrations_dir: Path = MIGRATIONS_DIR) -> list[str]:

@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 
+from tickstream.exchange_endpoints import parse_host_allowlist
+
 
 @dataclass(frozen=True, slots=True)
 class DatabaseSettings:
@@ -18,6 +20,9 @@ class DatabaseSettings:
     user: str
     password: str
     name: str
+    # TLS to MySQL (README: Security). A CA file makes TLS required and the server's certificate checked against it.
+    ssl_ca: str | None = None
+    ssl_verify_identity: bool = False  # also check that the certificate names DB_HOST (needs ssl_ca)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,11 +34,27 @@ class Settings:
     ticks_dlq_url: str | None
     api_token: str | None
     api_token_secret_arn: str | None
+    exchange_host_allowlist: frozenset[str] = frozenset()  # beyond the venues' official hosts (exchange_endpoints)
 
 
 def _env(name: str, default: str | None = None) -> str | None:
     value = os.environ.get(name)
     return value if value not in (None, "") else default
+
+
+def _flag(name: str) -> bool:
+    value = (_env(name, "false") or "").strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError(f"{name} must be true or false, not {value!r}")
+    return value in ("true", "1", "yes")
+
+
+def _existing_file(name: str) -> str | None:
+    """A path setting that must name a readable file: a CA bundle missing from the layer fails here, loudly."""
+    path = _env(name)
+    if path is not None and not os.path.isfile(path):
+        raise ValueError(f"{name}={path} is not a file (README: Security, TLS to MySQL)")
+    return path
 
 
 def database_settings() -> DatabaseSettings:
@@ -52,8 +73,12 @@ def database_settings() -> DatabaseSettings:
         secret = secret_json(secret_arn)
         renamed = {"username": "user", "password": "password", "host": "host", "port": "port", "dbname": "name"}
         settings.update({ours: str(secret[theirs]) for theirs, ours in renamed.items() if secret.get(theirs)})
+    ssl_ca, verify_identity = _existing_file("DB_SSL_CA"), _flag("DB_SSL_VERIFY_IDENTITY")
+    if verify_identity and ssl_ca is None:
+        raise ValueError("DB_SSL_VERIFY_IDENTITY needs DB_SSL_CA (for a publicly trusted server certificate, the"
+                         " system's bundle, e.g. /etc/ssl/certs/ca-certificates.crt)")
     return DatabaseSettings(settings["host"], int(settings["port"]), settings["user"], settings["password"],
-                            settings["name"])
+                            settings["name"], ssl_ca=ssl_ca, ssl_verify_identity=verify_identity)
 
 
 @lru_cache(maxsize=1)
@@ -67,4 +92,5 @@ def load_settings() -> Settings:
         ticks_dlq_url=_env("TICKS_DLQ_URL"),
         api_token=_env("API_TOKEN"),
         api_token_secret_arn=_env("API_TOKEN_SECRET_ARN"),
+        exchange_host_allowlist=parse_host_allowlist(_env("EXCHANGE_HOST_ALLOWLIST")),
     )

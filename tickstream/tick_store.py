@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import pymysql
 
 from tickstream.codec import TickBatch
+from tickstream.db import Connection
 from tickstream.ticks import Tick
 
 COLUMNS = "script_id, trade_id, price, quantity, is_buyer_maker, traded_at, event_at, received_at_producer"
@@ -72,11 +73,11 @@ class LoadDataFile:
         handle, self.path = tempfile.mkstemp(prefix="tickstream-", suffix=".tsv", dir=directory)
         os.close(handle)
 
-    def insert(self, conn: pymysql.Connection, batch: TickBatch) -> InsertResult:
+    def insert(self, conn: Connection, batch: TickBatch) -> InsertResult:
         """LOAD DATA LOCAL … IGNORE of the batch's rows as they are (validated, nothing to escape); no commit."""
         with open(self.path, "wb") as scratch:
             scratch.write(batch.rows)
-        with conn.cursor() as cursor:
+        with conn.sending(self.path), conn.cursor() as cursor:  # the one file this connection may send
             inserted = cursor.execute(LOAD_DATA_SQL, (self.path,))
         return InsertResult(inserted, batch.count - inserted)
 
@@ -86,12 +87,13 @@ class LoadDataFile:
 
 
 class TickStore:
-    """One connection's tick writer: picks the fastest idempotent path the server allows."""
+    """One connection's tick writer: picks the fastest idempotent path the server and the connection allow (LOAD
+    DATA LOCAL needs a connection opened with `local_infile=True`)."""
 
     def __init__(self, conn: pymysql.Connection, use_load_data: bool | None = None) -> None:
         self.conn = conn
         if use_load_data is None:
-            use_load_data = server_allows_load_data(conn)
+            use_load_data = isinstance(conn, Connection) and conn.local_infile and server_allows_load_data(conn)
         self._load_file = LoadDataFile() if use_load_data else None
 
     @property

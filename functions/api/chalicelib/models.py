@@ -124,8 +124,13 @@ class _Extensible(BaseModel):
 
 
 class ApiConfig(_Extensible):
-    ws_url: WsUrl | None = Field(default=None, description="WebSocket base URL (ws/wss); Binance's by default")
-    rest_url: HttpUrl | None = Field(default=None, description="REST base URL (http/https); Binance's by default")
+    # The allowlist itself is a setting (EXCHANGE_HOST_ALLOWLIST), so the service applies it, not the schema.
+    ws_url: WsUrl | None = Field(default=None, description="WebSocket base URL; Binance's by default. wss:// to an"
+                                 " official Binance host or one in EXCHANGE_HOST_ALLOWLIST, else 422 (README:"
+                                 " Security)")
+    rest_url: HttpUrl | None = Field(default=None, description="REST base URL; Binance's by default. https:// to an"
+                                     " official Binance host or one in EXCHANGE_HOST_ALLOWLIST, else 422 (README:"
+                                     " Security)")
 
 
 class AdditionalData(_Extensible):

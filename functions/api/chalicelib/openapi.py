@@ -23,7 +23,8 @@ _ERROR_TEXT = {
     400: "Malformed JSON",
     401: "Missing or wrong bearer token",
     404: "No such resource",
-    409: "Conflict: duplicate name or symbol, data that a delete would lose, a redrive already running",
+    409: "Conflict: duplicate name or symbol, data that a delete would lose, a script's broker, trading symbol or"
+         " stream changed while it has ticks (code script_has_ticks), a redrive already running",
     413: "Body too large",
     415: "Body is not application/json",
     422: "Invalid fields (named in error.fields)",
@@ -63,8 +64,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("/scripts", "POST"): Operation("createScript", "Add a script (trading symbol) to a broker", models.ScriptOut,
                                     201, body=models.ScriptCreate, errors=(*BODY_ERRORS, 409)),
     ("/scripts/{script_id}", "GET"): Operation("getScript", "One script", models.ScriptOut, errors=(404,)),
-    ("/scripts/{script_id}", "PATCH"): Operation("updateScript", "Change a script's fields", models.ScriptOut,
-                                                 body=models.ScriptPatch, errors=(*BODY_ERRORS, 404, 409)),
+    ("/scripts/{script_id}", "PATCH"): Operation(
+        "updateScript", "Change a script's fields (broker_id, trading_symbol and stream only while it has no ticks)",
+        models.ScriptOut, body=models.ScriptPatch, errors=(*BODY_ERRORS, 404, 409)),
     ("/scripts/{script_id}", "DELETE"): Operation(
         "deleteScript", "Delete a script (409 if it has ticks, unless ?purge=true)", models.Deleted,
         query=models.DeleteQuery, errors=(404, 409, 422)),

@@ -38,6 +38,8 @@ from chalicelib.models import (
     TicksQuery,
 )
 from tickstream import catalog, queues
+from tickstream.exchange_endpoints import EndpointKind, endpoint_problem
+from tickstream.settings import load_settings
 
 log = logging.getLogger(__name__)
 database = Database()
@@ -51,6 +53,10 @@ def _catalog_errors(subject: str) -> Iterator[None]:
         raise conflict("duplicate", f"{subject} already exists") from None
     except catalog.UnknownBroker:
         raise invalid([{"field": "broker_id", "message": "no broker with this id"}]) from None
+    except catalog.IdentityLocked as error:
+        raise conflict("script_has_ticks", f"{error}: its stored trade ids belong to the current market. Create a"
+                                           " new script for the new one (and deactivate this one, is_active:"
+                                           " false)") from None
     except catalog.InUse as error:
         raise conflict("in_use", f"{error}: deactivate it (is_active: false) to stop collecting, or delete with"
                                  " ?purge=true to delete the data too") from None
@@ -86,7 +92,19 @@ def get_broker(broker_id: int) -> BrokerOut:
     return _broker_out(broker)
 
 
+def _check_endpoints(api_config: dict[str, Any]) -> None:
+    """The exchange URLs must pass the allowlist (tickstream.exchange_endpoints); 422 naming each one that does not.
+    The producer applies the same rule again before it connects."""
+    allowed = load_settings().exchange_host_allowlist
+    kinds: dict[str, EndpointKind] = {"ws_url": "ws", "rest_url": "rest"}
+    refused = [{"field": f"api_config.{name}", "message": problem} for name, kind in kinds.items()
+               if (url := api_config.get(name)) is not None and (problem := endpoint_problem(url, kind, allowed))]
+    if refused:
+        raise invalid(refused)
+
+
 def create_broker(body: BrokerCreate) -> BrokerOut:
+    _check_endpoints(body.api_config.model_dump(exclude_unset=True))
     with database.connection() as conn, _catalog_errors(f"a broker named {body.name!r}"):
         broker = catalog.create_broker(conn, name=body.name, type=body.type,
                                        api_config=body.api_config.model_dump(exclude_unset=True),
@@ -96,6 +114,8 @@ def create_broker(body: BrokerCreate) -> BrokerOut:
 
 def update_broker(broker_id: int, body: BrokerPatch) -> BrokerOut:
     changes = _changes(body, json_fields=("api_config",))
+    if "api_config" in changes:
+        _check_endpoints(changes["api_config"])
     with database.connection() as conn, _catalog_errors(f"a broker named {changes.get('name')!r}"):
         broker = catalog.update_broker(conn, broker_id, changes)
     if broker is None:

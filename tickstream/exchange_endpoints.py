@@ -1,0 +1,92 @@
+"""Which exchange endpoints tickstream connects to: one allowlist rule, applied by the API and by the producer.
+
+A broker's `api_config.ws_url` / `rest_url` name the exchange's WebSocket and REST base URLs. Whoever can write the
+catalog could otherwise point the producer, which runs inside the VPC with an AWS role, at any address: the
+instance metadata service (169.254.169.254), internal hosts, plain-text endpoints a man in the middle can rewrite.
+So an endpoint is allowed only if it is
+- wss:// (WebSocket) or https:// (REST) to one of the venue's official hosts below, on any port; or
+- wss:// or https:// to a host named in EXCHANGE_HOST_ALLOWLIST (host names or IP literals, matched exactly); or
+- ws:// or http:// to a *loopback IP literal* named in EXCHANGE_HOST_ALLOWLIST: the exchange simulator of local
+  stacks and tests (127.0.0.1). Plain text to anything else is refused.
+No user info, query or fragment. Host names match exactly (case-insensitive): no suffixes, no trailing dot.
+The clients never follow redirects, so the URL checked here is the one connected to.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Literal
+from urllib.parse import urlsplit
+
+EndpointKind = Literal["ws", "rest"]
+
+# Binance Spot's documented market-data hosts (wss://…:9443 or :443; REST base endpoints), and its testnet's.
+OFFICIAL_HOSTS: dict[EndpointKind, frozenset[str]] = {
+    "ws": frozenset({"stream.binance.com", "data-stream.binance.vision", "stream.testnet.binance.vision"}),
+    "rest": frozenset({"api.binance.com", "api-gcp.binance.com", "api1.binance.com", "api2.binance.com",
+                       "api3.binance.com", "api4.binance.com", "data-api.binance.vision", "testnet.binance.vision"}),
+}
+_SCHEMES: dict[EndpointKind, tuple[str, str]] = {"ws": ("wss", "ws"), "rest": ("https", "http")}
+
+
+class EndpointRefused(ValueError):
+    """An exchange URL outside the allowlist."""
+
+
+def parse_host_allowlist(text: str | None) -> frozenset[str]:
+    """EXCHANGE_HOST_ALLOWLIST: comma-separated host names or IP literals (no scheme, port or path)."""
+    hosts = frozenset(part.strip().lower() for part in (text or "").split(",") if part.strip())
+    for host in hosts:
+        if any(char in host for char in "/:@[]?# ") and not _is_ip(host):
+            raise ValueError(f"EXCHANGE_HOST_ALLOWLIST: {host!r} is not a host name or IP address (no scheme, port"
+                             " or path)")
+    return hosts
+
+
+def endpoint_problem(url: str, kind: EndpointKind, allowed_hosts: frozenset[str]) -> str | None:
+    """Why `url` may not be used as a `kind` endpoint, or None if it may."""
+    secure, plain = _SCHEMES[kind]
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError for a port out of range
+    except ValueError:
+        return "is not a valid URL"
+    if parts.scheme not in (secure, plain):
+        return f"must be a {secure}:// URL"
+    host = (parts.hostname or "").lower()
+    if not host:
+        return "has no host"
+    if parts.username is not None or parts.password is not None:
+        return "must not contain user info (user@host)"
+    if parts.query or parts.fragment:
+        return "must not have a query or fragment"
+    if host in OFFICIAL_HOSTS[kind] and parts.scheme == secure:
+        return None
+    if host not in allowed_hosts:
+        official = ", ".join(sorted(OFFICIAL_HOSTS[kind]))
+        return (f"host {host!r} is not allowed: use {secure}:// to an official host ({official}) or add the host to"
+                " EXCHANGE_HOST_ALLOWLIST")
+    if parts.scheme == plain and not _is_loopback(host):
+        return (f"{plain}:// is unencrypted: allowed only to a loopback address named in EXCHANGE_HOST_ALLOWLIST"
+                f" (the simulator); use {secure}://")
+    return None
+
+
+def check_endpoint(url: str, kind: EndpointKind, allowed_hosts: frozenset[str]) -> str:
+    """`url` itself, or EndpointRefused saying why not."""
+    problem = endpoint_problem(url, kind, allowed_hosts)
+    if problem is not None:
+        raise EndpointRefused(f"exchange {kind} URL {url!r} {problem}")
+    return url
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_loopback(host: str) -> bool:
+    return _is_ip(host) and ipaddress.ip_address(host).is_loopback
