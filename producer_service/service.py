@@ -37,7 +37,6 @@ class ProducerService:
         self.connect_db = connect_db
         self.load_targets = load_targets
         self.stop_requested = threading.Event()  # SIGTERM: leave the run loop
-        self.stop_event = threading.Event()  # set last, in close(): stops backfills and REST waits
         self.sequencer = Sequencer(max_jump=settings.max_backfill_trades)
         self.attempts = RateLimiter(settings.connection_attempts_per_5_min, 300.0)
         self.feeds: dict[tuple[int, str, str], BinanceFeed] = {}
@@ -77,10 +76,11 @@ class ProducerService:
     def _apply(self, broker: BrokerTargets) -> None:
         feed = self.feeds.get(broker.endpoint)
         if feed is None:
+            stop = threading.Event()  # the feed's own: closing it (an endpoint change) stops its backfill and REST
             rest = BinanceRest(broker.rest_url, self.settings.rest_weight_per_minute, self.settings.rest_weight_share,
-                               self.stop_event)
+                               stop)
             feed = BinanceFeed(f"broker {broker.broker_id}", broker.ws_url, rest, self.settings,
-                               self.sink, self.sequencer, self.attempts, self.stop_event)
+                               self.sink, self.sequencer, self.attempts, stop)
             self.feeds[broker.endpoint] = feed
         gone = [target for stream, target in feed.by_stream.items()
                 if stream not in {t.stream for t in broker.targets}]
@@ -116,8 +116,7 @@ class ProducerService:
                 conn.close()
         while time.monotonic() < deadline and not all(f.backfiller.idle() for f in self.feeds.values()):
             time.sleep(0.05)
-        self.stop_event.set()
-        for feed in self.feeds.values():
+        for feed in self.feeds.values():  # stops backfills and REST waits
             feed.close()
         self.sink.close()
         self._drop_connection()

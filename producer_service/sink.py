@@ -93,8 +93,11 @@ class TickBuffer:
     def __len__(self) -> int:
         return len(self._items)
 
-    def put(self, item: Any) -> None:
+    def put(self, item: Any, stop: threading.Event | None = None) -> None:
+        """Raises InterruptedError if `stop` is set while waiting for room (a closing feed's backfill)."""
         while len(self._items) >= self._capacity:
+            if stop is not None and stop.is_set():
+                raise InterruptedError("stopped while the tick buffer was full")
             time.sleep(0.001)
         self._items.append(item)
         if self._sleeping:
@@ -135,9 +138,10 @@ class TickSink:
         for thread in self._threads:
             thread.start()
 
-    def put(self, tick: Tick) -> None:
-        """Blocks while the buffer is full: the sockets slow down rather than drop anything."""
-        self._buffer.put(tick)
+    def put(self, tick: Tick, stop: threading.Event | None = None) -> None:
+        """Blocks while the buffer is full: the sockets slow down rather than drop anything. A caller that may be
+        stopped meanwhile (a backfill) passes `stop`: then InterruptedError ends the wait."""
+        self._buffer.put(tick, stop)
 
     def close(self, replay_seconds: float = 10.0) -> None:
         """Stop, send or journal every buffered tick, then give the journal a little time to drain."""

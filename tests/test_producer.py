@@ -22,6 +22,7 @@ import pymysql
 import pytest
 
 from producer_service.backfill import BackfillJob
+from producer_service.catalog_targets import load_targets_for
 from producer_service.config import ProducerSettings
 from producer_service.connection import (
     OPCODE_BINARY,
@@ -36,12 +37,16 @@ from producer_service.connection import (
     StreamConnection,
 )
 from producer_service.feed import BinanceFeed, ScriptTarget
+from producer_service.journal import Journal
 from producer_service.pacing import RateLimiter
 from producer_service.rest import BinanceRest
 from producer_service.sequencer import Gap, Sequencer
+from producer_service.service import ProducerService
+from producer_service.sink import TickBuffer
 from simulator.harness import ExchangeSimulator
 from tests.conftest import make_script
 from tests.producer_harness import (
+    FAST_PRODUCER,
     QueueReader,
     expected_ids,
     fresh_queue,
@@ -52,7 +57,9 @@ from tests.producer_harness import (
     stop_trading,
 )
 from tests.tcp_proxy import TcpProxy
+from tickstream.db import connect
 from tickstream.settings import DatabaseSettings
+from tickstream.tick_store import insert_ticks_ignore
 from tickstream.ticks import Tick
 
 pytestmark = pytest.mark.localstack
@@ -358,6 +365,78 @@ def test_watchdog_reconnects_a_silent_socket_and_nothing_is_lost(db: pymysql.Con
         (conn,) = next(iter(producer.service.feeds.values())).connections
         assert conn.sessions >= 2, "the watchdog reconnected"
         assert_exactly_once(QueueReader(sqs_client, queue), sim, scripts)
+
+
+class DiscardingSink:
+    """The sink's interface without SQS, for tests about the producer's threads rather than delivery."""
+
+    def __init__(self, journal_dir: Path) -> None:
+        self.journal = Journal(journal_dir, 10**9)
+        self.ticks = 0
+
+    def put(self, tick: Tick, stop: threading.Event | None = None) -> None:
+        self.ticks += 1
+
+    def close(self) -> None:
+        self.journal.close()
+
+
+def test_an_endpoint_change_ends_the_old_feeds_backfill(db: pymysql.Connection, db_settings: DatabaseSettings,
+                                                        tmp_path: Path) -> None:
+    """A backfill blocked in a REST wait (the old exchange answers 429 with a Retry-After of up to an hour) ends
+    when the broker's endpoint changes and its feed is closed; the new feed takes the gap over."""
+    with (ExchangeSimulator(symbols=("BTCUSDT",), rate=0, weight_limit=24, weight_window=3600) as old,
+          ExchangeSimulator(symbols=("BTCUSDT",), rate=0) as new):
+        script_id = register_simulator(db, old, ["BTCUSDT"])["BTCUSDT"]
+        stored = [Tick(script_id, trade_id, "1.5", "2", False, 1_700_000_000_000_000, 1_700_000_000_000_000,
+                       1_700_000_000_000_000) for trade_id in (1_000, 5_000)]
+        insert_ticks_ignore(db, stored)  # a hole: backfilled as soon as the script is resumed
+        service = ProducerService(FAST_PRODUCER, DiscardingSink(tmp_path),  # type: ignore[arg-type]
+                                  lambda: connect(db_settings, autocommit=True), load_targets_for(None))
+        try:
+            service.refresh()
+            (old_feed,) = service.feeds.values()
+            old_thread = old_feed.backfiller._thread
+            # exchangeInfo (20) and one empty aggTrades page (4) use the old exchange's budget: the retry gets 429
+            assert wait_until(lambda: old_feed.rest.used_weight > 24), "the old exchange answered 429"
+            time.sleep(0.5)
+            assert old_thread.is_alive() and not old_feed.backfiller.idle(), "the backfill waits out the 429"
+            with db.cursor() as cursor:
+                cursor.execute("UPDATE brokers SET api_config = %s",
+                               (orjson.dumps({"ws_url": new.ws_url, "rest_url": new.rest_url}).decode(),))
+            service.refresh()
+            (new_feed,) = service.feeds.values()
+            assert new_feed is not old_feed
+            assert wait_until(lambda: not old_thread.is_alive(), timeout=10), "the old feed's backfill thread ended"
+            assert not any(conn._thread.is_alive() for conn in old_feed.connections)
+            assert wait_until(lambda: not new_feed.backfiller.idle() or bool(new_feed.backfiller.unfilled)), \
+                "the new feed resumed the script and found the hole again"
+        finally:
+            service.close(drain_seconds=0)
+
+
+def test_a_put_waiting_for_room_ends_when_its_feed_stops() -> None:
+    """A closing feed's backfill may be blocked on a full tick buffer (SQS and the journal backed up): its stop
+    ends the wait; a put without a stop (the live path) still waits."""
+    buffer = TickBuffer(capacity=1)
+    buffer.put("first")
+    stop = threading.Event()
+    outcome: list[str] = []
+
+    def backfill_put() -> None:
+        try:
+            buffer.put("second", stop)
+            outcome.append("put")
+        except InterruptedError:
+            outcome.append("interrupted")
+
+    waiter = threading.Thread(target=backfill_put, daemon=True)
+    waiter.start()
+    time.sleep(0.1)
+    assert waiter.is_alive(), "no room: the put waits"
+    stop.set()
+    waiter.join(timeout=5)
+    assert outcome == ["interrupted"] and len(buffer) == 1
 
 
 # --- the WebSocket transport: FrameReader and StreamConnection, without LocalStack ----------------------------
