@@ -147,8 +147,9 @@ class ProducerService:
                 lag = f"{(now_us - last) / 1000:.0f} ms" if last else "n/a"
                 parts.append(f"{target.symbol} {rate:.1f}/s lag {lag}")
             if parts:
-                log.info("%s: %s; malformed %d, backfilled %d", feed.name, "; ".join(parts), feed.malformed,
-                         feed.backfiller.filled)
+                oversized = sum(conn.oversized_messages for conn in feed.connections)
+                log.info("%s: %s; malformed %d, oversized messages %d, backfilled %d", feed.name, "; ".join(parts),
+                         feed.malformed, oversized, feed.backfiller.filled)
         self._stats_at = time.monotonic()
 
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from producer_service.backfill import BackfillJob
 from producer_service.catalog_targets import load_targets_for
 from producer_service.config import ProducerSettings
 from producer_service.connection import (
+    MAX_MESSAGE_BYTES,
     OPCODE_BINARY,
     OPCODE_CLOSE,
     OPCODE_CONT,
@@ -34,6 +36,7 @@ from producer_service.connection import (
     ConnectionLimits,
     FrameError,
     FrameReader,
+    MessageTooBig,
     StreamConnection,
 )
 from producer_service.feed import BinanceFeed, ScriptTarget
@@ -557,17 +560,20 @@ class CraftedServer:
                 self.connections += 1
                 threading.Thread(target=self._serve, args=(sock, self.connections), daemon=True).start()
 
+    def _handshake(self, sock: socket.socket) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += sock.recv(4096)
+        key = re.search(rb"Sec-WebSocket-Key: *(\S+)", request, re.IGNORECASE)
+        assert key is not None
+        accept = base64.b64encode(hashlib.sha1(key.group(1) + self.GUID).digest())  # the protocol's hash
+        sock.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+
     def _serve(self, sock: socket.socket, number: int) -> None:
         with sock, contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            request = b""
-            while b"\r\n\r\n" not in request:
-                request += sock.recv(4096)
-            key = re.search(rb"Sec-WebSocket-Key: *(\S+)", request, re.IGNORECASE)
-            assert key is not None
-            accept = base64.b64encode(hashlib.sha1(key.group(1) + self.GUID).digest())  # the protocol's hash
-            sock.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                         b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+            self._handshake(sock)
             if number == 1:
                 for start in range(0, len(self.script), self.piece):
                     sock.sendall(self.script[start:start + self.piece])
@@ -586,6 +592,37 @@ class CraftedServer:
 
     def close(self) -> None:
         self.listener.close()
+
+
+class FragmentFloodServer(CraftedServer):
+    """The first connection gets a text frame without FIN, then continuation frames of 1 MiB, never the last one
+    (up to `flood_bytes`, or until the client goes away); later connections get `script`. Every frame the client
+    sends is recorded meanwhile."""
+
+    def __init__(self, script: bytes, flood_bytes: int) -> None:
+        super().__init__(script)
+        self.flood_bytes = flood_bytes
+        self.flooded = 0
+
+    def _serve(self, sock: socket.socket, number: int) -> None:
+        if number > 1:
+            super()._serve(sock, 1)  # the scripted stream
+            return
+        with sock, contextlib.suppress(OSError):
+            self._handshake(sock)
+            threading.Thread(target=self._record_until_reset, args=(sock, number), daemon=True).start()
+            chunk = b"x" * 1024**2
+            sock.sendall(server_frame(OPCODE_TEXT, b'{"start":"', fin=False))
+            header = server_frame(OPCODE_CONT, chunk, fin=False)[:-len(chunk)]
+            while self.flooded < self.flood_bytes:
+                sock.sendall(header)
+                sock.sendall(chunk)
+                self.flooded += len(chunk)
+            time.sleep(30)  # keep the socket open: the client must act on its own
+
+    def _record_until_reset(self, sock: socket.socket, number: int) -> None:
+        with contextlib.suppress(OSError):
+            self._record(sock, number)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
@@ -627,6 +664,43 @@ def test_stream_connection_over_a_real_socket_fragments_pings_long_frames_and_cl
         assert subscribe["method"] == "SUBSCRIBE" and subscribe["params"] == ["btcusdt@trade"]
         assert conn.frames >= 3
     finally:
+        conn.close()
+        server.close()
+
+
+def test_frame_reader_caps_a_fragmented_message_not_only_its_frames() -> None:
+    """Frames of 1 MiB each are allowed, but not a message of more than MAX_MESSAGE_BYTES in total."""
+    reader = FrameReader()
+    chunk = b"x" * 1024**2
+    assert reader.parse(text(b"[", fin=False)) == []
+    with pytest.raises(MessageTooBig):
+        for _ in range(MAX_MESSAGE_BYTES // len(chunk) + 1):
+            reader.parse(server_frame(OPCODE_CONT, chunk, fin=False))
+    with pytest.raises(MessageTooBig):  # one frame claiming more
+        FrameReader().parse(bytes([0x81, 127]) + (MAX_MESSAGE_BYTES + 1).to_bytes(8, "big"))
+    whole = FrameReader()  # a message just under the cap, in fragments, still arrives
+    wire = text(b"[", fin=False) + server_frame(OPCODE_CONT, b"1" * (MAX_MESSAGE_BYTES - 2), fin=False) \
+        + server_frame(OPCODE_CONT, b"]")
+    assert read_in_pieces(whole, wire, 256 * 1024) == [b"[" + b"1" * (MAX_MESSAGE_BYTES - 2) + b"]"]
+
+
+def test_stream_connection_closes_an_endless_fragmented_message_with_1009_and_reconnects() -> None:
+    """A server that opens a text message and sends continuation frames forever (data keeps the watchdog quiet):
+    the client closes with 1009 once the message passes MAX_MESSAGE_BYTES, counts it, reconnects, and its memory
+    stays near the cap however much the server sends."""
+    server = FragmentFloodServer(text(b'{"after":1}'), flood_bytes=96 * 1024**2)
+    tracemalloc.start()
+    conn, got = collecting_connection(server.url, {"btcusdt@trade"})
+    try:
+        assert wait_until(lambda: conn.sessions >= 2, timeout=30), "reconnected after the oversized message"
+        assert wait_until(lambda: got == [b'{"after":1}']), "the new session delivers"
+        peak = tracemalloc.get_traced_memory()[1]
+        assert (1, OPCODE_CLOSE, (1009).to_bytes(2, "big") + b"message too big") in server.received
+        assert conn.oversized_messages == 1
+        assert server.flooded < server.flood_bytes, "the client stopped reading: the server could not send it all"
+        assert peak < 4 * MAX_MESSAGE_BYTES, f"peak {peak / 1024**2:.0f} MiB while flooded"
+    finally:
+        tracemalloc.stop()
         conn.close()
         server.close()
 
