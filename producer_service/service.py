@@ -157,7 +157,7 @@ def build_service(settings: Settings, producer: ProducerSettings, broker_ids: li
     """The producer wired to SQS, its journal and the catalog; the sink is started, the feeds start on run()."""
     if not settings.ticks_queue_url:
         raise SystemExit("TICKS_QUEUE_URL is not set (make up sets it from the deployed stack)")
-    journal = Journal(producer.journal_dir, producer.journal_max_bytes)
+    journal = Journal(producer.journal_dir, producer.journal_max_bytes, producer.journal_fsync_seconds)
     sink = TickSink(SqsSender(sqs_client(settings), settings.ticks_queue_url), journal, producer.max_message_bytes,
                     producer.linger_seconds, producer.buffer_ticks)
     service = ProducerService(producer, sink, lambda: connect(settings.db, autocommit=True),

@@ -213,3 +213,6 @@ class TickSink:
                 backoff.reset()
             except SqsUnavailable:
                 self._stopping.wait(backoff.next_delay())
+            except Exception:  # e.g. a disk error: retried, never the end of the replay (the journal would stay)
+                log.exception("journal replay failed; retrying")
+                self._stopping.wait(backoff.next_delay())

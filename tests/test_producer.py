@@ -277,10 +277,12 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
 
     monkeypatch.setenv("PRODUCER_MAX_STREAMS_PER_CONNECTION", "5000")
     monkeypatch.setenv("PRODUCER_LINGER_MS", "250")
+    monkeypatch.setenv("PRODUCER_JOURNAL_FSYNC_MS", "0")
     monkeypatch.setenv("BROKER_ID", "3, 4")
     settings = ProducerSettings.from_env()
     assert settings.max_streams_per_connection == 1024, "never above Binance's cap"
     assert settings.linger_seconds == 0.25
+    assert settings.journal_fsync_seconds == 0.0, "0 is a policy (fsync every append), not 'unset'"
     assert broker_ids_from_env() == [3, 4]
 
 
