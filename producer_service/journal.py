@@ -72,11 +72,12 @@ class Journal:
     def size_bytes(self) -> int:
         return self._bytes
 
-    def append(self, bodies: list[str]) -> None:
+    def append(self, bodies: list[str], last_ids: dict[int, int] | None = None) -> None:
         """Write bodies to the OS (to the disk within fsync_seconds); blocks (loudly) while the disk budget is
-        exhausted."""
+        exhausted. `last_ids`: the highest trade id per script in `bodies` (for the index), if the caller knows
+        (the sink does); else they are read from the bodies, at ~6 µs a tick."""
         data = "".join(body + "\n" for body in bodies).encode()
-        ids = _last_ids(bodies)  # the sender's thread pays for the index, outside the lock: only while journaling
+        ids = _last_ids(bodies) if last_ids is None else last_ids
         with self._lock:
             while self._bytes + len(data) > self.max_bytes and self._segments and not self.stop.is_set():
                 log.error("journal full (%d bytes, budget %d): not reading more until SQS takes the backlog",
@@ -85,7 +86,7 @@ class Journal:
             writer = self._current_writer()
             writer.write(data)
             writer.flush()
-            _merge(self._unsynced_ids, ids)
+            merge_last_ids(self._unsynced_ids, ids)
             self._dirty = True
             self._bytes += len(data)
             if writer.tell() >= SEGMENT_BYTES:
@@ -124,7 +125,7 @@ class Journal:
         for segment in segments:
             try:
                 covered, ids = _read_index(segment.with_suffix(".ids"))
-                _merge(last, ids)
+                merge_last_ids(last, ids)
                 with segment.open("rb") as handle:
                     handle.seek(covered)
                     tail = handle.read()
@@ -136,7 +137,7 @@ class Journal:
                 continue
             lines = tail.split(b"\n")
             lines.pop()  # empty, or a line cut short: not vouched for (the replay quarantines it)
-            _merge(last, _last_ids([line.decode("ascii") for line in lines if _is_body(line)]))
+            merge_last_ids(last, _last_ids([line.decode("ascii") for line in lines if _is_body(line)]))
         return last
 
     def close(self) -> None:
@@ -167,7 +168,7 @@ class Journal:
         self._writer.flush()
         os.fsync(self._writer.fileno())
         self._dirty = False
-        _merge(self._synced_ids, self._unsynced_ids)
+        merge_last_ids(self._synced_ids, self._unsynced_ids)
         self._unsynced_ids = {}
         line = orjson.dumps({"end": self._writer.tell(), "last": {str(k): v for k, v in self._synced_ids.items()}})
         with self._writer_path.with_suffix(".ids").open("ab") as index:  # type: ignore[union-attr]
@@ -251,7 +252,8 @@ def _last_ids(bodies: list[str]) -> dict[int, int]:
     return last
 
 
-def _merge(into: dict[int, int], ids: dict[int, int]) -> None:
+def merge_last_ids(into: dict[int, int], ids: dict[int, int]) -> None:
+    """`into` becomes the highest id per script of both."""
     for script_id, trade_id in ids.items():
         if trade_id > into.get(script_id, -1):
             into[script_id] = trade_id

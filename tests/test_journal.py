@@ -11,7 +11,7 @@ import pytest
 
 import producer_service.journal as journal_module
 from producer_service.journal import QUARANTINE, Journal, wait_until_empty
-from producer_service.sink import TickSink
+from producer_service.sink import SqsUnavailable, TickSink
 from tickstream.codec import decode_message, pack_ticks
 from tickstream.ticks import Tick
 
@@ -210,3 +210,27 @@ def test_the_fsync_policy_bounds_what_is_not_yet_on_disk(tmp_path: Path, monkeyp
     assert (flusher is None) == (fsync_seconds == 0), "a flusher thread only for the batched policy"
     journal.close()
     assert flusher is None or not flusher.is_alive(), "close() stops it"
+
+
+class UnavailableSender:
+    requests = 0
+
+    def send(self, batch: list[str]) -> None:
+        raise SqsUnavailable("SQS down")
+
+
+def test_what_the_sink_journals_is_indexed_without_reading_it_back(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """During an outage the sink hands the journal the ids it packed: nothing is decoded to index the bodies,
+    and a restart resumes after the last journaled id of each script."""
+    decoded: list[Any] = []
+    real_decode = journal_module.decode_message
+    monkeypatch.setattr(journal_module, "decode_message", lambda body: decoded.append(body) or real_decode(body))
+    sink = TickSink(UnavailableSender(), Journal(tmp_path, 10**9), 4096, 0.01, 10_000)  # type: ignore[arg-type]
+    sink.start()
+    for trade_id in range(2_000):
+        sink.put(Tick(1 + trade_id % 2, trade_id, "1.5", "2", False, T0 + trade_id, T0 + trade_id, T0 + trade_id))
+    sink.close(replay_seconds=0)
+    assert sink.journal.pending() and len(list(tmp_path.glob("*.journal"))) == 1
+    assert Journal(tmp_path, 10**9).last_trade_ids() == {1: 1_998, 2: 1_999}
+    assert decoded == []
