@@ -113,7 +113,9 @@ def test_corrupt_lines_are_quarantined_and_never_block_start_or_replay(tmp_path:
     lines = [b.encode() for b in before] + [NUL_LINE, NOT_UTF8, b"{not json"] + [b.encode() for b in after]
     write_segment(tmp_path, lines)
     journal = Journal(tmp_path, 10**9)
-    assert journal.last_trade_ids() == {1: 59, 2: 8}, "start-up is not blocked by the bad lines"
+    # Not blocked by the bad lines, and nothing after the first one is vouched for: a power loss may have taken
+    # lines between good ones, so the restart fetches every id after the last good line before it from REST.
+    assert journal.last_trade_ids() == {1: 29}
     assert replay_all(journal) == before + after, "nor is the replay"
     assert journal.quarantined == 3 and not journal.pending()
     assert (tmp_path / QUARANTINE / "000000000001.journal").read_bytes() == NUL_LINE + b"\n" + NOT_UTF8 + b"\n" \
