@@ -50,7 +50,7 @@ class Journal:
         self.quarantined = 0  # lines moved aside, since this process started
         directory.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Condition()
-        self._segments = sorted(path for path in directory.glob("*.journal") if _SEGMENT_NAME.fullmatch(path.name))
+        self._segments = _segment_files(directory)
         for index in directory.glob("*.ids"):
             if not index.with_suffix(".journal").exists():
                 index.unlink()  # its segment was replayed; the process stopped before removing the index
@@ -60,7 +60,9 @@ class Journal:
         self._dirty = False  # the open segment has bytes its last fsync did not cover
         self._unsynced_ids: dict[int, int] = {}  # of the open segment's bodies since its last fsync
         self._synced_ids: dict[int, int] = {}  # of the open segment's bodies up to its last fsync
-        self._next_number = 1 + max((int(path.stem) for path in self._segments), default=0)
+        # Numbers never repeat while a quarantined segment keeps its name, so its file holds one segment's lines.
+        numbered = [*self._segments, *_segment_files(directory / QUARANTINE)]
+        self._next_number = 1 + max((int(path.stem) for path in numbered), default=0)
         self._closing = threading.Event()
         self._flusher: threading.Thread | None = None
 
@@ -217,6 +219,10 @@ class Journal:
                   "to %s and not sent (%d quarantined since start). Line %d begins %r. Their trades are missing from "
                   "storage until backfilled: a restart's hole scan fetches them from REST", segment.name, len(bad),
                   target, self.quarantined, number, sample[:SAMPLE_BYTES])
+
+
+def _segment_files(directory: Path) -> list[Path]:
+    return sorted(path for path in directory.glob("*.journal") if _SEGMENT_NAME.fullmatch(path.name))
 
 
 def _is_body(line: bytes) -> bool:

@@ -122,6 +122,8 @@ def test_corrupt_lines_are_quarantined_and_never_block_start_or_replay(tmp_path:
         + b"{not json\n"
     assert any(record.levelname == "ERROR" and "not message bodies" in record.getMessage()
                for record in caplog.records)
+    journal.append(before)
+    assert next(tmp_path.glob("*.journal")).name == "000000000002.journal", "a quarantined segment's number is taken"
 
 
 class RecordingSender:

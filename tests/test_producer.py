@@ -746,7 +746,7 @@ class RecordingSink:
     def __init__(self) -> None:
         self.ticks: list[Tick] = []
 
-    def put(self, tick: Tick) -> None:
+    def put(self, tick: Tick, stop: threading.Event | None = None) -> None:
         self.ticks.append(tick)
 
 
