@@ -158,7 +158,7 @@ class Journal:
             self._writer = open(path, "ab")  # noqa: SIM115 - kept open across appends
             self._writer_path = path
             self._segments.append(path)
-            _fsync_directory(self.directory)  # a power loss must not lose the file itself
+            _fsync_path(self.directory)  # a power loss must not lose the file itself
         return self._writer
 
     def _sync(self) -> None:
@@ -177,6 +177,9 @@ class Journal:
     def _close_writer(self) -> None:
         if self._writer is not None:
             self._sync()
+            index = self._writer_path.with_suffix(".ids")  # type: ignore[union-attr]
+            if index.exists():  # once per segment: a power loss then costs no closed segment its index
+                _fsync_path(index)
             self._writer.close()
             self._writer, self._writer_path, self._synced_ids = None, None, {}
 
@@ -293,8 +296,8 @@ def _read_index(path: Path) -> tuple[int, dict[int, int]]:
     return 0, {}
 
 
-def _fsync_directory(directory: Path) -> None:
-    handle = os.open(directory, os.O_RDONLY)
+def _fsync_path(path: Path) -> None:
+    handle = os.open(path, os.O_RDONLY)
     try:
         os.fsync(handle)
     finally:

@@ -615,7 +615,7 @@ class FragmentFloodServer(CraftedServer):
             threading.Thread(target=self._record_until_reset, args=(sock, number), daemon=True).start()
             chunk = b"x" * 1024**2
             sock.sendall(server_frame(OPCODE_TEXT, b'{"start":"', fin=False))
-            header = server_frame(OPCODE_CONT, chunk, fin=False)[:-len(chunk)]
+            header = bytes([OPCODE_CONT, 127]) + len(chunk).to_bytes(8, "big")  # no FIN, a 64-bit length
             while self.flooded < self.flood_bytes:
                 sock.sendall(header)
                 sock.sendall(chunk)
