@@ -59,7 +59,6 @@ class Journal:
         self._writer_path: Path | None = None
         self._dirty = False  # the open segment has bytes its last fsync did not cover
         self._unsynced_ids: dict[int, int] = {}  # of the open segment's bodies since its last fsync
-        self._synced_ids: dict[int, int] = {}  # of the open segment's bodies up to its last fsync
         # Numbers never repeat while a quarantined segment keeps its name, so its file holds one segment's lines.
         numbered = [*self._segments, *_segment_files(directory / QUARANTINE)]
         self._next_number = 1 + max((int(path.stem) for path in numbered), default=0)
@@ -76,8 +75,8 @@ class Journal:
 
     def append(self, bodies: list[str], last_ids: dict[int, int] | None = None) -> None:
         """Write bodies to the OS (to the disk within fsync_seconds); blocks (loudly) while the disk budget is
-        exhausted. `last_ids`: the highest trade id per script in `bodies` (for the index), if the caller knows
-        (the sink does); else they are read from the bodies, at ~6 µs a tick."""
+        exhausted. `last_ids`: per script, a trade id that `bodies` hold, at most their highest (for the index), if
+        the caller knows (the sink does); else the highest are read from the bodies, at ~6 µs a tick."""
         data = "".join(body + "\n" for body in bodies).encode()
         ids = _last_ids(bodies) if last_ids is None else last_ids
         with self._lock:
@@ -118,9 +117,10 @@ class Journal:
         return len(bodies)
 
     def last_trade_ids(self) -> dict[int, int]:
-        """The highest trade id per script still waiting in the journal: a restarted producer resumes after them
-        instead of fetching from REST what the journal is about to send anyway. Reads the segments' indexes and
-        only the bytes no index covers yet (normally the last fsync interval before a crash)."""
+        """Per script, the trade id up to which the journal vouches for what it still holds: a restarted producer
+        resumes after it instead of fetching from REST what the journal is about to send anyway. Reads the
+        segments' indexes and only the bytes no index covers yet (normally the last fsync interval before a
+        crash)."""
         with self._lock:
             segments = list(self._segments)
         last: dict[int, int] = {}
@@ -168,11 +168,12 @@ class Journal:
         self._writer.flush()
         os.fsync(self._writer.fileno())
         self._dirty = False
-        merge_last_ids(self._synced_ids, self._unsynced_ids)
+        # Only the ids this fsync made durable (an index grows with the data, not with fsyncs × scripts), and only
+        # after the fsync: the index never vouches for bodies a power loss can take.
+        line = orjson.dumps({"end": self._writer.tell(), "last": {str(k): v for k, v in self._unsynced_ids.items()}})
         self._unsynced_ids = {}
-        line = orjson.dumps({"end": self._writer.tell(), "last": {str(k): v for k, v in self._synced_ids.items()}})
         with self._writer_path.with_suffix(".ids").open("ab") as index:  # type: ignore[union-attr]
-            index.write(line + b"\n")  # written only after the fsync: never vouches for bodies a power loss can take
+            index.write(line + b"\n")
 
     def _close_writer(self) -> None:
         if self._writer is not None:
@@ -181,7 +182,7 @@ class Journal:
             if index.exists():  # once per segment: a power loss then costs no closed segment its index
                 _fsync_path(index)
             self._writer.close()
-            self._writer, self._writer_path, self._synced_ids = None, None, {}
+            self._writer, self._writer_path = None, None
 
     def _start_flusher(self) -> None:
         if self.fsync_seconds > 0 and self._flusher is None:
@@ -281,19 +282,23 @@ def merge_last_ids(into: dict[int, int], ids: dict[int, int]) -> None:
 
 
 def _read_index(path: Path) -> tuple[int, dict[int, int]]:
-    """(bytes of the segment the index covers, the highest ids in them) from its last complete line; (0, {}) if
-    there is none (a segment that never reached an fsync, or one written before indexes existed)."""
+    """(bytes of the segment the index covers, the ids vouched for in them); (0, {}) without an index (a segment
+    that never reached an fsync, or one written before indexes existed). A line a power loss damaged only costs
+    its ids (REST fetches them again)."""
     try:
         lines = path.read_bytes().split(b"\n")
     except FileNotFoundError:
         return 0, {}
-    for line in reversed(lines):
+    covered, last = 0, {}
+    for line in lines:
         try:
             entry = orjson.loads(line)
-            return int(entry["end"]), {int(k): int(v) for k, v in entry["last"].items()}
+            end, ids = int(entry["end"]), {int(k): int(v) for k, v in entry["last"].items()}
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
-            continue  # empty, or cut short by a power loss: the previous line still holds
-    return 0, {}
+            continue  # empty, or damaged by a power loss
+        covered = max(covered, end)
+        merge_last_ids(last, ids)
+    return covered, last
 
 
 def _fsync_path(path: Path) -> None:
