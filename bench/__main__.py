@@ -3,7 +3,7 @@ measured in the same run, printed as one table and written to bench/results/<UTC
 
 Stages (issue 7): 1 storage ceiling, 2 ingest handler in-process, 3 end to end through host LocalStack (with the
 emulator's own ceiling), 4 latency at 1k ticks/s, 5 cost per million ticks (from stage 3's counts), 6 cold start,
-7 candles of a 1M-trade day over HTTP (issue 15).
+7 candles of a 1M-trade day over HTTP (issue 15), 8 producer start-up with a full journal against an empty one (issue 12).
 MariaDB from DB_HOST/DB_PORT/DB_USER/DB_PASSWORD (throw-away databases tickstream_bench_*); LocalStack on
 BENCH_LOCALSTACK_PORT (default 4610) with state in BENCH_LOCALSTACK_DIR (default .localstack/bench), started and
 stopped here unless one already answers there. Every stage stops by itself; the whole run takes ~6 minutes.
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import candles, coldstart, cost, e2e, ingest, latency, storage
+from bench import candles, coldstart, cost, e2e, ingest, latency, startup, storage
 from bench.aws_local import bench_settings, running_localstack
 from bench.common import StageResult, ticks_per_message, wait_for_database
 from bench.pipeline import Mapping
@@ -36,13 +36,15 @@ INGEST_BATCH_MESSAGES = 20  # stage 2: records per invocation (the template's de
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--stages", default="1,2,3,4,5,6,7", help="comma-separated subset (default: all)")
+    parser.add_argument("--stages", default="1,2,3,4,5,6,7,8", help="comma-separated subset (default: all)")
     parser.add_argument("--rows", type=int, default=300_000, help="stages 1-2: rows per measurement")
     parser.add_argument("--e2e-rate", type=float, default=100_000, help="stage 3: ticks/s the simulator trades")
     parser.add_argument("--e2e-seconds", type=float, default=60, help="stage 3: measured window")
     parser.add_argument("--warmup-seconds", type=float, default=5, help="stages 3-4: trading before the window")
     parser.add_argument("--latency-rate", type=float, default=1_000, help="stage 4: ticks/s")
     parser.add_argument("--latency-seconds", type=float, default=20, help="stage 4: measured window")
+    parser.add_argument("--journal-bytes", type=int, default=None,
+                        help="stage 7: the full journal's size (default: the default PRODUCER_JOURNAL_MAX_BYTES)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     return parser.parse_args(argv)
 
@@ -94,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         results.append(timed(coldstart.NAME, lambda: coldstart.run(settings)))
     if 7 in stages:
         results.append(timed(candles.NAME, candles.run))
+    if 8 in stages:
+        results.append(timed(startup.NAME, lambda: startup.run(settings, args.journal_bytes)))
 
     rows = [row for result in results for row in result.rows]
     print(table(rows))

@@ -107,6 +107,12 @@ class ProducerProcess:
         if reader.is_alive() or not lines or lines[0].strip() != "subscribed":
             raise TimeoutError(f"the producer did not subscribe within {timeout:.0f} s (see its log)")
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash ends it (no counts)."""
+        self.process.kill()
+        self.process.communicate()
+        self._log.close()
+
     def stop(self, timeout: float = 60.0) -> dict[str, Any]:
         try:
             self.process.stdin.write("stop\n")

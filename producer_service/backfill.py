@@ -26,7 +26,8 @@ class BackfillJob:
 
 
 class Backfiller:
-    """A worker thread per REST endpoint; `request(job)` queues a gap, ticks go to `emit`."""
+    """A worker thread per REST endpoint; `request(job)` queues a gap, ticks go to `emit`. The thread ends once
+    `stop` is set (its feed closed, or the producer stops); `close()` sets it and waits for the thread."""
 
     def __init__(self, rest: BinanceRest, emit: Callable[[Tick], None], max_trades: int,
                  stop: threading.Event) -> None:
@@ -54,6 +55,13 @@ class Backfiller:
     def idle(self) -> bool:
         return self._jobs.empty() and not self._busy.is_set()
 
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the thread: a REST wait or a full sink returns at once, a request in flight within its timeout.
+        What it had not fetched yet is found again by whoever resumes the script (stored ids and holes)."""
+        self.stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
     def _run(self) -> None:
         while not self.stop.is_set():
             try:
@@ -63,7 +71,10 @@ class Backfiller:
             self._busy.set()
             try:
                 self._fill(job)
-            except (RestBanned, RestError, InterruptedError, OSError) as error:
+            except InterruptedError:
+                log.info("%s: backfill of ids %d..%d stopped (feed closed or producer stopping)", job.symbol,
+                         job.gap.first_id, job.gap.last_id)
+            except (RestBanned, RestError, OSError) as error:
                 log.error("%s: backfill of ids %d..%d failed: %s", job.symbol, job.gap.first_id, job.gap.last_id,
                           error)
                 self.unfilled.append(job.gap)

@@ -37,6 +37,7 @@ class ProducerSettings:
     buffer_ticks: int = 200_000  # in-memory ticks between the sockets and the sender
     journal_dir: Path = Path(".state/journal")
     journal_max_bytes: int = 2 * 1024**3
+    journal_fsync_seconds: float = 0.05  # journaled bodies reach the disk within this; 0: before each append returns
     rest_weight_per_minute: int = 6000
     rest_weight_share: float = 0.8  # keep 20 % of the IP's REST budget for everyone else
     max_backfill_trades: int = 5_000_000  # larger gaps are reported, not fetched
@@ -59,6 +60,7 @@ class ProducerSettings:
             buffer_ticks=_int("PRODUCER_BUFFER_TICKS", default.buffer_ticks),
             journal_dir=Path(os.environ.get("PRODUCER_JOURNAL_DIR") or default.journal_dir),
             journal_max_bytes=_int("PRODUCER_JOURNAL_MAX_BYTES", default.journal_max_bytes),
+            journal_fsync_seconds=_float("PRODUCER_JOURNAL_FSYNC_MS", default.journal_fsync_seconds * 1000) / 1000,
             rest_weight_per_minute=_int("BINANCE_REST_WEIGHT_PER_MINUTE", default.rest_weight_per_minute),
             max_backfill_trades=_int("PRODUCER_MAX_BACKFILL_TRADES", default.max_backfill_trades),
             stats_log_seconds=_float("PRODUCER_STATS_LOG_SECONDS", default.stats_log_seconds),

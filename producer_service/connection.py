@@ -36,7 +36,10 @@ OPCODE_CONT, OPCODE_TEXT, OPCODE_BINARY = 0x0, 0x1, 0x2
 OPCODE_CLOSE, OPCODE_PING, OPCODE_PONG = 0x8, 0x9, 0xA
 FIN_TEXT = 0x80 | OPCODE_TEXT  # the first byte of almost every frame Binance sends: a whole text message
 MAX_CONTROL_PAYLOAD = 125
-MAX_FRAME_BYTES = 16 * 1024**2  # Binance's frames are < 1 KiB; a larger claimed length is a broken stream, not data
+# Binance's messages are < 1 KiB: a larger message (one frame, or the fragments of one message together) is a broken
+# or hostile stream, not data; the bound keeps a connection's memory bounded (a 1 MiB junk frame is still just skipped
+# as malformed). Such a connection is closed with 1009 (message too big) and reopened.
+MAX_MESSAGE_BYTES = 2 * 1024**2
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +68,7 @@ class StreamConnection:
         self.connected_at: float | None = None
         self.frames = 0
         self.sessions = 0  # successful connects: more than one means the socket was lost and reopened
+        self.oversized_messages = 0  # sessions closed with 1009 for a message above MAX_MESSAGE_BYTES
         self._wanted: deque[tuple[str, list[str]]] = deque()
         self._control = RateLimiter(max(1, int(limits.control_messages_per_second)), 1.0)
         self._closing = threading.Event()
@@ -150,7 +154,11 @@ class StreamConnection:
                 raise ConnectionError("connection to the server lost (end of stream without a close frame)")
             received_us = time.time_ns() // 1000  # one clock read per recv, not per frame: they arrived together
             last_heard = time.monotonic()
-            messages = reader.parse(data)
+            try:
+                messages = reader.parse(data)
+            except MessageTooBig:
+                self._close_too_big(ws)
+                raise
             if reader.controls:
                 self._answer_controls(ws, reader.controls)  # pings first: delivery may block on a full sink
             if messages:
@@ -159,6 +167,16 @@ class StreamConnection:
                 self.on_frames(self, messages, received_us)
             if reader.close_reason is not None:
                 raise ConnectionError(f"closed by server: {reader.close_reason!r}")
+
+    def _close_too_big(self, ws: websocket.WebSocket) -> None:
+        """Tell the server why (1009, RFC 6455 7.4.1) and drop the socket without reading on: what it still
+        sends is not buffered. The session then ends and reconnects as after any lost connection."""
+        self.oversized_messages += 1
+        log.error("%s: a message above %d bytes: closing with 1009 (message too big), #%d", self.name,
+                  MAX_MESSAGE_BYTES, self.oversized_messages)
+        with contextlib.suppress(OSError, websocket.WebSocketException):
+            ws.send_close(websocket.STATUS_MESSAGE_TOO_BIG, b"message too big")
+        ws.abort()
 
     def _check_silence(self, silent_for: float, mid_frame: bool) -> None:
         """The watchdog: a socket silent too long is dead (Binance pings every 20 s); a frame cut off mid-way
@@ -191,6 +209,10 @@ class FrameError(websocket.WebSocketProtocolException):
     """The server broke RFC 6455 framing; the connection is dropped (and reopened), as websocket-client did."""
 
 
+class MessageTooBig(FrameError):
+    """A message (a frame, or a fragmented message so far) exceeds MAX_MESSAGE_BYTES; closed with 1009."""
+
+
 class FrameReader:
     """A server's byte stream → its WebSocket messages (RFC 6455), as many frames per call as the bytes hold.
 
@@ -207,6 +229,7 @@ class FrameReader:
         self._held_size = 0
         self._needed = 0  # bytes `_held` must reach before the frame can complete (0: unknown, try every time)
         self._fragments: list[bytes] | None = None  # a fragmented message being assembled
+        self._fragments_size = 0
 
     @property
     def partial(self) -> bool:
@@ -245,8 +268,8 @@ class FrameReader:
                 if end - start < 8:
                     break
                 length = int.from_bytes(buf[start:start + 8], "big")
-                if length > MAX_FRAME_BYTES:
-                    raise FrameError(f"frame of {length:,} bytes (more than {MAX_FRAME_BYTES:,}): not buffered")
+                if length > MAX_MESSAGE_BYTES:
+                    raise MessageTooBig(f"frame of {length:,} bytes (more than {MAX_MESSAGE_BYTES:,}): not buffered")
                 start += 8
             stop = start + length
             if stop > end:
@@ -276,10 +299,13 @@ class FrameReader:
             if fin:
                 append(payload)
             else:
-                self._fragments = [payload]
+                self._fragments, self._fragments_size = [payload], len(payload)
         elif opcode == OPCODE_CONT:
             if self._fragments is None:
                 raise FrameError("a continuation frame outside a fragmented message")
+            self._fragments_size += len(payload)
+            if self._fragments_size > MAX_MESSAGE_BYTES:
+                raise MessageTooBig(f"a fragmented message of more than {MAX_MESSAGE_BYTES:,} bytes: not buffered")
             self._fragments.append(payload)
             if fin:
                 append(b"".join(self._fragments))

@@ -6,6 +6,7 @@ normalise, drop duplicates by id, hand the tick to the sink, and hand any gap to
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -54,7 +55,9 @@ class BinanceFeed:
         self.sink = sink
         self.sequencer = sequencer
         self.attempts = attempts
-        self.backfiller = Backfiller(rest, sink.put, settings.max_backfill_trades, stop)
+        self.stop = stop  # set by close(): ends the backfill thread and any REST wait of this feed
+        self.backfiller = Backfiller(rest, functools.partial(sink.put, stop=stop), settings.max_backfill_trades,
+                                     stop)
         self.by_stream: dict[str, ScriptTarget] = {}
         self.connections: list[StreamConnection] = []
         self.counts: Counter[int] = Counter()
@@ -236,5 +239,8 @@ class BinanceFeed:
                         bytes(raw[:MALFORMED_SAMPLE_CHARS]))
 
     def close(self) -> None:
+        """Stop everything this feed runs: its connections and its backfill (an endpoint change, or shutdown)."""
+        self.stop.set()
         for conn in self.connections + [new for new, _ in self._retiring.values()]:
             conn.close()
+        self.backfiller.close()

@@ -41,7 +41,6 @@ class ProducerService:
         self.connect_db = connect_db
         self.load_targets = load_targets
         self.stop_requested = threading.Event()  # SIGTERM: leave the run loop
-        self.stop_event = threading.Event()  # set last, in close(): stops backfills and REST waits
         self.sequencer = Sequencer(max_jump=settings.max_backfill_trades)
         self.attempts = RateLimiter(settings.connection_attempts_per_5_min, 300.0)
         self.feeds: dict[tuple[int, str, str], BinanceFeed] = {}
@@ -83,10 +82,11 @@ class ProducerService:
     def _apply(self, broker: BrokerTargets) -> None:
         feed = self.feeds.get(broker.endpoint)
         if feed is None:
+            stop = threading.Event()  # the feed's own: closing it (an endpoint change) stops its backfill and REST
             rest = BinanceRest(broker.rest_url, self.settings.rest_weight_per_minute, self.settings.rest_weight_share,
-                               self.stop_event, allowed_hosts=self.allowed_hosts)
+                               stop, allowed_hosts=self.allowed_hosts)
             feed = BinanceFeed(f"broker {broker.broker_id}", broker.ws_url, rest, self.settings,
-                               self.sink, self.sequencer, self.attempts, self.stop_event, self.allowed_hosts)
+                               self.sink, self.sequencer, self.attempts, stop, self.allowed_hosts)
             self.feeds[broker.endpoint] = feed
         gone = [target for stream, target in feed.by_stream.items()
                 if stream not in {t.stream for t in broker.targets}]
@@ -122,8 +122,7 @@ class ProducerService:
                 conn.close()
         while time.monotonic() < deadline and not all(f.backfiller.idle() for f in self.feeds.values()):
             time.sleep(0.05)
-        self.stop_event.set()
-        for feed in self.feeds.values():
+        for feed in self.feeds.values():  # stops backfills and REST waits
             feed.close()
         self.sink.close()
         self._drop_connection()
@@ -154,8 +153,9 @@ class ProducerService:
                 lag = f"{(now_us - last) / 1000:.0f} ms" if last else "n/a"
                 parts.append(f"{target.symbol} {rate:.1f}/s lag {lag}")
             if parts:
-                log.info("%s: %s; malformed %d, backfilled %d", feed.name, "; ".join(parts), feed.malformed,
-                         feed.backfiller.filled)
+                oversized = sum(conn.oversized_messages for conn in feed.connections)
+                log.info("%s: %s; malformed %d, oversized messages %d, backfilled %d", feed.name, "; ".join(parts),
+                         feed.malformed, oversized, feed.backfiller.filled)
         self._stats_at = time.monotonic()
 
 
@@ -163,7 +163,7 @@ def build_service(settings: Settings, producer: ProducerSettings, broker_ids: li
     """The producer wired to SQS, its journal and the catalog; the sink is started, the feeds start on run()."""
     if not settings.ticks_queue_url:
         raise SystemExit("TICKS_QUEUE_URL is not set (make up sets it from the deployed stack)")
-    journal = Journal(producer.journal_dir, producer.journal_max_bytes)
+    journal = Journal(producer.journal_dir, producer.journal_max_bytes, producer.journal_fsync_seconds)
     sink = TickSink(SqsSender(sqs_client(settings), settings.ticks_queue_url), journal, producer.max_message_bytes,
                     producer.linger_seconds, producer.buffer_ticks)
     allowed_hosts = settings.exchange_host_allowlist

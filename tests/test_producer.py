@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,10 @@ import pymysql
 import pytest
 
 from producer_service.backfill import BackfillJob
+from producer_service.catalog_targets import load_targets_for
 from producer_service.config import ProducerSettings
 from producer_service.connection import (
+    MAX_MESSAGE_BYTES,
     OPCODE_BINARY,
     OPCODE_CLOSE,
     OPCODE_CONT,
@@ -33,15 +36,20 @@ from producer_service.connection import (
     ConnectionLimits,
     FrameError,
     FrameReader,
+    MessageTooBig,
     StreamConnection,
 )
 from producer_service.feed import BinanceFeed, ScriptTarget
+from producer_service.journal import Journal
 from producer_service.pacing import RateLimiter
 from producer_service.rest import BinanceRest
 from producer_service.sequencer import Gap, Sequencer
+from producer_service.service import ProducerService
+from producer_service.sink import TickBuffer
 from simulator.harness import ExchangeSimulator
 from tests.conftest import SIMULATOR_HOSTS, make_script
 from tests.producer_harness import (
+    FAST_PRODUCER,
     QueueReader,
     expected_ids,
     fresh_queue,
@@ -52,7 +60,9 @@ from tests.producer_harness import (
     stop_trading,
 )
 from tests.tcp_proxy import TcpProxy
+from tickstream.db import connect
 from tickstream.settings import DatabaseSettings
+from tickstream.tick_store import insert_ticks_ignore
 from tickstream.ticks import Tick
 
 pytestmark = pytest.mark.localstack
@@ -267,10 +277,12 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
 
     monkeypatch.setenv("PRODUCER_MAX_STREAMS_PER_CONNECTION", "5000")
     monkeypatch.setenv("PRODUCER_LINGER_MS", "250")
+    monkeypatch.setenv("PRODUCER_JOURNAL_FSYNC_MS", "0")
     monkeypatch.setenv("BROKER_ID", "3, 4")
     settings = ProducerSettings.from_env()
     assert settings.max_streams_per_connection == 1024, "never above Binance's cap"
     assert settings.linger_seconds == 0.25
+    assert settings.journal_fsync_seconds == 0.0, "0 is a policy (fsync every append), not 'unset'"
     assert broker_ids_from_env() == [3, 4]
 
 
@@ -358,6 +370,78 @@ def test_watchdog_reconnects_a_silent_socket_and_nothing_is_lost(db: pymysql.Con
         (conn,) = next(iter(producer.service.feeds.values())).connections
         assert conn.sessions >= 2, "the watchdog reconnected"
         assert_exactly_once(QueueReader(sqs_client, queue), sim, scripts)
+
+
+class DiscardingSink:
+    """The sink's interface without SQS, for tests about the producer's threads rather than delivery."""
+
+    def __init__(self, journal_dir: Path) -> None:
+        self.journal = Journal(journal_dir, 10**9)
+        self.ticks = 0
+
+    def put(self, tick: Tick, stop: threading.Event | None = None) -> None:
+        self.ticks += 1
+
+    def close(self) -> None:
+        self.journal.close()
+
+
+def test_an_endpoint_change_ends_the_old_feeds_backfill(db: pymysql.Connection, db_settings: DatabaseSettings,
+                                                        tmp_path: Path) -> None:
+    """A backfill blocked in a REST wait (the old exchange answers 429 with a Retry-After of up to an hour) ends
+    when the broker's endpoint changes and its feed is closed; the new feed takes the gap over."""
+    with (ExchangeSimulator(symbols=("BTCUSDT",), rate=0, weight_limit=24, weight_window=3600) as old,
+          ExchangeSimulator(symbols=("BTCUSDT",), rate=0) as new):
+        script_id = register_simulator(db, old, ["BTCUSDT"])["BTCUSDT"]
+        stored = [Tick(script_id, trade_id, "1.5", "2", False, 1_700_000_000_000_000, 1_700_000_000_000_000,
+                       1_700_000_000_000_000) for trade_id in (1_000, 5_000)]
+        insert_ticks_ignore(db, stored)  # a hole: backfilled as soon as the script is resumed
+        service = ProducerService(FAST_PRODUCER, DiscardingSink(tmp_path),  # type: ignore[arg-type]
+                                  lambda: connect(db_settings, autocommit=True), load_targets_for(None))
+        try:
+            service.refresh()
+            (old_feed,) = service.feeds.values()
+            old_thread = old_feed.backfiller._thread
+            # exchangeInfo (20) and one empty aggTrades page (4) use the old exchange's budget: the retry gets 429
+            assert wait_until(lambda: old_feed.rest.used_weight > 24), "the old exchange answered 429"
+            time.sleep(0.5)
+            assert old_thread.is_alive() and not old_feed.backfiller.idle(), "the backfill waits out the 429"
+            with db.cursor() as cursor:
+                cursor.execute("UPDATE brokers SET api_config = %s",
+                               (orjson.dumps({"ws_url": new.ws_url, "rest_url": new.rest_url}).decode(),))
+            service.refresh()
+            (new_feed,) = service.feeds.values()
+            assert new_feed is not old_feed
+            assert wait_until(lambda: not old_thread.is_alive(), timeout=10), "the old feed's backfill thread ended"
+            assert not any(conn._thread.is_alive() for conn in old_feed.connections)
+            assert wait_until(lambda: not new_feed.backfiller.idle() or bool(new_feed.backfiller.unfilled)), \
+                "the new feed resumed the script and found the hole again"
+        finally:
+            service.close(drain_seconds=0)
+
+
+def test_a_put_waiting_for_room_ends_when_its_feed_stops() -> None:
+    """A closing feed's backfill may be blocked on a full tick buffer (SQS and the journal backed up): its stop
+    ends the wait; a put without a stop (the live path) still waits."""
+    buffer = TickBuffer(capacity=1)
+    buffer.put("first")
+    stop = threading.Event()
+    outcome: list[str] = []
+
+    def backfill_put() -> None:
+        try:
+            buffer.put("second", stop)
+            outcome.append("put")
+        except InterruptedError:
+            outcome.append("interrupted")
+
+    waiter = threading.Thread(target=backfill_put, daemon=True)
+    waiter.start()
+    time.sleep(0.1)
+    assert waiter.is_alive(), "no room: the put waits"
+    stop.set()
+    waiter.join(timeout=5)
+    assert outcome == ["interrupted"] and len(buffer) == 1
 
 
 # --- the WebSocket transport: FrameReader and StreamConnection, without LocalStack ----------------------------
@@ -478,17 +562,20 @@ class CraftedServer:
                 self.connections += 1
                 threading.Thread(target=self._serve, args=(sock, self.connections), daemon=True).start()
 
+    def _handshake(self, sock: socket.socket) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += sock.recv(4096)
+        key = re.search(rb"Sec-WebSocket-Key: *(\S+)", request, re.IGNORECASE)
+        assert key is not None
+        accept = base64.b64encode(hashlib.sha1(key.group(1) + self.GUID).digest())  # the protocol's hash
+        sock.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+
     def _serve(self, sock: socket.socket, number: int) -> None:
         with sock, contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            request = b""
-            while b"\r\n\r\n" not in request:
-                request += sock.recv(4096)
-            key = re.search(rb"Sec-WebSocket-Key: *(\S+)", request, re.IGNORECASE)
-            assert key is not None
-            accept = base64.b64encode(hashlib.sha1(key.group(1) + self.GUID).digest())  # the protocol's hash
-            sock.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                         b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+            self._handshake(sock)
             if number == 1:
                 for start in range(0, len(self.script), self.piece):
                     sock.sendall(self.script[start:start + self.piece])
@@ -507,6 +594,37 @@ class CraftedServer:
 
     def close(self) -> None:
         self.listener.close()
+
+
+class FragmentFloodServer(CraftedServer):
+    """The first connection gets a text frame without FIN, then continuation frames of 1 MiB, never the last one
+    (up to `flood_bytes`, or until the client goes away); later connections get `script`. Every frame the client
+    sends is recorded meanwhile."""
+
+    def __init__(self, script: bytes, flood_bytes: int) -> None:
+        super().__init__(script)
+        self.flood_bytes = flood_bytes
+        self.flooded = 0
+
+    def _serve(self, sock: socket.socket, number: int) -> None:
+        if number > 1:
+            super()._serve(sock, 1)  # the scripted stream
+            return
+        with sock, contextlib.suppress(OSError):
+            self._handshake(sock)
+            threading.Thread(target=self._record_until_reset, args=(sock, number), daemon=True).start()
+            chunk = b"x" * 1024**2
+            sock.sendall(server_frame(OPCODE_TEXT, b'{"start":"', fin=False))
+            header = bytes([OPCODE_CONT, 127]) + len(chunk).to_bytes(8, "big")  # no FIN, a 64-bit length
+            while self.flooded < self.flood_bytes:
+                sock.sendall(header)
+                sock.sendall(chunk)
+                self.flooded += len(chunk)
+            time.sleep(30)  # keep the socket open: the client must act on its own
+
+    def _record_until_reset(self, sock: socket.socket, number: int) -> None:
+        with contextlib.suppress(OSError):
+            self._record(sock, number)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
@@ -553,6 +671,43 @@ def test_stream_connection_over_a_real_socket_fragments_pings_long_frames_and_cl
         server.close()
 
 
+def test_frame_reader_caps_a_fragmented_message_not_only_its_frames() -> None:
+    """Frames of 1 MiB each are allowed, but not a message of more than MAX_MESSAGE_BYTES in total."""
+    reader = FrameReader()
+    chunk = b"x" * 1024**2
+    assert reader.parse(text(b"[", fin=False)) == []
+    with pytest.raises(MessageTooBig):
+        for _ in range(MAX_MESSAGE_BYTES // len(chunk) + 1):
+            reader.parse(server_frame(OPCODE_CONT, chunk, fin=False))
+    with pytest.raises(MessageTooBig):  # one frame claiming more
+        FrameReader().parse(bytes([0x81, 127]) + (MAX_MESSAGE_BYTES + 1).to_bytes(8, "big"))
+    whole = FrameReader()  # a message just under the cap, in fragments, still arrives
+    wire = text(b"[", fin=False) + server_frame(OPCODE_CONT, b"1" * (MAX_MESSAGE_BYTES - 2), fin=False) \
+        + server_frame(OPCODE_CONT, b"]")
+    assert read_in_pieces(whole, wire, 256 * 1024) == [b"[" + b"1" * (MAX_MESSAGE_BYTES - 2) + b"]"]
+
+
+def test_stream_connection_closes_an_endless_fragmented_message_with_1009_and_reconnects() -> None:
+    """A server that opens a text message and sends continuation frames forever (data keeps the watchdog quiet):
+    the client closes with 1009 once the message passes MAX_MESSAGE_BYTES, counts it, reconnects, and its memory
+    stays near the cap however much the server sends."""
+    server = FragmentFloodServer(text(b'{"after":1}'), flood_bytes=96 * 1024**2)
+    tracemalloc.start()
+    conn, got = collecting_connection(server.url, {"btcusdt@trade"})
+    try:
+        assert wait_until(lambda: conn.sessions >= 2, timeout=30), "reconnected after the oversized message"
+        assert wait_until(lambda: got == [b'{"after":1}']), "the new session delivers"
+        peak = tracemalloc.get_traced_memory()[1]
+        assert (1, OPCODE_CLOSE, (1009).to_bytes(2, "big") + b"message too big") in server.received
+        assert conn.oversized_messages == 1
+        assert server.flooded < server.flood_bytes, "the client stopped reading: the server could not send it all"
+        assert peak < 4 * MAX_MESSAGE_BYTES, f"peak {peak / 1024**2:.0f} MiB while flooded"
+    finally:
+        tracemalloc.stop()
+        conn.close()
+        server.close()
+
+
 def test_stream_connection_drops_a_connection_that_breaks_framing() -> None:
     server = CraftedServer(text(b'{"ok":1}') + text(b"masked", mask=b"abcd") + text(b'{"never":1}'))
     conn, got = collecting_connection(server.url, {"btcusdt@trade"})
@@ -592,7 +747,7 @@ class RecordingSink:
     def __init__(self) -> None:
         self.ticks: list[Tick] = []
 
-    def put(self, tick: Tick) -> None:
+    def put(self, tick: Tick, stop: threading.Event | None = None) -> None:
         self.ticks.append(tick)
 
 
