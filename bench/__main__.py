@@ -3,7 +3,8 @@ measured in the same run, printed as one table and written to bench/results/<UTC
 
 Stages (issue 7): 1 storage ceiling, 2 ingest handler in-process, 3 end to end through host LocalStack (with the
 emulator's own ceiling), 4 latency at 1k ticks/s, 5 cost per million ticks (from stage 3's counts), 6 cold start,
-7 candles of a 1M-trade day over HTTP (issue 15), 8 producer start-up with a full journal against an empty one (issue 12).
+7 candles of a 1M-trade day over HTTP (issue 15), 8 producer start-up with a full journal against an empty one
+(issue 12).
 MariaDB from DB_HOST/DB_PORT/DB_USER/DB_PASSWORD (throw-away databases tickstream_bench_*); LocalStack on
 BENCH_LOCALSTACK_PORT (default 4610) with state in BENCH_LOCALSTACK_DIR (default .localstack/bench), started and
 stopped here unless one already answers there. Every stage stops by itself; the whole run takes ~6 minutes.

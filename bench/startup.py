@@ -30,7 +30,7 @@ from producer_service.config import ProducerSettings
 from producer_service.journal import SEGMENT_BYTES, Journal
 from tickstream.db import connect
 
-NAME = "7 producer start-up"
+NAME = "8 producer start-up"
 RUNS = 5  # of each kind: start-up is a few seconds, and a loaded machine scatters it
 GOAL_RATIO = 1.5
 RATE_PER_SYMBOL = 50.0  # trades/s: the exchange is live while the producer starts
