@@ -10,9 +10,10 @@ every append returns). A power loss can therefore cost the bodies appended in th
 short or turned to garbage (NUL bytes). Such lines are quarantined — moved to `quarantine/<segment>`, counted, logged
 as errors — and never stop a start or a replay.
 
-Start-up reads no bodies: after each fsync the journal writes, to the segment's index (`<n>.ids`), the highest
-trade id per script of everything that fsync made durable, and a restart reads these small files plus only the
-bytes after the last index line (the interval before a crash), so it takes the same time whatever the journal holds.
+Start-up reads no bodies: after each fsync the journal appends to the segment's index (`<n>.ids`) one line with the
+trade id per script up to which that fsync made bodies durable (the sink's figure: never above the highest, see
+TickSink), and a restart reads these small files plus only the bytes after the last index line (the interval
+before a crash), so it takes the same time whatever the journal holds.
 """
 
 from __future__ import annotations

@@ -250,3 +250,39 @@ def test_a_damaged_index_line_costs_nothing_the_segment_holds(tmp_path: Path) ->
     first, second, _ = index.read_bytes().split(b"\n")
     index.write_bytes(first + b"\n" + b"\x00" * len(second) + b"\n")
     assert Journal(tmp_path, 10**9).last_trade_ids() == {1: 19}
+
+
+class FailingAfter:
+    """SQS that takes the first `works` requests, then is unreachable."""
+
+    requests = 0
+
+    def __init__(self, works: int) -> None:
+        self.works = works
+        self.sent: list[str] = []
+
+    def send(self, batch: list[str]) -> None:
+        if self.works <= 0:
+            raise SqsUnavailable("SQS down")
+        self.works -= 1
+        self.sent.extend(batch)
+
+
+def test_the_index_agrees_with_the_journaled_bodies(tmp_path: Path) -> None:
+    """SQS fails mid-stream: what the restart resumes from is exactly the highest id the journal's bodies hold per
+    script (live ticks only rise), never one that went to SQS only or stayed in memory."""
+    sender = FailingAfter(works=3)
+    sink = TickSink(sender, Journal(tmp_path, 10**9), 4096, 0.01, 100_000)  # type: ignore[arg-type]
+    sink.start()
+    for trade_id in range(30_000):
+        sink.put(Tick(1 + trade_id % 3, trade_id, "1.5", "2", False, T0 + trade_id, T0 + trade_id, T0 + trade_id))
+        if trade_id % 1000 == 0:
+            time.sleep(0.01)  # several lingers: flushes of every size
+    sink.close(replay_seconds=0)
+    journaled: dict[int, int] = {}
+    for segment in sorted(tmp_path.glob("*.journal")):
+        for line in segment.read_text().splitlines():
+            for tick in decode_message(line).ticks():
+                journaled[tick.script_id] = max(journaled.get(tick.script_id, -1), tick.trade_id)
+    assert sender.sent and journaled
+    assert Journal(tmp_path, 10**9).last_trade_ids() == journaled
