@@ -116,6 +116,7 @@ class ProducerService:
 
     def close(self, drain_seconds: float = 10.0) -> None:
         """SIGTERM path: stop reading, let running backfills finish (bounded), flush the sink."""
+        self.stop_requested.set()  # also ends the heartbeat
         deadline = time.monotonic() + drain_seconds
         for feed in self.feeds.values():
             for conn in feed.connections:
@@ -172,5 +173,5 @@ def build_service(settings: Settings, producer: ProducerSettings, broker_ids: li
     sink.start()  # after the service has read what the journal holds: replay deletes what it sent
     if producer.heartbeat_seconds > 0:
         Heartbeat(cloudwatch_client(settings), producer.stack_name, producer.heartbeat_seconds,
-                  lambda: service.last_loop_at, service.stop_event).start()  # ends with close()
+                  lambda: service.last_loop_at, service.stop_requested).start()  # ends with stop() or close()
     return service

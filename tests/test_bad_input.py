@@ -345,11 +345,15 @@ SECRET_PATTERNS = {
 SECRET_ASSIGNMENT = re.compile(r"""(?ix)\b([\w.-]*(?:password|passwd|secret|token|api[_-]?key))["']?
                                    [ \t]*[:=][ \t]*["']?([^"'\s,;)}\]\#]*)""")
 HARMLESS_VALUES = re.compile(r"""(?ix)^(|test|none|null|false|true|on|off|yes|no|x+|\*+|\.\.\.|<[^>]*>
-                                 |\$\{?[\w:.-]*\}?|!\w+)$""")
+                                 |\$\{?[\w:.-]*\}?|!\w+|arn:[\w:/.*-]+)$""")
+# Documented local-only examples (events/env-vars.example.json): each with the reason it is not a secret.
+EXAMPLE_VALUES = {"tickstream": "docker-compose.localstack.yml's default password of its own throw-away MySQL",
+                  "local-example-token-not-a-secret": "the example API token of events/, for sam local only"}
 CONFIG_SUFFIXES = (".env", ".example", ".cfg", ".ini", ".toml", ".yaml", ".yml", ".json", ".conf", "Makefile")
 HIGH_ENTROPY_TOKEN = re.compile(r"[A-Za-z0-9+/_=-]{32,}")
 # Random-looking but public: each with the reason it is not a secret.
-PUBLIC_TOKENS = {"AQEBwJnKyrHigUMZj6rYigCgxlaS3SLy0a": "receipt handle of AWS's documented sample SQS event"}
+PUBLIC_TOKENS = {"AQEBwJnKyrHigUMZj6rYigCgxlaS3SLy0a": "receipt handle of AWS's documented sample SQS event",
+                 "AWS_EXECUTION_ENV=AWS_Lambda_python3": "the Lambda runtime's documented execution environment"}
 # Compressed tick messages (events/ingest.json) are random-looking by nature; they are data, decoded by the test
 # of that fixture, so they are taken out before the entropy scan (nothing else after the prefix is).
 TICK_MESSAGE = re.compile(re.escape(V2_PREFIX) + r"[A-Za-z0-9+/]+=*")
@@ -377,7 +381,7 @@ def secret_findings(path: Path, text: str) -> list[str]:
     findings = [f"{path.name}: {kind}" for kind, pattern in SECRET_PATTERNS.items() if pattern.search(text)]
     if path.name.endswith(CONFIG_SUFFIXES) or path.name.startswith(".env"):
         findings += [f"{path.name}: {name} = {value[:4]}..." for name, value in SECRET_ASSIGNMENT.findall(text)
-                     if not HARMLESS_VALUES.match(value)]
+                     if not HARMLESS_VALUES.match(value) and value not in EXAMPLE_VALUES]
     findings += [f"{path.name}: random-looking {token[:6]}..."
                  for token in HIGH_ENTROPY_TOKEN.findall(TICK_MESSAGE.sub("", text))
                  if looks_random(token) and not token.startswith(tuple(PUBLIC_TOKENS))]

@@ -48,6 +48,8 @@ pytestmark = pytest.mark.sam_local
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LAUNCHER = REPO_ROOT / "infra" / "sam_local" / "sam_launcher.py"
 EVENTS = REPO_ROOT / "events"
+# MariaDB here has no TLS; on AWS the template verifies the RDS certificate (README: Security).
+LOCAL_PARAMETERS = "DbTls=off"
 INVOKE_TIMEOUT_SECONDS = 180
 DOCKER_INTERFACE = re.compile(r"^(docker\d*|veth\w*|br-\w+)$")
 
@@ -202,7 +204,8 @@ def sam_local_invoke(paths: engine.EnginePaths, template: Path, function: str, e
     tools = template_checks.tools_from_env()
     result = subprocess.run(
         [str(tools.python), str(LAUNCHER), "local", "invoke", function, "--template", str(template),
-         "--event", str(event), "--env-vars", str(env_file), "--container-host", "127.0.0.1"],
+         "--event", str(event), "--env-vars", str(env_file), "--container-host", "127.0.0.1",
+         "--parameter-overrides", LOCAL_PARAMETERS],
         cwd=work_dir, env=sam_environment(paths), capture_output=True, text=True, timeout=INVOKE_TIMEOUT_SECONDS)
     assert result.returncode == 0, f"sam local invoke {function} failed:\n{result.stdout}\n{result.stderr[-3000:]}"
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -289,6 +292,7 @@ def local_api(docker_engine: engine.EnginePaths, built_template: Path, db_env: d
         server = subprocess.Popen(
             [str(tools.python), str(LAUNCHER), "local", "start-api", "--template", str(built_template),
              "--env-vars", str(env_file), "--container-host", "127.0.0.1", "--host", "127.0.0.1",
+             "--parameter-overrides", LOCAL_PARAMETERS,
              "--port", str(port), "--warm-containers", "LAZY"],
             cwd=tmp_path, env=sam_environment(docker_engine), stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
