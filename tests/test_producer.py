@@ -397,7 +397,8 @@ def test_an_endpoint_change_ends_the_old_feeds_backfill(db: pymysql.Connection, 
                        1_700_000_000_000_000) for trade_id in (1_000, 5_000)]
         insert_ticks_ignore(db, stored)  # a hole: backfilled as soon as the script is resumed
         service = ProducerService(FAST_PRODUCER, DiscardingSink(tmp_path),  # type: ignore[arg-type]
-                                  lambda: connect(db_settings, autocommit=True), load_targets_for(None))
+                                  lambda: connect(db_settings, autocommit=True),
+                                  load_targets_for(None, SIMULATOR_HOSTS), SIMULATOR_HOSTS)
         try:
             service.refresh()
             (old_feed,) = service.feeds.values()
