@@ -378,9 +378,20 @@ def read_ticks(conn: pymysql.Connection, script_id: int, *, start: datetime | No
     """One page of a script's ticks traded in [start, end), ordered by trade id.
 
     Keyset pagination: `after` is the previous page's `next_cursor` (a trade id), so every page is an index range
-    scan on the primary key, however deep, and rows inserted meanwhile never shift a page (no OFFSET).
+    scan on the primary key, however deep, and rows inserted meanwhile never shift a page (no OFFSET). A time range
+    is first turned into trade-id bounds through the (script_id, traded_at) index (two O(log n) probes: trade ids
+    increase with trade time, as on Binance), then the page is read on the primary key between them: O(log n +
+    page), however many rows lie outside the range or inside it.
     """
     where, params = ["script_id = %s"], [script_id]
+    index = ""
+    if start is not None or end is not None:
+        bounds = _trade_id_bounds(conn, script_id, start, end)
+        if bounds is None:
+            return TickPage([], None)
+        where.append("trade_id BETWEEN %s AND %s")
+        params.extend(bounds)
+        index = " FORCE INDEX (PRIMARY)"  # the time predicates below only re-check rows the bounds already hold
     if start is not None:
         where.append("traded_at >= %s")
         params.append(_db_time(start))
@@ -391,13 +402,39 @@ def read_ticks(conn: pymysql.Connection, script_id: int, *, start: datetime | No
         where.append("trade_id < %s" if descending else "trade_id > %s")
         params.append(after)
     direction = "DESC" if descending else "ASC"
-    sql = f"SELECT {_TICK_COLUMNS} FROM ticks WHERE {' AND '.join(where)} ORDER BY trade_id {direction} LIMIT %s"
+    sql = (f"SELECT {_TICK_COLUMNS} FROM ticks{index} WHERE {' AND '.join(where)} ORDER BY trade_id {direction}"
+           " LIMIT %s")
     with conn.cursor() as cursor:
         cursor.execute(sql, (*params, limit + 1))  # one extra row tells whether another page exists
         rows = cursor.fetchall()
     ticks = [_stored_tick(row) for row in rows[:limit]]
     more = len(rows) > limit
     return TickPage(ticks, ticks[-1].trade_id if more and ticks else None)
+
+
+def _trade_id_bounds(conn: pymysql.Connection, script_id: int, start: datetime | None,
+                     end: datetime | None) -> tuple[int, int] | None:
+    """The first and last trade id traded in [start, end) (either end open), each one probe of the
+    (script_id, traded_at) index; None when nothing was traded then."""
+    where, params = ["script_id = %s"], [script_id]
+    if start is not None:
+        where.append("traded_at >= %s")
+        params.append(_db_time(start))
+    if end is not None:
+        where.append("traded_at < %s")
+        params.append(_db_time(end))
+    probe = (f"SELECT trade_id FROM ticks FORCE INDEX (ix_ticks_script_traded_at) WHERE {' AND '.join(where)}"
+             " ORDER BY traded_at {0}, trade_id {0} LIMIT 1")
+    with conn.cursor() as cursor:
+        cursor.execute(probe.format("ASC"), params)
+        first = cursor.fetchone()
+        if first is None:
+            return None
+        cursor.execute(probe.format("DESC"), params)
+        last = cursor.fetchone()
+    if last is None:
+        return None
+    return min(first[0], last[0]), max(first[0], last[0])
 
 
 def _stored_tick(row: Sequence[Any]) -> StoredTick:
