@@ -24,7 +24,6 @@ import pymysql
 DEFAULT_STREAM = "aggTrade"
 # Ticks deleted per statement when purging: keeps each transaction (and its undo log) small on big scripts.
 PURGE_CHUNK_ROWS = 10_000
-STATS_WINDOW_SECONDS = 60
 
 _ER_DUP_ENTRY = 1062
 _ER_ROW_IS_REFERENCED = 1451
@@ -106,17 +105,6 @@ class DeleteResult:
     ticks_deleted: int
 
 
-@dataclass(frozen=True, slots=True)
-class ScriptStats:
-    script_id: int
-    tick_count: int
-    first_trade_at: datetime | None
-    last_trade_at: datetime | None
-    ticks_last_minute: int
-    lag_p50_ms: float | None
-    lag_p99_ms: float | None
-
-
 # --- helpers -------------------------------------------------------------------------------------------------
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -145,6 +133,10 @@ def _decimal_text(text: str) -> str:
 
 def _error_code(error: pymysql.err.MySQLError) -> int | None:
     return error.args[0] if error.args and isinstance(error.args[0], int) else None
+
+
+def _in_list(values: Sequence[int]) -> str:
+    return "(" + ", ".join(["%s"] * len(values)) + ")"
 
 
 @contextmanager
@@ -440,70 +432,3 @@ def _trade_id_bounds(conn: pymysql.Connection, script_id: int, start: datetime |
 def _stored_tick(row: Sequence[Any]) -> StoredTick:
     return StoredTick(row[0], _decimal_text(row[1]), _decimal_text(row[2]), bool(row[3]), _utc(row[4]),
                       _utc(row[5]), _utc(row[6]), _utc(row[7]))
-
-
-# --- stats ---------------------------------------------------------------------------------------------------
-
-def script_stats(conn: pymysql.Connection, window_seconds: int = STATS_WINDOW_SECONDS) -> list[ScriptStats]:
-    """Per existing script: totals, and over the ticks traded in the last `window_seconds` (by the database's
-    clock) their count and the producer→store lag percentiles (stored_at − received_at_producer)."""
-    with conn.cursor() as cursor:
-        cursor.execute("SELECT id FROM scripts ORDER BY id")
-        script_ids = [row[0] for row in cursor.fetchall()]
-    if not script_ids:
-        return []
-    totals = _tick_totals(conn, script_ids)
-    recent = _recent_lags(conn, script_ids, window_seconds)
-    return [_script_stats(script_id, totals.get(script_id), recent.get(script_id)) for script_id in script_ids]
-
-
-def _in_list(values: Sequence[int]) -> str:
-    return "(" + ", ".join(["%s"] * len(values)) + ")"
-
-
-def _tick_totals(conn: pymysql.Connection, script_ids: list[int]) -> dict[int, tuple[int, datetime, datetime]]:
-    with conn.cursor() as cursor:
-        cursor.execute(
-            "SELECT script_id, COUNT(*), MIN(traded_at), MAX(traded_at) FROM ticks"
-            f" WHERE script_id IN {_in_list(script_ids)} GROUP BY script_id",
-            script_ids,
-        )
-        return {row[0]: (row[1], _utc(row[2]), _utc(row[3])) for row in cursor.fetchall()}
-
-
-# Nearest-rank percentiles with window functions, which MySQL 8 and MariaDB 10.11 share (PERCENTILE_CONT is
-# MariaDB-only); the sort stays in the database instead of shipping every lag to the API.
-_LAG_SQL = """
-SELECT script_id, n, rn = GREATEST(1, CEIL(0.5 * n)), rn = GREATEST(1, CEIL(0.99 * n)), lag_us FROM (
-    SELECT script_id, lag_us,
-           ROW_NUMBER() OVER (PARTITION BY script_id ORDER BY lag_us) AS rn,
-           COUNT(*) OVER (PARTITION BY script_id) AS n
-    FROM (
-        SELECT script_id, TIMESTAMPDIFF(MICROSECOND, received_at_producer, stored_at) AS lag_us
-        FROM ticks
-        WHERE script_id IN {ids} AND traded_at >= UTC_TIMESTAMP(6) - INTERVAL %s SECOND
-    ) lags
-) ranked
-WHERE rn = GREATEST(1, CEIL(0.5 * n)) OR rn = GREATEST(1, CEIL(0.99 * n))
-"""
-
-
-def _recent_lags(conn: pymysql.Connection, script_ids: list[int],
-                 window_seconds: int) -> dict[int, tuple[int, float, float]]:
-    """script id → (ticks in the window, lag p50 ms, lag p99 ms), for scripts with ticks in the window."""
-    with conn.cursor() as cursor:
-        cursor.execute(_LAG_SQL.format(ids=_in_list(script_ids)), (*script_ids, window_seconds))
-        rows = cursor.fetchall()
-    result: dict[int, tuple[int, float, float]] = {}
-    for script_id, count, is_p50, is_p99, lag_us in rows:
-        _, p50, p99 = result.get(script_id, (count, 0.0, 0.0))
-        lag_ms = lag_us / 1000
-        result[script_id] = (count, lag_ms if is_p50 else p50, lag_ms if is_p99 else p99)
-    return result
-
-
-def _script_stats(script_id: int, totals: tuple[int, datetime, datetime] | None,
-                  recent: tuple[int, float, float] | None) -> ScriptStats:
-    count, first, last = totals or (0, None, None)
-    recent_count, p50, p99 = recent or (0, None, None)
-    return ScriptStats(script_id, count, first, last, recent_count, p50, p99)
