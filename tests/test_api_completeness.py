@@ -193,3 +193,16 @@ def test_stats_reads_do_not_grow_with_the_ticks_table(db: pymysql.Connection) ->
     large = reads()
     assert small <= 2 * (2000 + 1000 + 1000) + 100, small  # window count + sample (index + row) per script
     assert large <= small + 20, (small, large)
+
+
+def test_a_page_of_one_scripts_gaps_is_an_index_range_not_a_sort(db: pymysql.Connection) -> None:
+    with db.cursor() as cursor:
+        cursor.executemany("INSERT INTO gaps (script_id, first_trade_id, last_trade_id, next_trade_id, cause, state)"
+                           " VALUES (%s, %s, %s, %s, 'stream_jump', %s)",
+                           [(n % 20 + 1, n * 10, n * 10 + 5, n * 10, ("pending", "filled")[n % 2])
+                            for n in range(5000)])
+        cursor.execute("ANALYZE TABLE gaps")
+        for where in ("script_id = 3", "script_id = 3 AND state = 'filled'", "state = 'pending'"):
+            cursor.execute(f"EXPLAIN SELECT * FROM gaps WHERE {where} ORDER BY id DESC LIMIT 101")
+            plan = cursor.fetchall()
+            assert all("filesort" not in (row[-1] or "") for row in plan), (where, plan)
