@@ -77,6 +77,11 @@ def test_coverage_counts_each_stored_row_once_per_script_and_utc_day(ingestor: T
     assert coverage_rows(db)[(btc, date(2024, 10, 4))][0] == 100
     assert coverage_rows(db)[(eth, date(2024, 10, 3))][0] == 60  # 500..559: the redelivered 520..529 once
 
+    # The same message twice in one invocation (SQS may deliver a duplicate within a batch): counted once.
+    twice = batch(ticks(btc, range(1000, 1010), first_us=MIDNIGHT_US), ticks(eth, range(1000, 1005)))
+    ingestor.store([twice, twice])
+    assert coverage_rows(db) == counted_from_ticks(db)
+
 
 def test_ticks_of_unknown_scripts_are_not_counted(ingestor: TickIngestor, db: pymysql.Connection) -> None:
     btc = make_script(db, make_broker(db), "BTCUSDT")

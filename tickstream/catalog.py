@@ -384,12 +384,7 @@ def read_ticks(conn: pymysql.Connection, script_id: int, *, start: datetime | No
         where.append("trade_id BETWEEN %s AND %s")
         params.extend(bounds)
         index = " FORCE INDEX (PRIMARY)"  # the time predicates below only re-check rows the bounds already hold
-    if start is not None:
-        where.append("traded_at >= %s")
-        params.append(_db_time(start))
-    if end is not None:
-        where.append("traded_at < %s")
-        params.append(_db_time(end))
+    _add_time_range(where, params, start, end)
     if after is not None:
         where.append("trade_id < %s" if descending else "trade_id > %s")
         params.append(after)
@@ -404,17 +399,22 @@ def read_ticks(conn: pymysql.Connection, script_id: int, *, start: datetime | No
     return TickPage(ticks, ticks[-1].trade_id if more and ticks else None)
 
 
-def _trade_id_bounds(conn: pymysql.Connection, script_id: int, start: datetime | None,
-                     end: datetime | None) -> tuple[int, int] | None:
-    """The first and last trade id traded in [start, end) (either end open), each one probe of the
-    (script_id, traded_at) index; None when nothing was traded then."""
-    where, params = ["script_id = %s"], [script_id]
+def _add_time_range(where: list[str], params: list[Any], start: datetime | None, end: datetime | None) -> None:
+    """traded_at in [start, end), either end open."""
     if start is not None:
         where.append("traded_at >= %s")
         params.append(_db_time(start))
     if end is not None:
         where.append("traded_at < %s")
         params.append(_db_time(end))
+
+
+def _trade_id_bounds(conn: pymysql.Connection, script_id: int, start: datetime | None,
+                     end: datetime | None) -> tuple[int, int] | None:
+    """The first and last trade id traded in [start, end) (either end open), each one probe of the
+    (script_id, traded_at) index; None when nothing was traded then."""
+    where, params = ["script_id = %s"], [script_id]
+    _add_time_range(where, params, start, end)
     probe = (f"SELECT trade_id FROM ticks FORCE INDEX (ix_ticks_script_traded_at) WHERE {' AND '.join(where)}"
              " ORDER BY traded_at {0}, trade_id {0} LIMIT 1")
     with conn.cursor() as cursor:
