@@ -212,3 +212,40 @@ def test_rebuild_recounts_rows_stored_without_coverage(db_settings: DatabaseSett
                           env={**os.environ, **db_env}, capture_output=True, text=True, timeout=60, check=True)
     assert "1 scripts, 2 days, 199 ticks" in done.stdout  # the command: the same, and idempotent
     assert coverage_rows(db) == counted_from_ticks(db)
+
+
+def test_rebuild_while_the_ingest_writes_loses_and_doubles_nothing(db_settings: DatabaseSettings,
+                                                                   db: pymysql.Connection) -> None:
+    """The rebuild recounts a day while an ingest keeps adding to it: afterwards coverage is exactly the ticks."""
+    btc = make_script(db, make_broker(db), "BTCUSDT")
+    day = date(2024, 10, 4)
+    insert_ticks_ignore(db, ticks(btc, range(1, 500), first_us=MIDNIGHT_US, step_us=1000))  # older, uncounted
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def keep_ingesting() -> None:
+        ingestor = TickIngestor(db_settings)
+        try:
+            for start in range(500, 20_500, 500):
+                ingestor.store([batch(ticks(btc, range(start, start + 500), first_us=MIDNIGHT_US + start * 1000,
+                                            step_us=1000))])
+        except BaseException as error:
+            errors.append(error)
+        finally:
+            ingestor.close()
+            done.set()
+
+    writer = threading.Thread(target=keep_ingesting)
+    writer.start()
+    conn = connect(db_settings)
+    rebuilds = 0
+    try:
+        while not done.is_set() or rebuilds == 0:
+            coverage.rebuild_day(conn, btc, day)
+            rebuilds += 1
+    finally:
+        writer.join()
+        conn.close()
+    assert not errors and rebuilds > 1
+    assert coverage_rows(db) == counted_from_ticks(db)
+    assert coverage_rows(db)[(btc, day)][0] == 20_499
