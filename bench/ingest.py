@@ -6,6 +6,10 @@ counts is new rows stored per second of handler time, compared with stage 1's se
 and with stage 1's server-only LOAD DATA of the same rows already decoded (what decoding and the handler add).
 Validation alone (decode and check every row, no MySQL) is reported in CPU µs per tick, for valid bodies and for
 bodies with one invalid row each (the failure path that salvages the valid rows).
+
+What keeping tick_coverage costs (issue 13: at most 10 %): the LOAD DATA path is measured again without coverage,
+in back-to-back pairs with the coverage-keeping runs, and the median of the pairs' ratios of new rows/s (with
+coverage / without) is reported.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import contextlib
 import importlib.util
 import io
 import os
+import statistics
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -42,6 +47,8 @@ NAME = "2 ingest handler"
 HANDLER_PATH = Path(__file__).resolve().parent.parent / "functions" / "ingest" / "handler.py"
 REDELIVERY_EVERY = 10  # 10 %: every 10th message of the stream is a redelivery
 METHODS = ("load_data", "insert_ignore")
+COVERAGE_ROUNDS = 7  # back-to-back pairs with and without coverage
+COVERAGE_ROWS = 100_000
 
 
 def run(rows: int, batch_messages: int, ceiling_rows_per_s: float | None,
@@ -56,10 +63,12 @@ def run(rows: int, batch_messages: int, ceiling_rows_per_s: float | None,
         for path, us in result.data["validation"].items():
             result.add(f"validation only ({path}): CPU per tick", us, "µs")
         with loaded_handler(db) as handler:
+            coverage_cost(result, conn, handler, db, bodies, batch_messages, ticks_per_message)
             for method in METHODS:
                 for duplicates in (0, REDELIVERY_EVERY):
                     stream = redelivered(bodies, duplicates)
                     conn.cursor().execute("TRUNCATE TABLE ticks")
+                    conn.cursor().execute("TRUNCATE TABLE tick_coverage")
                     use_store(handler, db, method)
                     outcome = ingest(handler, stream, batch_messages, ticks_per_message)
                     outcome["stored"] = scalar(conn, "SELECT COUNT(*) FROM ticks")
@@ -76,6 +85,45 @@ def run(rows: int, batch_messages: int, ceiling_rows_per_s: float | None,
     result.data.update({"rows": rows, "messages": len(bodies), "ticks_per_message": ticks_per_message,
                         "batch_messages": batch_messages})
     return result
+
+
+def coverage_cost(result: StageResult, conn: Any, handler: ModuleType, db: DatabaseSettings, bodies: Sequence[str],
+                  batch_messages: int, ticks_per_message: float) -> None:
+    """LOAD DATA with and without coverage, 0 % and 10 % redelivered: `COVERAGE_ROUNDS` back-to-back pairs (the
+    order alternating) on the first ~`COVERAGE_ROWS` rows; the ratio reported is the median of the pairs' ratios, so
+    a busy moment of the (shared) machine shifts one pair, not the answer."""
+    sample = list(bodies[:max(1, round(COVERAGE_ROWS / ticks_per_message))])
+    rows = sum(split_message(body).valid.count for body in sample)
+    for duplicates in (0, REDELIVERY_EVERY):
+        stream = redelivered(sample, duplicates)
+        pairs: list[dict[bool, float]] = []
+        cpu: dict[bool, list[float]] = {True: [], False: []}
+        for round_ in range(COVERAGE_ROUNDS):
+            pair: dict[bool, float] = {}
+            for keep in ((True, False) if round_ % 2 == 0 else (False, True)):
+                conn.cursor().execute("TRUNCATE TABLE ticks")
+                conn.cursor().execute("TRUNCATE TABLE tick_coverage")
+                use_store(handler, db, "load_data", keep_coverage=keep)
+                outcome = ingest(handler, stream, batch_messages, ticks_per_message)
+                if keep and scalar(conn, "SELECT SUM(stored) FROM tick_coverage") != rows:
+                    raise RuntimeError("coverage does not count every stored row once")
+                pair[keep] = rate(rows, outcome["seconds"])
+                cpu[keep].append(outcome["handler_cpu_seconds"] * 1e6 / rows)
+            pairs.append(pair)
+        pct = 100 // duplicates if duplicates else 0
+        ratio = statistics.median(pair[True] / pair[False] for pair in pairs)
+        without = statistics.median(pair[False] for pair in pairs)
+        result.data[f"coverage_dup{pct}pct"] = {"rows": rows, "pairs": [{"with_rows_per_s": pair[True],
+                                                                         "without_rows_per_s": pair[False]}
+                                                                        for pair in pairs],
+                                                 "median_ratio": ratio,
+                                                 "handler_cpu_us_per_row": {"with": statistics.median(cpu[True]),
+                                                                            "without": statistics.median(cpu[False])}}
+        result.add(f"load_data, {pct} % redelivered: new rows/s without coverage (median)", without, "rows/s")
+        result.add(f"load_data, {pct} % redelivered: handler CPU per row, with / without coverage (median)",
+                   f"{statistics.median(cpu[True]):.2f} / {statistics.median(cpu[False]):.2f}", "µs")
+        result.add(f"load_data, {pct} % redelivered: with coverage / without (median of {COVERAGE_ROUNDS} pairs)",
+                   ratio, "×", "≥ 0.9", ratio >= 0.9)
 
 
 def report(result: StageResult, method: str, duplicates: int, outcome: dict[str, Any],
@@ -143,12 +191,14 @@ def loaded_handler(db: DatabaseSettings) -> Iterator[ModuleType]:
         load_settings.cache_clear()
 
 
-def use_store(handler: ModuleType, db: DatabaseSettings, method: str) -> None:
-    """A fresh warm-container ingestor forced onto one write path."""
+def use_store(handler: ModuleType, db: DatabaseSettings, method: str, keep_coverage: bool = True) -> None:
+    """A fresh warm-container ingestor forced onto one write path (and, to measure its cost, without coverage)."""
     handler.ingestor.close()
     load_data = method == "load_data"
-    handler.ingestor = TickIngestor(db, open_store=lambda: TickStore(connect(db, local_infile=True),
-                                                                     use_load_data=load_data))
+    handler.ingestor = TickIngestor(
+        db, open_store=lambda: TickStore(connect(db, local_infile=True), use_load_data=load_data,
+                                         keep_coverage=keep_coverage),
+        keep_coverage=keep_coverage)
 
 
 def ingest(handler: ModuleType, stream: Sequence[str], batch_messages: int,
@@ -157,7 +207,7 @@ def ingest(handler: ModuleType, stream: Sequence[str], batch_messages: int,
     events = [sqs_event(*[sqs_record(body) for body in stream[start:start + batch_messages]])
               for start in range(0, len(stream), batch_messages)]
     sink = io.StringIO()
-    watch = Stopwatch()
+    watch, cpu_started = Stopwatch(), time.process_time()
     with contextlib.redirect_stdout(sink):
         for event in events:
             response = handler.handler(event, FakeLambdaContext())
@@ -165,6 +215,7 @@ def ingest(handler: ModuleType, stream: Sequence[str], batch_messages: int,
                 raise RuntimeError(f"handler reported failures: {response['batchItemFailures'][:3]}")
     seconds = watch.seconds
     return {"messages": len(stream), "invocations": len(events), "seconds": seconds,
+            "handler_cpu_seconds": time.process_time() - cpu_started,
             "ticks_handled_per_s": rate(len(stream) * ticks_per_message, seconds),
             "ms_per_invocation": seconds * 1000 / len(events)}
 

@@ -439,14 +439,22 @@ def checksum(conn: pymysql.Connection) -> dict[str, int]:
 
 @pytest.fixture
 def seeded(http_api: Any, db: pymysql.Connection) -> dict[str, int]:
-    """One broker with one script and 50 ticks, so that every id in a path names something real."""
+    """One broker with one script and 49 ticks (id 20 missing, in the gap ledger), so that every id in a path names
+    something real and the completeness routes have something to show."""
+    from tickstream.coverage import rebuild
     from tickstream.tick_store import insert_ticks_ignore
     from tickstream.ticks import Tick
 
     broker_id = make_broker(db, "Seeded")
     script_id = make_script(db, broker_id, "BTCUSDT")
     insert_ticks_ignore(db, [Tick(script_id, i, "1.5", "2", False, T0_US + i, T0_US + i, T0_US + i)
-                             for i in range(1, 51)])
+                             for i in range(1, 51) if i != 20])
+    rebuild(db, [script_id])  # a day of coverage with a hole, a gap in the ledger and a producer status to show
+    with db.cursor() as cursor:
+        cursor.execute("INSERT INTO gaps (script_id, first_trade_id, last_trade_id, next_trade_id, cause)"
+                       " VALUES (%s, 20, 20, 20, 'stream_jump')", (script_id,))
+        cursor.execute("INSERT INTO producer_status (script_id, broker_id, state, reported_at)"
+                       " VALUES (%s, %s, 'subscribed', UTC_TIMESTAMP(6))", (script_id, broker_id))
     return {"broker_id": broker_id, "script_id": script_id}
 
 

@@ -24,7 +24,6 @@ import pymysql
 DEFAULT_STREAM = "aggTrade"
 # Ticks deleted per statement when purging: keeps each transaction (and its undo log) small on big scripts.
 PURGE_CHUNK_ROWS = 10_000
-STATS_WINDOW_SECONDS = 60
 
 _ER_DUP_ENTRY = 1062
 _ER_ROW_IS_REFERENCED = 1451
@@ -111,17 +110,6 @@ class DeleteResult:
     ticks_deleted: int
 
 
-@dataclass(frozen=True, slots=True)
-class ScriptStats:
-    script_id: int
-    tick_count: int
-    first_trade_at: datetime | None
-    last_trade_at: datetime | None
-    ticks_last_minute: int
-    lag_p50_ms: float | None
-    lag_p99_ms: float | None
-
-
 # --- helpers -------------------------------------------------------------------------------------------------
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -150,6 +138,10 @@ def _decimal_text(text: str) -> str:
 
 def _error_code(error: pymysql.err.MySQLError) -> int | None:
     return error.args[0] if error.args and isinstance(error.args[0], int) else None
+
+
+def _in_list(values: Sequence[int]) -> str:
+    return "(" + ", ".join(["%s"] * len(values)) + ")"
 
 
 @contextmanager
@@ -357,7 +349,7 @@ def delete_script(conn: pymysql.Connection, script_id: int, *, purge: bool = Fal
 
 
 def _purge_script(conn: pymysql.Connection, script_id: int) -> int:
-    """Delete a script's ticks in chunks, each its own transaction, then its cached candles; returns how many."""
+    """Delete a script's ticks in chunks, each its own transaction, then what describes them; returns how many."""
     deleted = 0
     while True:
         with _transaction(conn) as cursor:
@@ -365,8 +357,9 @@ def _purge_script(conn: pymysql.Connection, script_id: int) -> int:
         deleted += chunk
         if chunk < PURGE_CHUNK_ROWS:
             break
-    with _transaction(conn) as cursor:  # the candle cache of those ticks (tickstream.market_data)
-        cursor.execute("DELETE FROM candles_1m WHERE script_id = %s", (script_id,))
+    with _transaction(conn) as cursor:  # what describes those ticks: candle cache, coverage, ledger, status
+        for table in ("candles_1m", "tick_coverage", "gaps", "producer_status"):
+            cursor.execute(f"DELETE FROM {table} WHERE script_id = %s", (script_id,))
     return deleted
 
 
@@ -412,20 +405,29 @@ _TICK_COLUMNS = ("trade_id, CAST(price AS CHAR), CAST(quantity AS CHAR), is_buye
                  " received_at_producer, stored_at")
 
 
-def tick_range(script_id: int, start: datetime | None, end: datetime | None, after: int | None,
-               descending: bool = False) -> tuple[str, list[Any]]:
-    """The WHERE clause (and its parameters) of a keyset page: traded in [start, end), after the cursor id."""
+def tick_range(conn: pymysql.Connection, script_id: int, start: datetime | None, end: datetime | None,
+               after: int | None, descending: bool = False) -> tuple[str, list[Any]] | None:
+    """`FROM ticks … WHERE …` (and its parameters) of a keyset page: traded in [start, end), after the cursor id;
+    None when nothing was traded then.
+
+    A time range is first turned into trade-id bounds through the (script_id, traded_at) index (two O(log n)
+    probes: trade ids increase with trade time, as on Binance), then rows are read on the primary key between them:
+    O(log n + page), however many rows lie outside the range or inside it.
+    """
     where, params = ["script_id = %s"], [script_id]
-    if start is not None:
-        where.append("traded_at >= %s")
-        params.append(_db_time(start))
-    if end is not None:
-        where.append("traded_at < %s")
-        params.append(_db_time(end))
+    index = ""
+    if start is not None or end is not None:
+        bounds = _trade_id_bounds(conn, script_id, start, end)
+        if bounds is None:
+            return None
+        where.append("trade_id BETWEEN %s AND %s")
+        params.extend(bounds)
+        index = " FORCE INDEX (PRIMARY)"  # the time predicates below only re-check rows the bounds already hold
+    _add_time_range(where, params, start, end)
     if after is not None:
         where.append("trade_id < %s" if descending else "trade_id > %s")
         params.append(after)
-    return " AND ".join(where), params
+    return f"FROM ticks{index} WHERE {' AND '.join(where)}", params
 
 
 def read_ticks(conn: pymysql.Connection, script_id: int, *, start: datetime | None = None,
@@ -436,9 +438,12 @@ def read_ticks(conn: pymysql.Connection, script_id: int, *, start: datetime | No
     Keyset pagination: `after` is the previous page's `next_cursor` (a trade id), so every page is an index range
     scan on the primary key, however deep, and rows inserted meanwhile never shift a page (no OFFSET).
     """
-    where, params = tick_range(script_id, start, end, after, descending)
+    selection = tick_range(conn, script_id, start, end, after, descending)
+    if selection is None:
+        return TickPage([], None)
+    from_where, params = selection
     direction = "DESC" if descending else "ASC"
-    sql = f"SELECT {_TICK_COLUMNS} FROM ticks WHERE {where} ORDER BY trade_id {direction} LIMIT %s"
+    sql = f"SELECT {_TICK_COLUMNS} {from_where} ORDER BY trade_id {direction} LIMIT %s"
     with conn.cursor() as cursor:
         cursor.execute(sql, (*params, limit + 1))  # one extra row tells whether another page exists
         rows = cursor.fetchall()
@@ -447,73 +452,36 @@ def read_ticks(conn: pymysql.Connection, script_id: int, *, start: datetime | No
     return TickPage(ticks, ticks[-1].trade_id if more and ticks else None)
 
 
+def _add_time_range(where: list[str], params: list[Any], start: datetime | None, end: datetime | None) -> None:
+    """traded_at in [start, end), either end open."""
+    if start is not None:
+        where.append("traded_at >= %s")
+        params.append(_db_time(start))
+    if end is not None:
+        where.append("traded_at < %s")
+        params.append(_db_time(end))
+
+
+def _trade_id_bounds(conn: pymysql.Connection, script_id: int, start: datetime | None,
+                     end: datetime | None) -> tuple[int, int] | None:
+    """The first and last trade id traded in [start, end) (either end open), each one probe of the
+    (script_id, traded_at) index; None when nothing was traded then."""
+    where, params = ["script_id = %s"], [script_id]
+    _add_time_range(where, params, start, end)
+    probe = (f"SELECT trade_id FROM ticks FORCE INDEX (ix_ticks_script_traded_at) WHERE {' AND '.join(where)}"
+             " ORDER BY traded_at {0}, trade_id {0} LIMIT 1")
+    with conn.cursor() as cursor:
+        cursor.execute(probe.format("ASC"), params)
+        first = cursor.fetchone()
+        if first is None:
+            return None
+        cursor.execute(probe.format("DESC"), params)
+        last = cursor.fetchone()
+    if last is None:
+        return None
+    return min(first[0], last[0]), max(first[0], last[0])
+
+
 def _stored_tick(row: Sequence[Any]) -> StoredTick:
     return StoredTick(row[0], _decimal_text(row[1]), _decimal_text(row[2]), bool(row[3]), _utc(row[4]),
                       _utc(row[5]), _utc(row[6]), _utc(row[7]))
-
-
-# --- stats ---------------------------------------------------------------------------------------------------
-
-def script_stats(conn: pymysql.Connection, window_seconds: int = STATS_WINDOW_SECONDS) -> list[ScriptStats]:
-    """Per existing script: totals, and over the ticks traded in the last `window_seconds` (by the database's
-    clock) their count and the producer→store lag percentiles (stored_at − received_at_producer)."""
-    with conn.cursor() as cursor:
-        cursor.execute("SELECT id FROM scripts ORDER BY id")
-        script_ids = [row[0] for row in cursor.fetchall()]
-    if not script_ids:
-        return []
-    totals = _tick_totals(conn, script_ids)
-    recent = _recent_lags(conn, script_ids, window_seconds)
-    return [_script_stats(script_id, totals.get(script_id), recent.get(script_id)) for script_id in script_ids]
-
-
-def _in_list(values: Sequence[int]) -> str:
-    return "(" + ", ".join(["%s"] * len(values)) + ")"
-
-
-def _tick_totals(conn: pymysql.Connection, script_ids: list[int]) -> dict[int, tuple[int, datetime, datetime]]:
-    with conn.cursor() as cursor:
-        cursor.execute(
-            "SELECT script_id, COUNT(*), MIN(traded_at), MAX(traded_at) FROM ticks"
-            f" WHERE script_id IN {_in_list(script_ids)} GROUP BY script_id",
-            script_ids,
-        )
-        return {row[0]: (row[1], _utc(row[2]), _utc(row[3])) for row in cursor.fetchall()}
-
-
-# Nearest-rank percentiles with window functions, which MySQL 8 and MariaDB 10.11 share (PERCENTILE_CONT is
-# MariaDB-only); the sort stays in the database instead of shipping every lag to the API.
-_LAG_SQL = """
-SELECT script_id, n, rn = GREATEST(1, CEIL(0.5 * n)), rn = GREATEST(1, CEIL(0.99 * n)), lag_us FROM (
-    SELECT script_id, lag_us,
-           ROW_NUMBER() OVER (PARTITION BY script_id ORDER BY lag_us) AS rn,
-           COUNT(*) OVER (PARTITION BY script_id) AS n
-    FROM (
-        SELECT script_id, TIMESTAMPDIFF(MICROSECOND, received_at_producer, stored_at) AS lag_us
-        FROM ticks
-        WHERE script_id IN {ids} AND traded_at >= UTC_TIMESTAMP(6) - INTERVAL %s SECOND
-    ) lags
-) ranked
-WHERE rn = GREATEST(1, CEIL(0.5 * n)) OR rn = GREATEST(1, CEIL(0.99 * n))
-"""
-
-
-def _recent_lags(conn: pymysql.Connection, script_ids: list[int],
-                 window_seconds: int) -> dict[int, tuple[int, float, float]]:
-    """script id → (ticks in the window, lag p50 ms, lag p99 ms), for scripts with ticks in the window."""
-    with conn.cursor() as cursor:
-        cursor.execute(_LAG_SQL.format(ids=_in_list(script_ids)), (*script_ids, window_seconds))
-        rows = cursor.fetchall()
-    result: dict[int, tuple[int, float, float]] = {}
-    for script_id, count, is_p50, is_p99, lag_us in rows:
-        _, p50, p99 = result.get(script_id, (count, 0.0, 0.0))
-        lag_ms = lag_us / 1000
-        result[script_id] = (count, lag_ms if is_p50 else p50, lag_ms if is_p99 else p99)
-    return result
-
-
-def _script_stats(script_id: int, totals: tuple[int, datetime, datetime] | None,
-                  recent: tuple[int, float, float] | None) -> ScriptStats:
-    count, first, last = totals or (0, None, None)
-    recent_count, p50, p99 = recent or (0, None, None)
-    return ScriptStats(script_id, count, first, last, recent_count, p50, p99)

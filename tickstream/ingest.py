@@ -21,11 +21,15 @@ from types import TracebackType
 import pymysql
 
 from tickstream.codec import TickBatch
+from tickstream.coverage import Key, RowGroup, summarize
 from tickstream.db import CONNECTION_ERRORS, connect
 from tickstream.settings import DatabaseSettings
 from tickstream.tick_store import InsertResult, TickStore
 
-CHUNK_ROWS = 2_000  # rows per LOAD DATA (about one message): ~7 ms of MySQL work, so the writer starts early
+# Rows after which pending batches go to the writer: about half a full message (~1,800 rows), so a full message is
+# one LOAD DATA of its own (~6 ms of MySQL work; the writer starts early) and a redelivered message is a chunk of
+# duplicates only, whose coverage needs no reload group by group (tickstream.tick_store).
+CHUNK_ROWS = 1_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +49,12 @@ NOTHING_STORED = StoreOutcome(0, 0, 0, frozenset())
 
 
 class TickIngestor:
-    def __init__(self, db: DatabaseSettings, open_store: Callable[[], TickStore] | None = None) -> None:
-        self._open_store = open_store or (lambda: TickStore(connect(db, local_infile=True)))
+    def __init__(self, db: DatabaseSettings, open_store: Callable[[], TickStore] | None = None, *,
+                 keep_coverage: bool = True) -> None:
+        """`keep_coverage=False` (with a store opened the same way) only measures what coverage costs."""
+        self.keep_coverage = keep_coverage
+        self._open_store = open_store or (
+            lambda: TickStore(connect(db, local_infile=True), keep_coverage=keep_coverage))
         self._store: TickStore | None = None
         self._known_scripts: set[int] = set()
 
@@ -79,12 +87,15 @@ class TickIngestor:
             raise
         return outcome
 
-    def write(self, batch: TickBatch) -> StoreOutcome:
-        """Write the batch's ticks of existing scripts into the open transaction (no commit)."""
+    def write(self, batch: TickBatch, groups: dict[Key, RowGroup] | None = None) -> StoreOutcome:
+        """Write the batch's ticks of existing scripts into the open transaction (no commit); `groups` is the
+        batch's coverage summary when the caller computed it already."""
         store = self._connected_store()
         known = self._known_script_ids(store, batch.script_ids)
         storable = batch.for_scripts(known)
-        result: InsertResult = store.write(storable)
+        if groups is not None and storable is not batch:
+            groups = {key: group for key, group in groups.items() if key[0] in known}
+        result: InsertResult = store.write(storable, groups)
         return StoreOutcome(result.inserted, result.duplicates, batch.count - storable.count,
                             batch.script_ids - storable.script_ids)
 
@@ -128,7 +139,7 @@ class IngestPipeline:
         self._batches: list[TickBatch] = []
         self._pending: list[TickBatch] = []
         self._pending_rows = 0
-        self._chunks: queue.SimpleQueue[TickBatch | None] = queue.SimpleQueue()
+        self._chunks: queue.SimpleQueue[tuple[TickBatch, dict[Key, RowGroup] | None] | None] = queue.SimpleQueue()
         self._error: BaseException | None = None
         self._writer = threading.Thread(target=self._write_chunks, name="ingest-writer", daemon=True)
 
@@ -160,17 +171,20 @@ class IngestPipeline:
             raise self._error
 
     def _hand_over(self) -> None:
+        """The pending batches to the writer, with their coverage summary: computed here, on the handler's thread,
+        while the writer waits for MySQL on the previous chunk: the two overlap instead of adding up."""
         if self._pending:
-            self._chunks.put(TickBatch.join(self._pending))
+            chunk = TickBatch.join(self._pending)
+            self._chunks.put((chunk, summarize(chunk.rows) if self.ingestor.keep_coverage else None))
             self._pending, self._pending_rows = [], 0
 
     def _write_chunks(self) -> None:
         """The writer thread: every chunk into one transaction, then commit; after an error, only drain."""
         wrote = False
-        while (chunk := self._chunks.get()) is not None:
+        while (item := self._chunks.get()) is not None:
             if self._error is None:
                 try:
-                    self.outcome += self.ingestor.write(chunk)
+                    self.outcome += self.ingestor.write(*item)
                     wrote = True
                 except BaseException as error:  # handed to the caller's thread in __exit__
                     self._error = error

@@ -216,10 +216,13 @@ def _candle(row: Sequence[Any], interval_seconds: int) -> Candle:
 def export_rows(conn: pymysql.Connection, script_id: int, *, start: datetime | None, end: datetime | None,
                 after: int | None, limit: int) -> tuple[list[ExportRow], int | None]:
     """Up to `limit` ticks of [start, end) after trade id `after`, ascending; and the cursor for the next page."""
-    where, params = tick_range(script_id, start, end, after)
+    selection = tick_range(conn, script_id, start, end, after)
+    if selection is None:
+        return [], None
+    from_where, params = selection
     sql = ("SELECT trade_id, CAST(price AS CHAR), CAST(quantity AS CHAR),"
-           " TIMESTAMPDIFF(MICROSECOND, '1970-01-01', traded_at), is_buyer_maker"
-           f" FROM ticks WHERE {where} ORDER BY trade_id LIMIT %s")
+           f" TIMESTAMPDIFF(MICROSECOND, '1970-01-01', traded_at), is_buyer_maker {from_where} ORDER BY trade_id"
+           " LIMIT %s")
     with conn.cursor() as cursor:
         cursor.execute(sql, (*params, limit + 1))  # one extra row tells whether another page exists
         rows = cursor.fetchall()

@@ -7,6 +7,12 @@ Two paths, both idempotent (a duplicate key is skipped, never an error and never
 - multi-row `INSERT IGNORE`, parameterised, otherwise.
 Callers pass validated ticks (a decoded `TickBatch`, or ticks checked by `tickstream.ticks.validate_tick`): both
 paths would otherwise coerce bad values.
+
+`TickStore` also keeps tick_coverage (tickstream.coverage) in the same transaction, exactly: it needs, per
+(script, UTC day), how many rows were really inserted, and a statement only reports its total. A chunk of one
+(script, day) group — or one whose rows are all new, or all duplicates — is loaded in one statement and its total
+is the answer; only a chunk with several groups that is partly stored already (a redelivery mixed with new rows) is
+rolled back to a savepoint and loaded again group by group.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from dataclasses import dataclass
 import pymysql
 
 from tickstream.codec import TickBatch
+from tickstream.coverage import DAY_US, CoverageDelta, Key, RowGroup, rows_by_group, summarize
 from tickstream.db import Connection
 from tickstream.ticks import Tick
 
@@ -75,11 +82,15 @@ class LoadDataFile:
 
     def insert(self, conn: Connection, batch: TickBatch) -> InsertResult:
         """LOAD DATA LOCAL … IGNORE of the batch's rows as they are (validated, nothing to escape); no commit."""
-        with open(self.path, "wb") as scratch:
-            scratch.write(batch.rows)
-        with conn.sending(self.path), conn.cursor() as cursor:  # the one file this connection may send
-            inserted = cursor.execute(LOAD_DATA_SQL, (self.path,))
+        inserted = self.load(conn, batch.rows)
         return InsertResult(inserted, batch.count - inserted)
+
+    def load(self, conn: Connection, rows: bytes) -> int:
+        """The rows inserted (duplicates skipped); no commit."""
+        with open(self.path, "wb") as scratch:
+            scratch.write(rows)
+        with conn.sending(self.path), conn.cursor() as cursor:  # the one file this connection may send
+            return cursor.execute(LOAD_DATA_SQL, (self.path,))
 
     def close(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -88,13 +99,18 @@ class LoadDataFile:
 
 class TickStore:
     """One connection's tick writer: picks the fastest idempotent path the server and the connection allow (LOAD
-    DATA LOCAL needs a connection opened with `local_infile=True`)."""
+    DATA LOCAL needs a connection opened with `local_infile=True`), and keeps tick_coverage.
 
-    def __init__(self, conn: pymysql.Connection, use_load_data: bool | None = None) -> None:
+    `keep_coverage=False` exists only to measure what coverage costs (bench/ingest.py); the ingest always keeps it.
+    """
+
+    def __init__(self, conn: pymysql.Connection, use_load_data: bool | None = None, *,
+                 keep_coverage: bool = True) -> None:
         self.conn = conn
         if use_load_data is None:
             use_load_data = isinstance(conn, Connection) and conn.local_infile and server_allows_load_data(conn)
         self._load_file = LoadDataFile() if use_load_data else None
+        self._coverage = CoverageDelta() if keep_coverage else None
 
     @property
     def method(self) -> str:
@@ -107,31 +123,81 @@ class TickStore:
         """Store the batch (duplicates skipped) and commit; on any error roll back and raise."""
         try:
             result = self.write(batch)
-            self.conn.commit()
+            self.commit()
         except BaseException:
             self.rollback()
             raise
         return result
 
-    def write(self, batch: TickBatch) -> InsertResult:
-        """Store the batch (duplicates skipped) in the open transaction; the caller commits or rolls back."""
+    def write(self, batch: TickBatch, groups: dict[Key, RowGroup] | None = None) -> InsertResult:
+        """Store the batch (duplicates skipped) in the open transaction; the caller commits or rolls back.
+
+        `groups` is `coverage.summarize(batch.rows)` when the caller already has it (the ingest computes it on the
+        handler's thread, in parallel with the previous chunk's load)."""
         if not batch.count:
             return InsertResult(0, 0)
-        if self._load_file:
-            return self._load_file.insert(self.conn, batch)
-        return insert_ticks_ignore(self.conn, batch.ticks())
+        if self._coverage is None:
+            if self._load_file:
+                return self._load_file.insert(self.conn, batch)
+            return insert_ticks_ignore(self.conn, batch.ticks())
+        if groups is None:
+            groups = summarize(batch.rows)
+        inserted = self._load_counted(batch, groups) if self._load_file else self._insert_counted(batch, groups)
+        return InsertResult(inserted, batch.count - inserted)
+
+    def _load_counted(self, batch: TickBatch, groups: dict[Key, RowGroup]) -> int:
+        load, coverage = self._load_file.load, self._coverage
+        if len(groups) == 1:
+            inserted = load(self.conn, batch.rows)
+            coverage.add(next(iter(groups.values())), inserted)
+            return inserted
+        with self.conn.cursor() as cursor:
+            cursor.execute("SAVEPOINT tick_chunk")
+        inserted = load(self.conn, batch.rows)
+        if inserted == batch.count:  # all new (the live stream): every group's rows were stored
+            for group in groups.values():
+                coverage.add(group, group.count)
+            return inserted
+        if inserted == 0:  # all there already (a redelivery): nothing to count
+            return 0
+        with self.conn.cursor() as cursor:  # partly there already: which groups' rows were new is unknown
+            cursor.execute("ROLLBACK TO SAVEPOINT tick_chunk")
+        inserted = 0
+        for key, rows in rows_by_group(batch.rows).items():
+            stored = load(self.conn, rows)
+            coverage.add(groups[key], stored)
+            inserted += stored
+        return inserted
+
+    def _insert_counted(self, batch: TickBatch, groups: dict[Key, RowGroup]) -> int:
+        by_group: dict[Key, list[Tick]] = {}
+        for tick in batch.ticks():
+            by_group.setdefault((tick.script_id, tick.traded_at_us // DAY_US), []).append(tick)
+        inserted = 0
+        for key, ticks in by_group.items():
+            stored = insert_ticks_ignore(self.conn, ticks).inserted
+            self._coverage.add(groups[key], stored)
+            inserted += stored
+        return inserted
 
     def commit(self) -> None:
+        """Coverage of the transaction's ticks, then COMMIT: both or neither."""
+        if self._coverage is not None:
+            self._coverage.write(self.conn)
         self.conn.commit()
+        if self._coverage is not None:
+            self._coverage.clear()
 
     def rollback(self) -> None:
+        if self._coverage is not None:
+            self._coverage.clear()
         _rollback_quietly(self.conn)
 
     def existing_script_ids(self) -> set[int]:
         with self.conn.cursor() as cursor:
             cursor.execute("SELECT id FROM scripts")
             ids = {row[0] for row in cursor.fetchall()}
-        self.conn.commit()  # end the read view so the next look sees new scripts
+        self.commit()  # end the read view so the next look sees new scripts (with the coverage of what it commits)
         return ids
 
     def close(self) -> None:

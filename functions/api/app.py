@@ -6,12 +6,14 @@
 from __future__ import annotations
 
 from chalice import Chalice, Response
-from chalicelib import console, http, market_data, openapi, service
+from chalicelib import completeness, console, http, market_data, openapi, service
 from chalicelib.http import ANY_CONTENT, JSON_CONTENT, json_body, path_id, query, respond
 from chalicelib.models import (
     BrokerCreate,
     BrokerPatch,
+    CoverageQuery,
     DeleteQuery,
+    GapsQuery,
     RedriveRequest,
     ScriptCreate,
     ScriptPatch,
@@ -75,7 +77,7 @@ def create_script() -> Response:
 
 @app.route("/scripts/{script_id}", methods=["GET"], content_types=ANY_CONTENT)
 def get_script(script_id: str) -> Response:
-    return respond(service.get_script(path_id(script_id, "script")))
+    return respond(completeness.get_script(path_id(script_id, "script")))
 
 
 @app.route("/scripts/{script_id}", methods=["PATCH"], content_types=JSON_CONTENT)
@@ -96,9 +98,20 @@ def list_ticks(script_id: str) -> Response:
     return respond(service.read_ticks(script, query(app.current_request, TicksQuery)))
 
 
+@app.route("/scripts/{script_id}/coverage", methods=["GET"], content_types=ANY_CONTENT)
+def script_coverage(script_id: str) -> Response:
+    script = path_id(script_id, "script")
+    return respond(completeness.script_coverage(script, query(app.current_request, CoverageQuery)))
+
+
+@app.route("/gaps", methods=["GET"], content_types=ANY_CONTENT)
+def list_gaps() -> Response:
+    return respond(completeness.list_gaps(query(app.current_request, GapsQuery)))
+
+
 @app.route("/stats", methods=["GET"], content_types=ANY_CONTENT)
 def stats() -> Response:
-    return respond(service.stats())
+    return respond(completeness.stats())
 
 
 @app.route("/dlq/redrive", methods=["POST"], content_types=JSON_CONTENT)

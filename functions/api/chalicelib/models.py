@@ -9,7 +9,7 @@ cannot hold them) and, in names, no control characters.
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -237,6 +237,68 @@ class TicksQuery(Query):
         return self
 
 
+def parse_day(value: Any) -> date:
+    """A UTC day as YYYY-MM-DD (nothing else: no epoch numbers, no times)."""
+    if isinstance(value, date):
+        return value
+    text = str(value).strip()
+    try:
+        if text.isascii() and len(text) == 10:
+            return date.fromisoformat(text)
+    except ValueError:
+        pass
+    raise ValueError("must be a day as YYYY-MM-DD")
+
+
+DayParam = Annotated[date, BeforeValidator(parse_day), WithJsonSchema({"type": "string", "format": "date"})]
+MAX_COVERAGE_DAYS = 366
+DEFAULT_COVERAGE_DAYS = 31
+GapState = Literal["pending", "filling", "filled", "unrecoverable"]
+MAX_GAPS_PAGE = 1000
+
+
+def _shifted(day: date, days: int) -> date:
+    """`day` moved by `days`, stopping at the calendar's ends (year 1, year 9999) instead of overflowing."""
+    try:
+        return day + timedelta(days=days)
+    except OverflowError:
+        return date.max if days > 0 else date.min
+
+
+class CoverageQuery(Query):
+    from_: DayParam | None = Field(default=None, alias="from",
+                                   description="first UTC day, inclusive (YYYY-MM-DD); default: 30 days before to")
+    to: DayParam | None = Field(default=None, description="last UTC day, inclusive (YYYY-MM-DD); default: today")
+
+    @model_validator(mode="after")
+    def _bounded(self) -> CoverageQuery:
+        if self.to is None:
+            self.to = datetime.now(UTC).date() if self.from_ is None else \
+                _shifted(self.from_, DEFAULT_COVERAGE_DAYS - 1)
+        if self.from_ is None:
+            self.from_ = _shifted(self.to, 1 - DEFAULT_COVERAGE_DAYS)
+        if self.from_ > self.to:
+            raise ValueError("from must not be after to")
+        if (self.to - self.from_).days >= MAX_COVERAGE_DAYS:
+            raise ValueError(f"at most {MAX_COVERAGE_DAYS} days per request")
+        return self
+
+
+class GapsQuery(Query):
+    script_id: Annotated[int, Field(ge=1, le=MAX_ID)] | None = Field(default=None, description="only this script")
+    state: GapState | None = Field(default=None, description="only gaps in this state")
+    limit: Annotated[int, Field(ge=1, le=MAX_GAPS_PAGE)] = 100
+    cursor: Annotated[str, StringConstraints(pattern=r"^[0-9]{1,20}$")] | None = Field(
+        default=None, description="next_cursor of the previous page")
+    order: Literal["asc", "desc"] = Field(default="desc", description="by gap id: desc is newest first")
+
+    @model_validator(mode="after")
+    def _sane(self) -> GapsQuery:
+        if self.cursor is not None and int(self.cursor) > MAX_TRADE_ID:
+            raise ValueError("cursor is not a gap id")
+        return self
+
+
 # --- responses ---------------------------------------------------------------------------------------------------
 
 class Out(BaseModel):
@@ -270,6 +332,40 @@ class ScriptOut(Out):
 
 class ScriptList(Out):
     scripts: list[ScriptOut]
+
+
+class ProducerStatusOut(Out):
+    """What the producer last reported for the script (producer_status, upserted every few seconds)."""
+
+    broker_id: int
+    state: str = Field(description="subscribed | unknown_symbol | backfilling | lagging | connecting")
+    detail: str | None
+    connection: str | None
+    last_trade_id: int | None
+    last_traded_at: datetime | None
+    backfill_done: int | None = Field(description="trades fetched of the running backfill")
+    backfill_total: int | None
+    lag_ms_p50: int | None = Field(description="trade time to the producer's receive time, bounded sample")
+    lag_ms_p99: int | None
+    reported_at: datetime
+
+
+class ScriptTicksOut(Out):
+    """The script's stored ticks, from the per-day coverage (no tick is counted)."""
+
+    tick_count: int
+    first_trade_id: int | None
+    last_trade_id: int | None
+    first_trade_at: datetime | None
+    last_trade_at: datetime | None
+    days: int = Field(description="UTC days with stored ticks")
+    incomplete_days: int = Field(description="days whose ids between first and last are not all stored")
+    missing_trades: int = Field(description="over all days: expected (last − first + 1) − stored")
+
+
+class ScriptDetailOut(ScriptOut):
+    ticks: ScriptTicksOut
+    status: ProducerStatusOut | None = Field(description="null until the producer reports this script")
 
 
 class Deleted(Out):
@@ -307,12 +403,61 @@ class ScriptStatsOut(Out):
     name: str
     trading_symbol: str
     is_active: bool
-    tick_count: int
+    tick_count: int = Field(description="stored ticks, from the per-day coverage")
     first_trade_at: datetime | None
     last_trade_at: datetime | None
+    incomplete_days: int
+    missing_trades: int
     ticks_last_minute: int = Field(description="ticks traded in the last minute (database clock)")
-    lag_ms_p50: float | None = Field(description="stored_at − received_at_producer, ticks of the last minute")
+    lag_ms_p50: float | None = Field(description="stored_at − received_at_producer over the newest ≤ 1,000 ticks"
+                                                 " of the last minute")
     lag_ms_p99: float | None
+    status: ProducerStatusOut | None = Field(description="null until the producer reports this script")
+
+
+class GapOut(Out):
+    """One entry of the gap ledger: trade ids the producer knows it has not delivered (yet)."""
+
+    id: int
+    script_id: int
+    first_trade_id: int
+    last_trade_id: int
+    next_trade_id: int = Field(description="where filling resumes")
+    cause: str = Field(description="stream_jump | reconnect | restart | audit")
+    state: str = Field(description="pending | filling | filled | unrecoverable")
+    attempts: int
+    last_error: str | None
+    trades_filled: int
+    detected_at: datetime
+    filled_at: datetime | None
+    updated_at: datetime
+
+
+class GapPage(Out):
+    gaps: list[GapOut]
+    next_cursor: str | None = Field(description="pass as cursor for the next page; null on the last page")
+
+
+class CoverageDayOut(Out):
+    day: date
+    first_trade_id: int
+    last_trade_id: int
+    first_traded_at: datetime
+    last_traded_at: datetime
+    stored: int
+    expected: int = Field(description="last_trade_id − first_trade_id + 1 (trade ids are contiguous)")
+    missing: int
+    complete: bool
+    audited_at: datetime | None
+    gaps: list[GapOut] = Field(description="ledger entries in this day's ids (up to the next day's first id)")
+
+
+class CoverageOut(Out):
+    script_id: int
+    first_day: date = Field(description="the asked range (from), inclusive")
+    last_day: date = Field(description="the asked range (to), inclusive")
+    days: list[CoverageDayOut] = Field(description="UTC days with stored ticks, oldest first")
+    gaps_truncated: bool = Field(description="true: more gaps than one answer holds; list them with GET /gaps")
 
 
 class QueueDepthOut(Out):

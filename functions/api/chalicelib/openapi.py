@@ -63,7 +63,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
                                    query=models.ScriptsQuery, errors=(422,)),
     ("/scripts", "POST"): Operation("createScript", "Add a script (trading symbol) to a broker", models.ScriptOut,
                                     201, body=models.ScriptCreate, errors=(*BODY_ERRORS, 409)),
-    ("/scripts/{script_id}", "GET"): Operation("getScript", "One script", models.ScriptOut, errors=(404,)),
+    ("/scripts/{script_id}", "GET"): Operation(
+        "getScript", "One script, with its stored-tick totals (from coverage) and the producer's status",
+        models.ScriptDetailOut, errors=(404,)),
     ("/scripts/{script_id}", "PATCH"): Operation(
         "updateScript", "Change a script's fields (broker_id, trading_symbol and stream only while it has no ticks)",
         models.ScriptOut, body=models.ScriptPatch, errors=(*BODY_ERRORS, 404, 409)),
@@ -81,7 +83,13 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         query=market_data.TicksCsvQuery, errors=(404, 422), media_type="text/csv",
         headers=(("Content-Disposition", "attachment; filename=<SYMBOL>-aggTrades-<from>-<to>.csv"),
                  (market_data.NEXT_CURSOR_HEADER, "present when more rows follow: pass as cursor"))),
-    ("/stats", "GET"): Operation("stats", "Per-script counts and lag; queue and DLQ depth", models.StatsOut),
+    ("/scripts/{script_id}/coverage", "GET"): Operation(
+        "scriptCoverage", "Per UTC day: stored, expected and missing trades, with the gaps of the ledger",
+        models.CoverageOut, query=models.CoverageQuery, errors=(404, 422)),
+    ("/gaps", "GET"): Operation("listGaps", "The gap ledger, keyset-paginated by gap id", models.GapPage,
+                                query=models.GapsQuery, errors=(422,)),
+    ("/stats", "GET"): Operation("stats", "Per-script counts (from coverage), lag and producer status; queue and DLQ"
+                                          " depth", models.StatsOut),
     ("/dlq/redrive", "POST"): Operation("redriveDlq", "Move DLQ messages back to the ticks queue", models.RedriveOut,
                                         body=models.RedriveRequest, body_required=False,
                                         errors=(*BODY_ERRORS, 409)),

@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 from chalicelib.database import Database
@@ -22,8 +21,6 @@ from chalicelib.models import (
     BrokerPatch,
     Deleted,
     HealthOut,
-    QueueDepthOut,
-    QueuesOut,
     RedriveOut,
     RedriveRequest,
     ScriptCreate,
@@ -31,8 +28,6 @@ from chalicelib.models import (
     ScriptOut,
     ScriptPatch,
     ScriptsQuery,
-    ScriptStatsOut,
-    StatsOut,
     TickOut,
     TickPage,
     TicksQuery,
@@ -151,14 +146,6 @@ def list_scripts(query: ScriptsQuery) -> ScriptList:
         return ScriptList(scripts=[_script_out(s) for s in catalog.list_scripts(conn, query.broker_id)])
 
 
-def get_script(script_id: int) -> ScriptOut:
-    with database.connection() as conn:
-        script = catalog.get_script(conn, script_id)
-    if script is None:
-        raise not_found(f"no script with id {script_id}")
-    return _script_out(script)
-
-
 def create_script(body: ScriptCreate) -> ScriptOut:
     subject = f"a script with trading symbol {body.trading_symbol!r} on broker {body.broker_id}"
     with database.connection() as conn, _catalog_errors(subject):
@@ -202,33 +189,7 @@ def read_ticks(script_id: int, query: TicksQuery) -> TickPage:
     )
 
 
-# --- stats and queues ----------------------------------------------------------------------------------------
-
-def stats() -> StatsOut:
-    with database.connection() as conn:
-        scripts = {script.id: script for script in catalog.list_scripts(conn)}
-        per_script = catalog.script_stats(conn)
-    rows = [_script_stats_out(scripts[s.script_id], s) for s in per_script if s.script_id in scripts]
-    depths = queues.queue_depths()  # outside the database lock: SQS may be slow to answer
-    return StatsOut(
-        generated_at=datetime.now(UTC), window_seconds=catalog.STATS_WINDOW_SECONDS, scripts=rows,
-        queues=QueuesOut(queue=_depth_out(depths["queue"]), dlq=_depth_out(depths["dlq"])),
-    )
-
-
-def _script_stats_out(script: catalog.Script, stats: catalog.ScriptStats) -> ScriptStatsOut:
-    return ScriptStatsOut(
-        script_id=script.id, broker_id=script.broker_id, name=script.name, trading_symbol=script.trading_symbol,
-        is_active=script.is_active, tick_count=stats.tick_count, first_trade_at=stats.first_trade_at,
-        last_trade_at=stats.last_trade_at, ticks_last_minute=stats.ticks_last_minute,
-        lag_ms_p50=stats.lag_p50_ms, lag_ms_p99=stats.lag_p99_ms,
-    )
-
-
-def _depth_out(depth: queues.QueueDepth) -> QueueDepthOut:
-    return QueueDepthOut(approximate_messages=depth.visible, approximate_in_flight=depth.in_flight,
-                         approximate_delayed=depth.delayed, reason=depth.reason)
-
+# --- queues ----------------------------------------------------------------------------------------------------
 
 def redrive(body: RedriveRequest) -> RedriveOut:
     try:

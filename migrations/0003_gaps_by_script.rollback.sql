@@ -1,0 +1,1 @@
+DROP INDEX ix_gaps_script_id ON gaps;

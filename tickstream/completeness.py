@@ -1,0 +1,269 @@
+"""What the API tells about completeness: per-day coverage with the gaps of the ledger, the ledger itself, and the
+per-script figures of /stats and GET /scripts/{id}.
+
+Every read here costs O(scripts), O(days asked) or O(gaps asked), never O(stored ticks): totals come from
+tick_coverage (kept by the ingest, tickstream.coverage), what the producer is doing from producer_status, and the
+lag percentiles from a bounded sample (the newest `LAG_SAMPLE_TICKS` ticks of each script traded in the window,
+read backwards through the (script_id, traded_at) index). Plain functions over an (autocommit) pymysql connection.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
+import pymysql
+
+from tickstream.coverage import CoverageDay, coverage_days
+
+STATS_WINDOW_SECONDS = 60
+LAG_SAMPLE_TICKS = 1000  # per script: enough for a p99 (the 10th largest), bounded however busy the script is
+LAG_SAMPLE_SCRIPTS_PER_STATEMENT = 100
+COVERAGE_GAPS_LIMIT = 1000  # gaps returned with one coverage answer; `gaps_truncated` says when there were more
+_STRADDLING_GAPS = 10  # gaps starting before the asked ids that may still reach into them
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    id: int
+    script_id: int
+    first_trade_id: int
+    last_trade_id: int
+    next_trade_id: int
+    cause: str
+    state: str
+    attempts: int
+    last_error: str | None
+    trades_filled: int
+    detected_at: datetime
+    filled_at: datetime | None
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class GapPage:
+    gaps: list[Gap]
+    next_cursor: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class DayCoverage:
+    day: CoverageDay
+    gaps: list[Gap]
+
+
+@dataclass(frozen=True, slots=True)
+class CoverageReport:
+    days: list[DayCoverage]
+    gaps_truncated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerStatus:
+    script_id: int
+    broker_id: int
+    state: str
+    detail: str | None
+    connection: str | None
+    last_trade_id: int | None
+    last_traded_at: datetime | None
+    backfill_done: int | None
+    backfill_total: int | None
+    lag_ms_p50: int | None
+    lag_ms_p99: int | None
+    reported_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TickTotals:
+    """A script's stored ticks, from tick_coverage."""
+
+    tick_count: int
+    first_trade_id: int | None
+    last_trade_id: int | None
+    first_trade_at: datetime | None
+    last_trade_at: datetime | None
+    days: int
+    incomplete_days: int
+    missing_trades: int
+
+
+NO_TICKS = TickTotals(0, None, None, None, None, 0, 0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptStats:
+    script_id: int
+    totals: TickTotals
+    ticks_last_minute: int
+    lag_p50_ms: float | None
+    lag_p99_ms: float | None
+    status: ProducerStatus | None
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return None if value is None else value.replace(tzinfo=UTC)
+
+
+def _in_list(values: Sequence[int]) -> str:
+    return "(" + ", ".join(["%s"] * len(values)) + ")"
+
+
+# --- the gap ledger ----------------------------------------------------------------------------------------------
+
+_GAP_COLUMNS = ("id, script_id, first_trade_id, last_trade_id, next_trade_id, cause, state, attempts, last_error,"
+                " trades_filled, detected_at, filled_at, updated_at")
+
+
+def _gap(row: Sequence[object]) -> Gap:
+    return Gap(int(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4]), row[5], row[6], int(row[7]), row[8],
+               int(row[9]), _utc(row[10]), _utc(row[11]), _utc(row[12]))
+
+
+def list_gaps(conn: pymysql.Connection, *, script_id: int | None = None, state: str | None = None,
+              after: int | None = None, limit: int = 100, descending: bool = True) -> GapPage:
+    """One page of the ledger, ordered by gap id (desc: newest first), keyset-paginated like the tick listing:
+    `after` is the previous page's `next_cursor`. Each filter combination has an index ending in `id`."""
+    where: list[str] = []
+    params: list[object] = []
+    if script_id is not None:
+        where.append("script_id = %s")
+        params.append(script_id)
+    if state is not None:
+        where.append("state = %s")
+        params.append(state)
+    if after is not None:
+        where.append("id < %s" if descending else "id > %s")
+        params.append(after)
+    sql = f"SELECT {_GAP_COLUMNS} FROM gaps"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += f" ORDER BY id {'DESC' if descending else 'ASC'} LIMIT %s"
+    with conn.cursor() as cursor:
+        cursor.execute(sql, (*params, limit + 1))
+        rows = cursor.fetchall()
+    gaps = [_gap(row) for row in rows[:limit]]
+    return GapPage(gaps, gaps[-1].id if len(rows) > limit and gaps else None)
+
+
+def gaps_between(conn: pymysql.Connection, script_id: int, first_trade_id: int, last_trade_id: int,
+                 limit: int = COVERAGE_GAPS_LIMIT) -> tuple[list[Gap], bool]:
+    """Gaps of the script overlapping the ids [first, last], by first id; and whether there were more than `limit`.
+
+    Two index ranges of (script_id, first_trade_id): the gaps starting inside, and the few starting just before
+    that may reach in (never a scan of the script's whole ledger).
+    """
+    with conn.cursor() as cursor:
+        cursor.execute(f"SELECT {_GAP_COLUMNS} FROM gaps WHERE script_id = %s AND first_trade_id < %s"
+                       " ORDER BY first_trade_id DESC LIMIT %s", (script_id, first_trade_id, _STRADDLING_GAPS))
+        before = [gap for gap in map(_gap, cursor.fetchall()) if gap.last_trade_id >= first_trade_id]
+        cursor.execute(f"SELECT {_GAP_COLUMNS} FROM gaps WHERE script_id = %s AND first_trade_id BETWEEN %s AND %s"
+                       " ORDER BY first_trade_id LIMIT %s", (script_id, first_trade_id, last_trade_id, limit + 1))
+        inside = [_gap(row) for row in cursor.fetchall()]
+    gaps = before[::-1] + inside
+    return gaps[:limit], len(gaps) > limit
+
+
+def coverage_report(conn: pymysql.Connection, script_id: int, first_day: date, last_day: date) -> CoverageReport:
+    """The script's covered days in [first_day, last_day] (days without ticks are absent), each with the ledger's
+    gaps that fall in its ids: from its first id up to the next covered day's first id (a gap between two days
+    belongs to the earlier one), so every gap of the range shows up."""
+    days = coverage_days(conn, script_id, first_day, last_day)
+    if not days:
+        return CoverageReport([], False)
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT first_trade_id FROM tick_coverage WHERE script_id = %s AND day > %s ORDER BY day"
+                       " LIMIT 1", (script_id, last_day))
+        following = cursor.fetchone()
+    next_firsts = [day.first_trade_id for day in days[1:]] + [following[0] if following else None]
+    ends = [day.last_trade_id if nxt is None else max(day.last_trade_id, nxt - 1)
+            for day, nxt in zip(days, next_firsts, strict=True)]
+    gaps, truncated = gaps_between(conn, script_id, days[0].first_trade_id, max(ends))
+    return CoverageReport([DayCoverage(day, [gap for gap in gaps
+                                             if gap.first_trade_id <= end and gap.last_trade_id >= day.first_trade_id])
+                           for day, end in zip(days, ends, strict=True)], truncated)
+
+
+# --- per-script figures: /stats and GET /scripts/{id} -------------------------------------------------------------
+
+def tick_totals(conn: pymysql.Connection, script_ids: Sequence[int]) -> dict[int, TickTotals]:
+    """Per script with coverage: O(days) rows of tick_coverage each, no tick read."""
+    if not script_ids:
+        return {}
+    with conn.cursor() as cursor:
+        cursor.execute(
+            "SELECT script_id, SUM(stored), MIN(first_trade_id), MAX(last_trade_id), MIN(first_traded_at),"
+            " MAX(last_traded_at), COUNT(*), SUM(last_trade_id - first_trade_id + 1 > stored),"
+            " SUM(GREATEST(CAST(last_trade_id - first_trade_id + 1 AS SIGNED) - CAST(stored AS SIGNED), 0))"
+            f" FROM tick_coverage WHERE script_id IN {_in_list(script_ids)} GROUP BY script_id", list(script_ids))
+        return {row[0]: TickTotals(int(row[1]), int(row[2]), int(row[3]), _utc(row[4]), _utc(row[5]), int(row[6]),
+                                   int(row[7]), int(row[8])) for row in cursor.fetchall()}
+
+
+_STATUS_COLUMNS = ("script_id, broker_id, state, detail, connection, last_trade_id, last_traded_at, backfill_done,"
+                   " backfill_total, lag_ms_p50, lag_ms_p99, reported_at")
+
+
+def producer_statuses(conn: pymysql.Connection, script_ids: Sequence[int]) -> dict[int, ProducerStatus]:
+    if not script_ids:
+        return {}
+    with conn.cursor() as cursor:
+        cursor.execute(f"SELECT {_STATUS_COLUMNS} FROM producer_status WHERE script_id IN {_in_list(script_ids)}",
+                       list(script_ids))
+        return {row[0]: ProducerStatus(row[0], row[1], row[2], row[3], row[4], row[5], _utc(row[6]), row[7],
+                                       row[8], row[9], row[10], _utc(row[11])) for row in cursor.fetchall()}
+
+
+def recent_tick_counts(conn: pymysql.Connection, script_ids: Sequence[int], window_seconds: int) -> dict[int, int]:
+    """Ticks traded in the last `window_seconds` per script: an index-only range of (script_id, traded_at), so
+    its cost follows the trade rate, not the table."""
+    if not script_ids:
+        return {}
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT script_id, COUNT(*) FROM ticks FORCE INDEX (ix_ticks_script_traded_at)"
+                       f" WHERE script_id IN {_in_list(script_ids)}"
+                       " AND traded_at >= UTC_TIMESTAMP(6) - INTERVAL %s SECOND GROUP BY script_id",
+                       (*script_ids, window_seconds))
+        return {row[0]: int(row[1]) for row in cursor.fetchall()}
+
+
+def _percentile(ordered: Sequence[int], fraction: float) -> int:
+    """Nearest rank."""
+    return ordered[max(1, math.ceil(fraction * len(ordered))) - 1]
+
+
+def sampled_lags(conn: pymysql.Connection, script_ids: Sequence[int], window_seconds: int,
+                 sample: int = LAG_SAMPLE_TICKS) -> dict[int, tuple[float, float]]:
+    """script id → (p50, p99) in ms of stored_at − received_at_producer over the newest `sample` ticks traded in
+    the window; one UNION ALL statement per `LAG_SAMPLE_SCRIPTS_PER_STATEMENT` scripts, each part a backward
+    index range that stops after `sample` rows."""
+    lags: dict[int, list[int]] = {}
+    part = ("(SELECT script_id, TIMESTAMPDIFF(MICROSECOND, received_at_producer, stored_at) FROM ticks"
+            " WHERE script_id = %s AND traded_at >= UTC_TIMESTAMP(6) - INTERVAL %s SECOND"
+            " ORDER BY traded_at DESC LIMIT %s)")
+    step = LAG_SAMPLE_SCRIPTS_PER_STATEMENT
+    for start in range(0, len(script_ids), step):
+        chunk = script_ids[start:start + step]
+        with conn.cursor() as cursor:
+            cursor.execute(" UNION ALL ".join([part] * len(chunk)),
+                           [value for script_id in chunk for value in (script_id, window_seconds, sample)])
+            for script_id, lag_us in cursor.fetchall():
+                lags.setdefault(script_id, []).append(int(lag_us))
+    result = {}
+    for script_id, values in lags.items():
+        values.sort()
+        result[script_id] = (_percentile(values, 0.5) / 1000, _percentile(values, 0.99) / 1000)
+    return result
+
+
+def script_stats(conn: pymysql.Connection, script_ids: Sequence[int],
+                 window_seconds: int = STATS_WINDOW_SECONDS) -> list[ScriptStats]:
+    """The figures of each script, in the order given."""
+    totals = tick_totals(conn, script_ids)
+    statuses = producer_statuses(conn, script_ids)
+    recent = recent_tick_counts(conn, script_ids, window_seconds)
+    lags = sampled_lags(conn, [script_id for script_id in script_ids if recent.get(script_id)], window_seconds)
+    return [ScriptStats(script_id, totals.get(script_id, NO_TICKS), recent.get(script_id, 0),
+                        *lags.get(script_id, (None, None)), statuses.get(script_id)) for script_id in script_ids]

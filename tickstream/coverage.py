@@ -1,0 +1,387 @@
+"""Coverage per script per UTC day (table `tick_coverage`): how many ticks are stored, and their id and time span.
+
+Written by the ingest in the same transaction as the ticks (`TickStore` keeps a `CoverageDelta` per transaction and
+upserts it just before COMMIT), so a committed tick is always counted and a rolled-back one never is. `stored`
+counts rows really inserted: every `LOAD DATA … IGNORE` / `INSERT IGNORE` statement reports how many of its rows
+were new, and a statement only ever holds rows of one (script, day) when the split is not known otherwise (see
+`TickStore`), so a redelivered duplicate adds nothing, also when two writers race for the same rows (the storage
+engine, not a count made beforehand, decides which one stored a row).
+
+For a venue with contiguous trade ids (Binance), expected = last_trade_id − first_trade_id + 1 and
+missing = expected − stored. The audit's read side lives here too: `incomplete_days` (from tick_coverage only) and
+`missing_ranges` (a keyset walk over the primary key between two ids, in bounded chunks), plus `boundary_gaps`
+(ids missing between one day's last id and the next day's first).
+
+Data stored before coverage existed (or written around the ingest): `python -m tickstream.coverage rebuild`
+recounts it day by day through the (script_id, traded_at) index, safely while the ingest runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+import pymysql
+
+DAY_US = 86_400_000_000
+_EPOCH = datetime(1970, 1, 1)
+_EPOCH_DAY = date(1970, 1, 1)
+MISSING_RANGES_CHUNK_ROWS = 50_000  # ids read per statement by the audit's walk: bounded work per round trip
+_FIELDS = 8  # a row's tab-separated fields (tickstream.codec's row format)
+
+Key = tuple[int, int]  # (script_id, UTC day as days since the epoch)
+
+
+@dataclass(frozen=True, slots=True)
+class RowGroup:
+    """The rows of one (script, UTC day) in a batch: how many, and their id and time span."""
+
+    script_id: int
+    day: int
+    count: int
+    first_trade_id: int
+    last_trade_id: int
+    first_traded_us: int
+    last_traded_us: int
+
+    def merged(self, other: RowGroup) -> RowGroup:
+        return RowGroup(self.script_id, self.day, self.count + other.count,
+                        min(self.first_trade_id, other.first_trade_id), max(self.last_trade_id, other.last_trade_id),
+                        min(self.first_traded_us, other.first_traded_us),
+                        max(self.last_traded_us, other.last_traded_us))
+
+
+def summarize(rows: bytes) -> dict[Key, RowGroup]:
+    """The (script, day) groups of validated rows (tickstream.codec's format).
+
+    The hot path of coverage (~0.5 µs per row, run on the handler's thread while the writer loads the previous
+    chunk): one split of the whole batch, then per block of consecutive rows of one script, min/max over C-level
+    lists; only a block that crosses midnight UTC is split row by row.
+    """
+    fields = rows.replace(b"\n", b"\t").split(b"\t")
+    scripts, ids, times = fields[0:-1:_FIELDS], fields[1:-1:_FIELDS], fields[5:-1:_FIELDS]
+    groups: dict[Key, RowGroup] = {}
+    position = 0
+    for script, block in itertools.groupby(scripts):
+        count = len(list(block))
+        block_ids, block_times = ids[position:position + count], times[position:position + count]
+        position += count
+        (first_id, last_id), (first_time, last_time) = _span(block_ids), _span(block_times)
+        script_id = int(script)
+        if first_time // DAY_US == last_time // DAY_US:
+            _add(groups, RowGroup(script_id, first_time // DAY_US, count, first_id, last_id, first_time, last_time))
+            continue
+        for trade_id, traded in zip(map(int, block_ids), map(int, block_times), strict=True):  # crosses midnight
+            _add(groups, RowGroup(script_id, traded // DAY_US, 1, trade_id, trade_id, traded, traded))
+    return groups
+
+
+def _span(numbers: list[bytes]) -> tuple[int, int]:
+    """min and max of decimal integers without leading zeros: compared as bytes when all have the same length
+    (times always, ids nearly always), which spares converting every one."""
+    if len(set(map(len, numbers))) == 1:
+        return int(min(numbers)), int(max(numbers))
+    values = list(map(int, numbers))
+    return min(values), max(values)
+
+
+def _add(groups: dict[Key, RowGroup], group: RowGroup) -> None:
+    key = (group.script_id, group.day)
+    known = groups.get(key)
+    groups[key] = group if known is None else known.merged(group)
+
+
+def rows_by_group(rows: bytes) -> dict[Key, bytes]:
+    """The rows of each (script, day) group, in their order (the slow path: a chunk partly stored already)."""
+    grouped: dict[Key, list[bytes]] = {}
+    for line in rows.splitlines(keepends=True):
+        fields = line.split(b"\t", 6)
+        grouped.setdefault((int(fields[0]), int(fields[5]) // DAY_US), []).append(line)
+    return {key: b"".join(lines) for key, lines in grouped.items()}
+
+
+def day_of(day: int) -> date:
+    return _EPOCH_DAY + timedelta(days=day)
+
+
+def _time(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+_UPSERT_SQL = (
+    "INSERT INTO tick_coverage (script_id, day, stored, first_trade_id, last_trade_id, first_traded_at,"
+    " last_traded_at) VALUES {values} ON DUPLICATE KEY UPDATE stored = stored + VALUES(stored),"
+    " first_trade_id = LEAST(first_trade_id, VALUES(first_trade_id)),"
+    " last_trade_id = GREATEST(last_trade_id, VALUES(last_trade_id)),"
+    " first_traded_at = LEAST(first_traded_at, VALUES(first_traded_at)),"
+    " last_traded_at = GREATEST(last_traded_at, VALUES(last_traded_at))"
+)
+
+
+class CoverageDelta:
+    """What one transaction adds to tick_coverage; written by `write` just before COMMIT.
+
+    Last in the transaction on purpose: the upsert locks the (script, day) rows until COMMIT, so two writers of one
+    hot script serialise only for that statement and the commit, not for their loads. Rows go in key order, so two
+    writers never take the same coverage rows in opposite orders (no deadlock between them).
+    """
+
+    def __init__(self) -> None:
+        self._groups: dict[Key, RowGroup] = {}
+
+    def add(self, group: RowGroup, stored: int) -> None:
+        """`group`'s rows were all stored or already there; `stored` of them are new."""
+        if stored:
+            _add(self._groups, RowGroup(group.script_id, group.day, stored, group.first_trade_id,
+                                        group.last_trade_id, group.first_traded_us, group.last_traded_us))
+
+    def __len__(self) -> int:
+        return len(self._groups)
+
+    def stored(self, key: Key) -> int:
+        group = self._groups.get(key)
+        return group.count if group else 0
+
+    def write(self, conn: pymysql.Connection) -> None:
+        if not self._groups:
+            return
+        groups = [self._groups[key] for key in sorted(self._groups)]
+        values: list[object] = []
+        for group in groups:
+            values += [group.script_id, day_of(group.day), group.count, group.first_trade_id, group.last_trade_id,
+                       _time(group.first_traded_us), _time(group.last_traded_us)]
+        with conn.cursor() as cursor:
+            cursor.execute(_UPSERT_SQL.format(values=",".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(groups))),
+                           values)
+
+    def clear(self) -> None:
+        self._groups = {}
+
+
+# --- reading coverage (the API, the audit) -----------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class CoverageDay:
+    script_id: int
+    day: date
+    stored: int
+    first_trade_id: int
+    last_trade_id: int
+    first_traded_at: datetime
+    last_traded_at: datetime
+    audited_at: datetime | None
+
+    @property
+    def expected(self) -> int:
+        """For contiguous trade ids (Binance): every id between the day's first and last."""
+        return self.last_trade_id - self.first_trade_id + 1
+
+    @property
+    def missing(self) -> int:
+        return max(0, self.expected - self.stored)
+
+    @property
+    def complete(self) -> bool:
+        return self.missing == 0
+
+
+_DAY_COLUMNS = ("script_id, day, stored, first_trade_id, last_trade_id, first_traded_at, last_traded_at,"
+                " audited_at")
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return None if value is None else value.replace(tzinfo=UTC)
+
+
+def _coverage_day(row: Sequence[object]) -> CoverageDay:
+    return CoverageDay(int(row[0]), row[1], int(row[2]), int(row[3]), int(row[4]), _utc(row[5]), _utc(row[6]),
+                       _utc(row[7]))
+
+
+def coverage_days(conn: pymysql.Connection, script_id: int, first_day: date | None = None,
+                  last_day: date | None = None) -> list[CoverageDay]:
+    """The script's days with stored ticks in [first_day, last_day], oldest first (a range of the primary key)."""
+    where, params = ["script_id = %s"], [script_id]
+    if first_day is not None:
+        where.append("day >= %s")
+        params.append(first_day)
+    if last_day is not None:
+        where.append("day <= %s")
+        params.append(last_day)
+    with conn.cursor() as cursor:
+        cursor.execute(f"SELECT {_DAY_COLUMNS} FROM tick_coverage WHERE {' AND '.join(where)} ORDER BY day", params)
+        return [_coverage_day(row) for row in cursor.fetchall()]
+
+
+def incomplete_days(conn: pymysql.Connection, script_id: int) -> list[CoverageDay]:
+    """The script's days where expected > stored, oldest first: what an audit must walk (tick_coverage only)."""
+    with conn.cursor() as cursor:
+        cursor.execute(f"SELECT {_DAY_COLUMNS} FROM tick_coverage WHERE script_id = %s"
+                       " AND last_trade_id - first_trade_id + 1 > stored ORDER BY day", (script_id,))
+        days = [_coverage_day(row) for row in cursor.fetchall()]
+    conn.commit()  # end the read view: a non-autocommit caller's next look sees newer coverage
+    return days
+
+
+def boundary_gaps(conn: pymysql.Connection, script_id: int) -> list[tuple[int, int]]:
+    """Ids missing between one covered day's last id and the next day's first (first, last inclusive), oldest first.
+
+    Per-day coverage cannot see these (each day's expected starts at its own first id); O(days) rows of
+    tick_coverage, no tick is read.
+    """
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT first_trade_id, last_trade_id FROM tick_coverage WHERE script_id = %s ORDER BY day",
+                       (script_id,))
+        spans = cursor.fetchall()
+    conn.commit()
+    return [(int(last) + 1, int(first) - 1) for (_, last), (first, _) in itertools.pairwise(spans)
+            if first > last + 1]
+
+
+def missing_ranges(conn: pymysql.Connection, script_id: int, first_trade_id: int, last_trade_id: int,
+                   chunk_rows: int = MISSING_RANGES_CHUNK_ROWS) -> Iterator[tuple[int, int]]:
+    """The ids in [first_trade_id, last_trade_id] not stored for the script (first, last inclusive), oldest first.
+
+    A keyset walk over the primary key (script_id, trade_id): each statement reads at most `chunk_rows` ids after
+    the previous one, so the work is O(ids in the range) in bounded steps, never the table, however deep below the
+    newest id the range lies. A chunk without holes is recognised at C speed (its span equals its length).
+    """
+    expected = first_trade_id
+    while expected <= last_trade_id:
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT trade_id FROM ticks WHERE script_id = %s AND trade_id >= %s AND trade_id <= %s"
+                           " ORDER BY trade_id LIMIT %s", (script_id, expected, last_trade_id, chunk_rows))
+            ids = [row[0] for row in cursor.fetchall()]
+        conn.commit()
+        if ids and ids[0] == expected and ids[-1] - expected + 1 == len(ids):
+            expected = ids[-1] + 1  # contiguous: nothing missing in this chunk
+        else:
+            for trade_id in ids:
+                if trade_id > expected:
+                    yield expected, trade_id - 1
+                expected = trade_id + 1
+        if len(ids) < chunk_rows:
+            if expected <= last_trade_id:
+                yield expected, last_trade_id
+            return
+
+
+def day_missing_ranges(conn: pymysql.Connection, script_id: int, day: date,
+                       chunk_rows: int = MISSING_RANGES_CHUNK_ROWS) -> list[tuple[int, int]]:
+    """The holes of one covered day (between its first and last stored id); [] for a day without coverage."""
+    days = coverage_days(conn, script_id, day, day)
+    conn.commit()
+    if not days:
+        return []
+    return list(missing_ranges(conn, script_id, days[0].first_trade_id, days[0].last_trade_id, chunk_rows))
+
+
+def mark_audited(conn: pymysql.Connection, script_id: int, day: date) -> None:
+    """Record that an audit compared this day with the ticks (commits)."""
+    with conn.cursor() as cursor:
+        cursor.execute("UPDATE tick_coverage SET audited_at = UTC_TIMESTAMP(6) WHERE script_id = %s AND day = %s",
+                       (script_id, day))
+    conn.commit()
+
+
+# --- rebuilding coverage from the ticks (data older than coverage) ----------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class RebuildResult:
+    scripts: int
+    days: int
+    ticks: int
+
+
+def rebuild(conn: pymysql.Connection, script_ids: Sequence[int] | None = None) -> RebuildResult:
+    """Recount tick_coverage from the ticks, one transaction per script and day (each an index range scan of
+    (script_id, traded_at) over that day only). Safe while the ingest runs: see `rebuild_day`."""
+    if script_ids is None:
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT id FROM scripts ORDER BY id")
+            script_ids = [row[0] for row in cursor.fetchall()]
+        conn.commit()
+    days = ticks = 0
+    for script_id in script_ids:
+        day = _next_day_with_ticks(conn, script_id, None)
+        while day is not None:
+            ticks += rebuild_day(conn, script_id, day)
+            days += 1
+            day = _next_day_with_ticks(conn, script_id, day + timedelta(days=1))
+    return RebuildResult(len(script_ids), days, ticks)
+
+
+def _next_day_with_ticks(conn: pymysql.Connection, script_id: int, since: date | None) -> date | None:
+    sql = "SELECT traded_at FROM ticks WHERE script_id = %s"
+    params: list[object] = [script_id]
+    if since is not None:
+        sql += " AND traded_at >= %s"
+        params.append(since)
+    with conn.cursor() as cursor:
+        cursor.execute(sql + " ORDER BY traded_at LIMIT 1", params)
+        row = cursor.fetchone()
+    conn.commit()
+    return None if row is None else row[0].date()
+
+
+def rebuild_day(conn: pymysql.Connection, script_id: int, day: date) -> int:
+    """Set one day's coverage to what the ticks hold; returns the day's tick count.
+
+    Safe against a concurrent ingest: the coverage row is locked first (FOR UPDATE, no read view yet), then the
+    ticks are counted in a read view taken after that lock. A writer that upserted this row before has committed
+    (its lock was released), so its ticks are in the count; one that has not upserted yet waits for this commit and
+    adds its own, uncounted, ticks afterwards.
+    """
+    start = datetime.combine(day, datetime.min.time())
+    conn.begin()
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT stored FROM tick_coverage WHERE script_id = %s AND day = %s FOR UPDATE",
+                           (script_id, day))
+            cursor.execute(
+                "SELECT COUNT(*), MIN(trade_id), MAX(trade_id), MIN(traded_at), MAX(traded_at)"
+                " FROM ticks FORCE INDEX (ix_ticks_script_traded_at)"
+                " WHERE script_id = %s AND traded_at >= %s AND traded_at < %s",
+                (script_id, start, start + timedelta(days=1)))
+            count, first_id, last_id, first_at, last_at = cursor.fetchone()
+            if count:
+                cursor.execute(
+                    "INSERT INTO tick_coverage (script_id, day, stored, first_trade_id, last_trade_id,"
+                    " first_traded_at, last_traded_at) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+                    " ON DUPLICATE KEY UPDATE stored = VALUES(stored), first_trade_id = VALUES(first_trade_id),"
+                    " last_trade_id = VALUES(last_trade_id), first_traded_at = VALUES(first_traded_at),"
+                    " last_traded_at = VALUES(last_traded_at)",
+                    (script_id, day, count, first_id, last_id, first_at, last_at))
+            else:
+                cursor.execute("DELETE FROM tick_coverage WHERE script_id = %s AND day = %s", (script_id, day))
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    return int(count)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tickstream.db import connect
+    from tickstream.settings import load_settings
+
+    parser = argparse.ArgumentParser(prog="python -m tickstream.coverage", description="tick_coverage upkeep")
+    commands = parser.add_subparsers(dest="command", required=True)
+    rebuild_parser = commands.add_parser("rebuild", help="recount coverage from the ticks, by script and day")
+    rebuild_parser.add_argument("--script-id", type=int, action="append", help="only this script (repeatable)")
+    args = parser.parse_args(argv)
+    conn = connect(load_settings().db)
+    try:
+        result = rebuild(conn, args.script_id)
+    finally:
+        conn.close()
+    print(f"rebuilt coverage: {result.scripts} scripts, {result.days} days, {result.ticks:,} ticks")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
