@@ -104,7 +104,7 @@ class GapLedger:
 
     def failed_attempt(self, gap_id: int, error: str) -> None:
         """A transient failure (transport, timeout, 5xx, 429): the gap stays open and is retried."""
-        self._execute("UPDATE gaps SET attempts = attempts + 1, last_error = %s WHERE id = %s",
+        self._execute("UPDATE gaps SET last_error = %s WHERE id = %s",
                       (error[:ERROR_CHARS], gap_id))
 
     def release(self, gap_id: int) -> None:

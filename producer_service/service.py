@@ -91,7 +91,7 @@ class ProducerService:
         if feed is None:
             stop = threading.Event()  # the feed's own: closing it (an endpoint change) stops its backfill and REST
             rest = BinanceRest(broker.rest_url, self.settings.rest_weight_per_minute, self.settings.rest_weight_share,
-                               stop, allowed_hosts=self.allowed_hosts)
+                               stop, self.settings.rest_timeout_seconds, self.allowed_hosts)
             feed = BinanceFeed(f"broker {broker.broker_id}", broker.ws_url, rest, self.settings,
                                self.sink, self.sequencer, self.attempts, stop, self.ledger, self.allowed_hosts)
             self.feeds[broker.endpoint] = feed
@@ -132,15 +132,11 @@ class ProducerService:
             self.sequencer.forget(target.script_id)
         feed.close()
 
-    def close(self, drain_seconds: float = 10.0) -> None:
-        """SIGTERM path: stop reading, let running backfills finish (bounded), flush the sink."""
-        deadline = time.monotonic() + drain_seconds
-        for feed in self.feeds.values():
-            for conn in feed.connections:
-                conn.close()
-        while time.monotonic() < deadline and not all(f.backfiller.idle() for f in self.feeds.values()):
-            time.sleep(0.05)
-        for feed in self.feeds.values():  # stops backfills and REST waits
+    def close(self) -> None:
+        """SIGTERM path: stop reading and backfilling (the gap ledger keeps what is left for the next start: no
+        need to wait for a backfill), flush the sink."""
+        self.stop_requested.set()  # ends the audit
+        for feed in self.feeds.values():  # its connections, its backfill, its REST waits
             feed.close()
         self.sink.close()
         self._publish_status(final=True)

@@ -121,6 +121,14 @@ class ExchangeSimulator:
         """Ids generated (and in REST history) but deliberately withheld by skip_ids()."""
         return self._call(lambda: frozenset(self.core.skipped[(symbol.upper(), kind)]))
 
+    def rest_served(self, symbol: str, kind: str = AGG_TRADE) -> list[tuple[int, int]]:
+        """(first id, last id) of every page of trades REST answered for `symbol` and `kind`, in order."""
+        return self._call(lambda: list(self.core.rest.served.get((symbol.upper(), kind), [])))
+
+    def rest_faults(self, *faults: str, every: int = 0) -> None:
+        """REST answers with these faults in turn ("reset", "hang", "503", "429", ...); none: answers again."""
+        self.config.rest_faults, self.config.rest_fault_every = tuple(faults), every
+
     def counts(self, symbol: str, kind: str = AGG_TRADE) -> dict[str, int]:
         """generated / published / skipped / paused / duplicated / malformed event counts."""
         keys = ("generated", "published", "skipped", "paused", "duplicated", "malformed")

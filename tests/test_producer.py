@@ -422,7 +422,7 @@ def test_an_endpoint_change_ends_the_old_feeds_backfill(db: pymysql.Connection, 
             assert wait_until(lambda: not new_feed.backfiller.idle() or bool(new_feed.backfiller.unfilled)), \
                 "the new feed resumed the script and found the hole again"
         finally:
-            service.close(drain_seconds=0)
+            service.close()
 
 
 def test_a_put_waiting_for_room_ends_when_its_feed_stops() -> None:
