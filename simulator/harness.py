@@ -7,6 +7,7 @@ import concurrent.futures
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -120,6 +121,14 @@ class ExchangeSimulator:
     def skipped_ids(self, symbol: str, kind: str = AGG_TRADE) -> frozenset[int]:
         """Ids generated (and in REST history) but deliberately withheld by skip_ids()."""
         return self._call(lambda: frozenset(self.core.skipped[(symbol.upper(), kind)]))
+
+    def burst(self, symbol: str, trades: int, chunk: int = 20_000) -> None:
+        """`trades` trades of `symbol` at once, into its history only (not streamed): a market burst the stream
+        shows as an id jump, to be backfilled from REST. Generated in chunks so the loop keeps serving."""
+        market = self.core.markets[symbol.upper()]
+        for start in range(0, trades, chunk):
+            size = min(chunk, trades - start)
+            self._call(lambda size=size: market.generate(1.0, size, int(time.time() * 1000)))
 
     def rest_served(self, symbol: str, kind: str = AGG_TRADE) -> list[tuple[int, int]]:
         """(first id, last id) of every page of trades REST answered for `symbol` and `kind`, in order."""
