@@ -13,7 +13,6 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import requests
@@ -22,6 +21,7 @@ from producer_service.ledger import FILLED, UNRECOVERABLE, GapLedger, LedgerGap
 from producer_service.pacing import Backoff
 from producer_service.rest import BinanceRest, RestBanned, RestError
 from producer_service.sequencer import Gap
+from producer_service.sink import TickSink
 from tickstream.binance import MalformedPayload, rest_aggtrade_to_tick, rest_trade_to_tick
 from tickstream.db import CONNECTION_ERRORS
 from tickstream.ticks import Tick
@@ -61,14 +61,12 @@ def is_transient(error: RestError) -> bool:
 
 class Backfiller:
     """A worker thread per REST endpoint; `request(job)` reports a gap (from any thread, no I/O), `resume(row)`
-    hands over one already in the ledger. Ticks go to `emit`; `taken()` returns an event set once everything
-    emitted so far is delivered. The thread ends once `stop` is set (its feed closed, or the producer stops)."""
+    hands over one already in the ledger. Ticks go to the sink; after each page, its taken-marker says when the
+    page is delivered. The thread ends once `stop` is set (its feed closed, or the producer stops)."""
 
-    def __init__(self, rest: BinanceRest, emit: Callable[[Tick], None], taken: Callable[[], threading.Event],
-                 ledger: GapLedger, stop: threading.Event) -> None:
+    def __init__(self, rest: BinanceRest, sink: TickSink, ledger: GapLedger, stop: threading.Event) -> None:
         self.rest = rest
-        self.emit = emit
-        self.taken = taken
+        self.sink = sink
         self.ledger = ledger
         self.stop = stop
         self.filled = 0
@@ -199,7 +197,7 @@ class Backfiller:
                 continue
             page = [tick for tick in ticks if next_id <= tick.trade_id <= row.last_id]
             for tick in page:
-                self.emit(tick)
+                self.sink.put(tick, self.stop)
             self._wait_taken()
             page_start, next_id = next_id, min(ticks[-1].trade_id, row.last_id) + 1
             filled += len(page)
@@ -217,7 +215,7 @@ class Backfiller:
                  row.next_id, row.last_id, time.monotonic() - started)
 
     def _wait_taken(self) -> None:
-        taken = self.taken()
+        taken = self.sink.put_taken_marker(self.stop)
         while not taken.wait(0.2):
             if self.stop.is_set():
                 raise InterruptedError("stopping")

@@ -6,7 +6,6 @@ normalise, drop duplicates by id, hand the tick to the sink, and hand any gap to
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
@@ -59,8 +58,7 @@ class BinanceFeed:
         self.sequencer = sequencer
         self.attempts = attempts
         self.stop = stop  # set by close(): ends the backfill thread and any REST wait of this feed
-        self.backfiller = Backfiller(rest, functools.partial(sink.put, stop=stop),
-                                     functools.partial(sink.put_taken_marker, stop=stop), ledger, stop)
+        self.backfiller = Backfiller(rest, sink, ledger, stop)
         self.by_stream: dict[str, ScriptTarget] = {}
         self.connections: list[StreamConnection] = []
         self.counts: Counter[int] = Counter()
