@@ -83,7 +83,9 @@ class Backfiller:
         self._reported.append(job)
 
     def resume(self, row: LedgerGap, symbol: str, stream_type: str) -> None:
-        self._claimed.append(_Claimed(row, symbol, stream_type))
+        """Queue a ledger row, unless it is queued already (a script removed and added again)."""
+        if all(claimed.row.gap_id != row.gap_id for claimed in list(self._claimed)):
+            self._claimed.append(_Claimed(row, symbol, stream_type))
 
     def progress(self) -> dict[int, tuple[int, int]]:
         """Per script with open gaps: (ids done, ids in all), for the producer status."""

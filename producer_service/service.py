@@ -98,17 +98,17 @@ class ProducerService:
         gone = [target for stream, target in feed.by_stream.items()
                 if stream not in {t.stream for t in broker.targets}]
         new = [target for target in broker.targets if target.stream not in feed.by_stream]
-        self._resume(feed, new)  # before subscribing: the first live id must be compared with what is stored
-        feed.apply(list(broker.targets))
-        self._audit(feed, new)  # after subscribing: in the background
+        resume_points = self._resume(feed, new)  # before subscribing: the first live id is compared with them
+        added = feed.apply(list(broker.targets))
+        self._audit(feed, added, resume_points)  # after subscribing: in the background
         for target in gone:
             self.sequencer.forget(target.script_id)
 
-    def _resume(self, feed: BinanceFeed, targets: list[ScriptTarget]) -> None:
+    def _resume(self, feed: BinanceFeed, targets: list[ScriptTarget]) -> dict[int, int]:
         """The sequencer continues after what is stored or journaled (the first live id then reveals the gap
-        since); the ledger's unfinished gaps of these scripts go to the backfill."""
+        since); the ledger's unfinished gaps of these scripts go to the backfill. Returns the resume points."""
         if not targets:
-            return
+            return {}
         stored = last_trade_ids(self._connection(), [target.script_id for target in targets])
         by_script = {target.script_id: target for target in targets}
         for target in targets:
@@ -118,10 +118,13 @@ class ProducerService:
         for row in self.ledger.open_gaps(list(by_script)):
             target = by_script[row.script_id]
             feed.backfiller.resume(row, target.symbol, target.stream_type)
+        return {target.script_id: last for target in targets
+                if (last := self.sequencer.last_id(target.script_id)) is not None}
 
-    def _audit(self, feed: BinanceFeed, targets: list[ScriptTarget]) -> None:
+    def _audit(self, feed: BinanceFeed, targets: list[ScriptTarget], resume_points: dict[int, int]) -> None:
+        """Below its resume point, a script's ids are the audit's; above it, the live stream's and its gaps'."""
         for target in targets:
-            resume_point = self.sequencer.last_id(target.script_id)
+            resume_point = resume_points.get(target.script_id)
             if resume_point is not None:
                 self.auditor.request(AuditRequest(target.script_id, target.symbol, target.stream_type, resume_point,
                                                   feed.backfiller))

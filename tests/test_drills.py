@@ -380,7 +380,7 @@ def _stop_mid_backfill(start_drill: StartDrill, results: list[DrillResult], name
         d.trade(3)
         d.sim.burst(BURST_SYMBOL, 850_000)
         gap = d.wait_for_gap(BURST_SYMBOL, lambda g: g["last_trade_id"] - g["first_trade_id"] >= 500_000
-                             and g["next_trade_id"] - g["first_trade_id"] >= 150_000, timeout=60)
+                             and g["next_trade_id"] - g["first_trade_id"] >= 100_000, timeout=60)
         stop(d)
         (stopped,) = [g for g in d.gaps(BURST_SYMBOL) if g["first_trade_id"] == gap["first_trade_id"]]
         restart_producer(d, down_seconds=2)
