@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 EMPTY_PAGE_RETRIES = 5
 PROGRESS_LOG_SECONDS = 5.0
 RETRY_BACKOFF_CAP_SECONDS = 10.0
+# Pages one gap may take before the next gap gets its turn (and newly reported gaps are written to the ledger):
+# a 500k-id gap must not hold up a few seconds' restart gap of another script for a minute.
+PAGES_PER_TURN = 20
 # What a retry is for: the network, the exchange being overloaded, or the ledger's database being away.
 TRANSIENT_ERRORS = (OSError, requests.RequestException, *CONNECTION_ERRORS)
 
@@ -74,6 +77,8 @@ class Backfiller:
         self._reported: deque[BackfillJob] = deque()  # not yet in the ledger
         self._claimed: deque[_Claimed] = deque()
         self._busy = threading.Event()
+        self._began: dict[int, tuple[float, int]] = {}  # gap id → when this process began it, and its next id then
+        self._logged_at = time.monotonic()  # the last progress line
         self._thread = threading.Thread(target=self._run, name="backfill", daemon=True)
 
     def start(self) -> None:
@@ -136,8 +141,10 @@ class Backfiller:
         row = claimed.row
         try:
             self.ledger.start_filling(row.gap_id)
-            self._fill(claimed)
-            self._claimed.popleft()
+            if self._fill(claimed):
+                self._claimed.popleft()
+            else:
+                self._claimed.rotate(-1)  # its turn is over: the next gap's, then this one's again
             backoff.reset()
         except InterruptedError:
             log.info("%s: backfill of ids %d..%d stopped (feed closed or producer stopping); the ledger keeps the "
@@ -182,14 +189,20 @@ class Backfiller:
             log.warning("gap ledger unavailable (%s); gap %d stays open and is fetched again on restart",
                         ledger_error, row.gap_id)
 
-    def _fill(self, claimed: _Claimed) -> None:
-        """From the row's `next_id` to its end; the row in `_claimed` is replaced as it advances, so a retry
-        continues where the last delivered page ended."""
-        row, started = claimed.row, time.monotonic()
-        next_id, filled, empty_pages, logged_at, at_start = row.next_id, row.trades_filled, 0, started, row.next_id
+    def _fill(self, claimed: _Claimed) -> bool:
+        """From the row's `next_id` on, PAGES_PER_TURN pages at most; True once it reached the end. The row in
+        `_claimed` is replaced as it advances, so a retry or the next turn continues after the last page taken."""
+        row = claimed.row
+        started, at_start = self._began.setdefault(row.gap_id, (time.monotonic(), row.next_id))
+        next_id, filled, empty_pages, pages = row.next_id, row.trades_filled, 0, 0
         while next_id <= row.last_id:
             if self.stop.is_set():
                 raise InterruptedError("stopping")
+            if pages == PAGES_PER_TURN:
+                if self._claimed_others():
+                    return False
+                pages = 0
+            pages += 1
             ticks = self._page(claimed, next_id)
             if not ticks:
                 empty_pages += 1
@@ -203,18 +216,24 @@ class Backfiller:
             self._wait_taken()
             page_start, next_id = next_id, min(ticks[-1].trade_id, row.last_id) + 1
             filled += len(page)
-            self.ledger.progress(row.gap_id, next_id, filled)
             if ticks[0].trade_id > page_start:
                 log.error("%s: REST has no trades %d..%d any more (its history starts later); skipped",
                           claimed.symbol, page_start, ticks[0].trade_id - 1)
-            self._advance(claimed, next_id, filled, len(page))
+            self._advance(claimed, next_id, filled, len(page))  # first: a ledger error's retry goes on from here
             claimed = self._claimed[0]
-            if time.monotonic() - logged_at >= PROGRESS_LOG_SECONDS:
-                logged_at = time.monotonic()
-                _log_progress(claimed.symbol, row, next_id, (next_id - at_start) / (logged_at - started))
+            self.ledger.progress(row.gap_id, next_id, filled)
+            if time.monotonic() - self._logged_at >= PROGRESS_LOG_SECONDS:
+                self._logged_at = time.monotonic()
+                _log_progress(claimed.symbol, row, next_id, (next_id - at_start) / (self._logged_at - started))
         self.ledger.finish(row.gap_id, FILLED)
-        log.info("%s: backfilled %s trades (ids %d..%d) in %.1f s", claimed.symbol, f"{filled - row.trades_filled:,}",
-                 row.next_id, row.last_id, time.monotonic() - started)
+        del self._began[row.gap_id]
+        log.info("%s: backfilled %s trades (ids %d..%d) in %.1f s", claimed.symbol, f"{next_id - at_start:,}",
+                 at_start, row.last_id, time.monotonic() - started)
+        return True
+
+    def _claimed_others(self) -> bool:
+        """Another gap waits, or a new one was reported (it is written to the ledger before this one goes on)."""
+        return len(self._claimed) > 1 or bool(self._reported)
 
     def _wait_taken(self) -> None:
         taken = self.sink.put_taken_marker(self.stop)
