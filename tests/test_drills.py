@@ -341,7 +341,7 @@ BURST_SYMBOL = "BTCUSDT"
 
 
 def test_rest_flaky_for_30_seconds_while_connections_drop_every_5(
-        start_drill: StartDrill, results: list[DrillResult]) -> None:
+        start_drill: StartDrill, stack: DrillStack, api_token: str, results: list[DrillResult]) -> None:
     """For 30 s every REST call fails in turn: connection reset, a hang past the client's 2 s timeout, 503, 429
     with Retry-After, 502; meanwhile the simulator drops every connection every 5 s, so each reconnect opens gaps
     that cannot be fetched. They wait in the gap ledger (retried with capped backoff) and are filled once REST
@@ -364,9 +364,10 @@ def test_rest_flaky_for_30_seconds_while_connections_drop_every_5(
         while time.monotonic() < deadline and any(gap["state"] != "filled" for gap in gaps):
             time.sleep(0.5)
             gaps = [gap for symbol in SYMBOLS for gap in d.gaps(symbol)]
+        redriven = redrive_until_stored(d, stack, api_token, timeout=120)[0]
         result = d.finish(notes=f"{faults} REST calls failed over 30 s, {drops} connections dropped; {len(gaps)} "
                                 f"gaps in the ledger, {sum(g['attempts'] for g in gaps)} fill attempts; "
-                                f"{d.producer.backfilled():,} trades backfilled")
+                                f"{d.producer.backfilled():,} trades backfilled" + _redriven_note(redriven))
     record_and_check(results, result)
     assert gaps and all(gap["state"] == "filled" for gap in gaps), gaps
     assert any(gap["attempts"] > 1 and gap["last_error"] for gap in gaps), "fills failed and were retried"
