@@ -31,7 +31,6 @@ MALFORMED_SAMPLE_CHARS = 200
 HANDOVER_SECONDS = 10.0
 SYMBOL_CHECK_SECONDS = 300.0
 LAG_SAMPLES = 512  # per script: one lag per socket read, the newest kept (p50/p99 over a bounded sample)
-CAUSE_SECONDS = 10.0  # how long after a (re)connect or a restart a gap is put down to it
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +65,7 @@ class BinanceFeed:
         self.last_trade_us: dict[int, int] = {}
         self.lag_us: dict[int, deque[int]] = {}  # receive time − trade time, sampled once per socket read
         self.unknown: dict[str, ScriptTarget] = {}  # wanted, but the exchange does not list the symbol
-        self._causes: dict[int, tuple[str, float]] = {}  # script id → what its next gap is put down to, since when
+        self._causes: dict[int, str] = {}  # script id → what a gap at its first trade after a (re)connect is due to
         self._retiring: dict[StreamConnection, tuple[StreamConnection, float]] = {}
         self._rotate_requests: set[StreamConnection] = set()
         self._known_symbols: set[str] | None = None
@@ -150,13 +149,9 @@ class BinanceFeed:
         log.info("%s: connected, subscribed to %d symbols: %s", conn.name, len(symbols), ", ".join(symbols))
 
     def note_cause(self, script_id: int, cause: str, keep: bool = False) -> None:
-        """The next gap of this script (within CAUSE_SECONDS) is put down to `cause`; `keep`: unless one is noted."""
+        """A gap at this script's next trade is put down to `cause`; `keep`: unless one is noted already."""
         if not (keep and script_id in self._causes):
-            self._causes[script_id] = (cause, time.monotonic())
-
-    def _cause(self, script_id: int) -> str:
-        cause, since = self._causes.pop(script_id, ("stream_jump", 0.0))
-        return cause if time.monotonic() - since <= CAUSE_SECONDS else "stream_jump"
+            self._causes[script_id] = cause
 
     # -- rotation ------------------------------------------------------------------------------------------
     def maintain(self) -> None:
@@ -213,7 +208,10 @@ class BinanceFeed:
             last_trade_us[tick.script_id] = tick.traded_at_us
             if verdict is not True:
                 self.backfiller.request(BackfillJob(verdict, target.symbol, target.stream_type,
-                                                    self._cause(tick.script_id)))
+                                                    self._causes.pop(tick.script_id, "stream_jump")))
+        if self._causes:  # only in the first reads after a (re)connect: later gaps are the stream's own
+            for tick in ticks:
+                self._causes.pop(tick.script_id, None)
         if tick is not None:  # one sample per read: the lag percentiles cost nothing per tick
             samples = self.lag_us.get(tick.script_id)
             if samples is None:
