@@ -22,12 +22,15 @@ from bench.common import SYMBOLS, Stopwatch, rate
 from producer_service.config import ProducerSettings
 from producer_service.feed import BinanceFeed, ScriptTarget
 from producer_service.journal import Journal
+from producer_service.ledger import GapLedger
 from producer_service.pacing import RateLimiter
 from producer_service.rest import BinanceRest
 from producer_service.sequencer import Sequencer
 from producer_service.sink import SqsSender, TickSink
 from simulator.market import Trade
 from simulator.protocol import dumps, trade_event
+from tickstream.db import connect
+from tickstream.settings import database_settings
 
 
 class CountingSqs:
@@ -65,7 +68,9 @@ def hot_feed(journal_dir: Path) -> Iterator[tuple[BinanceFeed, TickSink, Countin
                     settings.max_message_bytes, settings.linger_seconds, settings.buffer_ticks)
     stop = threading.Event()
     rest = BinanceRest("http://127.0.0.1:9", stop=stop)  # never called: no gaps in a contiguous tape
-    feed = BinanceFeed("bench", "ws://127.0.0.1:9", rest, settings, sink, Sequencer(), RateLimiter(10, 1.0), stop)
+    ledger = GapLedger(lambda: connect(database_settings(), autocommit=True))  # as REST: never used here
+    feed = BinanceFeed("bench", "ws://127.0.0.1:9", rest, settings, sink, Sequencer(), RateLimiter(10, 1.0), stop,
+                       ledger)
     for script_id, symbol in enumerate(SYMBOLS, start=1):
         target = ScriptTarget(script_id, symbol, "trade")
         feed.by_stream[target.stream] = target

@@ -24,10 +24,13 @@ from bench.sim_process import SimulatorProcess
 from producer_service.config import ProducerSettings
 from producer_service.feed import BinanceFeed, ScriptTarget
 from producer_service.journal import Journal
+from producer_service.ledger import GapLedger
 from producer_service.pacing import RateLimiter
 from producer_service.rest import BinanceRest
 from producer_service.sequencer import Sequencer
 from producer_service.sink import SqsSender, TickSink
+from tickstream.db import connect
+from tickstream.settings import database_settings
 from tickstream.ticks import Tick
 
 KIND = "trade"  # one tick per simulated trade, as the end-to-end bench
@@ -97,7 +100,8 @@ def start_feed(sim: SimulatorProcess, sink: CountingSink, stop: threading.Event)
                        allowed_hosts=simulator)
     sequencer = Sequencer(settings.max_backfill_trades)
     feed = BinanceFeed("bench", sim.ws_url, rest, settings, cast(TickSink, sink), sequencer,
-                       RateLimiter(settings.connection_attempts_per_5_min, 300.0), stop, simulator)
+                       RateLimiter(settings.connection_attempts_per_5_min, 300.0), stop,
+                       GapLedger(lambda: connect(database_settings(), autocommit=True)), simulator)
     feed.apply([ScriptTarget(script_id, symbol, KIND) for script_id, symbol in enumerate(SYMBOLS, start=1)])
     wait_until(lambda: sim.subscribed_streams() == len(SYMBOLS), 30, "the producer did not subscribe")
     return feed

@@ -40,7 +40,10 @@ class ProducerSettings:
     journal_fsync_seconds: float = 0.05  # journaled bodies reach the disk within this; 0: before each append returns
     rest_weight_per_minute: int = 6000
     rest_weight_share: float = 0.8  # keep 20 % of the IP's REST budget for everyone else
-    max_backfill_trades: int = 5_000_000  # larger gaps are reported, not fetched
+    max_backfill_trades: int = 5_000_000  # a live id jump larger than this is suspect until a second id confirms it
+    rest_timeout_seconds: float = 10.0  # a REST call's connect/read timeout; the backfill retries after it
+    status_seconds: float = 5.0  # how often producer_status is upserted (one statement per broker)
+    lagging_ms: int = 5_000  # lag p50 above this: the status says lagging
     stats_log_seconds: float = 30.0
     unknown_symbol_recheck_seconds: float = 300.0
     heartbeat_seconds: float = 30.0  # the liveness metric's period (0: none); the alarm allows 3 minutes
@@ -63,6 +66,9 @@ class ProducerSettings:
             journal_fsync_seconds=_float("PRODUCER_JOURNAL_FSYNC_MS", default.journal_fsync_seconds * 1000) / 1000,
             rest_weight_per_minute=_int("BINANCE_REST_WEIGHT_PER_MINUTE", default.rest_weight_per_minute),
             max_backfill_trades=_int("PRODUCER_MAX_BACKFILL_TRADES", default.max_backfill_trades),
+            rest_timeout_seconds=_float("PRODUCER_REST_TIMEOUT_SECONDS", default.rest_timeout_seconds),
+            status_seconds=_float("PRODUCER_STATUS_SECONDS", default.status_seconds),
+            lagging_ms=_int("PRODUCER_LAGGING_MS", default.lagging_ms),
             stats_log_seconds=_float("PRODUCER_STATS_LOG_SECONDS", default.stats_log_seconds),
             heartbeat_seconds=_float("PRODUCER_HEARTBEAT_SECONDS", default.heartbeat_seconds),
             stack_name=os.environ.get("STACK_NAME") or default.stack_name,

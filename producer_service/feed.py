@@ -6,11 +6,10 @@ normalise, drop duplicates by id, hand the tick to the sink, and hand any gap to
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 
 from orjson import loads
@@ -18,6 +17,7 @@ from orjson import loads
 from producer_service.backfill import Backfiller, BackfillJob
 from producer_service.config import ProducerSettings
 from producer_service.connection import ConnectionLimits, StreamConnection
+from producer_service.ledger import GapLedger
 from producer_service.pacing import RateLimiter
 from producer_service.rest import BinanceRest
 from producer_service.sequencer import Sequencer
@@ -30,6 +30,7 @@ MALFORMED_SAMPLE_CHARS = 200
 # A rotation's new connection takes over once it has delivered data, or after this long at the latest.
 HANDOVER_SECONDS = 10.0
 SYMBOL_CHECK_SECONDS = 300.0
+LAG_SAMPLES = 512  # per script: one lag per socket read, the newest kept (p50/p99 over a bounded sample)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +46,7 @@ class ScriptTarget:
 
 class BinanceFeed:
     def __init__(self, name: str, ws_url: str, rest: BinanceRest, settings: ProducerSettings, sink: TickSink,
-                 sequencer: Sequencer, attempts: RateLimiter, stop: threading.Event,
+                 sequencer: Sequencer, attempts: RateLimiter, stop: threading.Event, ledger: GapLedger,
                  allowed_hosts: frozenset[str] = frozenset()) -> None:
         self.name = name
         self.ws_url = ws_url
@@ -56,13 +57,15 @@ class BinanceFeed:
         self.sequencer = sequencer
         self.attempts = attempts
         self.stop = stop  # set by close(): ends the backfill thread and any REST wait of this feed
-        self.backfiller = Backfiller(rest, functools.partial(sink.put, stop=stop), settings.max_backfill_trades,
-                                     stop)
+        self.backfiller = Backfiller(rest, sink, ledger, stop)
         self.by_stream: dict[str, ScriptTarget] = {}
         self.connections: list[StreamConnection] = []
         self.counts: Counter[int] = Counter()
         self.malformed = 0
         self.last_trade_us: dict[int, int] = {}
+        self.lag_us: dict[int, deque[int]] = {}  # receive time − trade time, sampled once per socket read
+        self.unknown: dict[str, ScriptTarget] = {}  # wanted, but the exchange does not list the symbol
+        self._causes: dict[int, str] = {}  # script id → what a gap at its first trade after a (re)connect is due to
         self._retiring: dict[StreamConnection, tuple[StreamConnection, float]] = {}
         self._rotate_requests: set[StreamConnection] = set()
         self._known_symbols: set[str] | None = None
@@ -91,6 +94,7 @@ class BinanceFeed:
         if symbols is None:
             return targets  # cannot tell: subscribe, Binance ignores unknown streams
         listed = []
+        self.unknown = {target.stream: target for target in targets if target.symbol not in symbols}
         for target in targets:
             if target.symbol in symbols:
                 listed.append(target)
@@ -139,7 +143,15 @@ class BinanceFeed:
 
     def _on_connected(self, conn: StreamConnection) -> None:
         symbols = sorted(self.by_stream[s].symbol for s in conn.streams if s in self.by_stream)
+        for stream in conn.streams:
+            if stream in self.by_stream:
+                self.note_cause(self.by_stream[stream].script_id, "reconnect", keep=True)
         log.info("%s: connected, subscribed to %d symbols: %s", conn.name, len(symbols), ", ".join(symbols))
+
+    def note_cause(self, script_id: int, cause: str, keep: bool = False) -> None:
+        """A gap at this script's next trade is put down to `cause`; `keep`: unless one is noted already."""
+        if not (keep and script_id in self._causes):
+            self._causes[script_id] = cause
 
     # -- rotation ------------------------------------------------------------------------------------------
     def maintain(self) -> None:
@@ -187,6 +199,7 @@ class BinanceFeed:
         """Sequence the ticks (of `targets`): drop duplicates, hand the rest to the sink, and any gap one reveals
         to the backfiller."""
         put, counts, last_trade_us = self.sink.put, self.counts, self.last_trade_us
+        tick = None
         for tick, verdict, target in zip(ticks, self.sequencer.accept_ticks(ticks), targets, strict=True):
             if verdict is False:
                 continue
@@ -194,7 +207,16 @@ class BinanceFeed:
             counts[tick.script_id] += 1
             last_trade_us[tick.script_id] = tick.traded_at_us
             if verdict is not True:
-                self.backfiller.request(BackfillJob(verdict, target.symbol, target.stream_type))
+                self.backfiller.request(BackfillJob(verdict, target.symbol, target.stream_type,
+                                                    self._causes.pop(tick.script_id, "stream_jump")))
+        if self._causes:  # only in the first reads after a (re)connect: later gaps are the stream's own
+            for tick in ticks:
+                self._causes.pop(tick.script_id, None)
+        if tick is not None:  # one sample per read: the lag percentiles cost nothing per tick
+            samples = self.lag_us.get(tick.script_id)
+            if samples is None:
+                samples = self.lag_us[tick.script_id] = deque(maxlen=LAG_SAMPLES)
+            samples.append(tick.received_at_us - tick.traded_at_us)
 
     def _on_unusual_frame(self, conn: StreamConnection, raw: bytes, received_us: int) -> None:
         try:

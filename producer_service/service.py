@@ -10,23 +10,24 @@ from collections.abc import Callable
 
 import pymysql
 
-from producer_service.backfill import BackfillJob
+from producer_service.audit import Auditor, AuditRequest
 from producer_service.catalog_targets import BrokerTargets, load_targets_for
 from producer_service.config import ProducerSettings
 from producer_service.feed import BinanceFeed, ScriptTarget
 from producer_service.heartbeat import Heartbeat
 from producer_service.journal import Journal
+from producer_service.ledger import GapLedger
 from producer_service.pacing import RateLimiter
 from producer_service.rest import BinanceRest
-from producer_service.sequencer import Gap, Sequencer
+from producer_service.sequencer import Sequencer
 from producer_service.sink import SqsSender, TickSink
+from producer_service.status import StatusPublisher
 from tickstream.aws_clients import cloudwatch_client, sqs_client
 from tickstream.db import CONNECTION_ERRORS, connect
 from tickstream.settings import Settings
-from tickstream.tick_store import last_trade_ids, missing_trade_id_ranges
+from tickstream.tick_store import last_trade_ids
 
 log = logging.getLogger(__name__)
-HOLE_SCAN_IDS = 1_000_000  # how far back, in ids, a (re)started producer looks for holes in what is stored
 
 
 class ProducerService:
@@ -45,6 +46,10 @@ class ProducerService:
         self.attempts = RateLimiter(settings.connection_attempts_per_5_min, 300.0)
         self.feeds: dict[tuple[int, str, str], BinanceFeed] = {}
         self._db: pymysql.Connection | None = None
+        self.ledger = GapLedger(connect_db)
+        self.auditor = Auditor(connect_db, self.ledger, self.stop_requested)
+        self.auditor.start()  # waits for requests: scripts resumed, after they are subscribed
+        self.status = StatusPublisher(settings.status_seconds, settings.lagging_ms)
         self._journaled = sink.journal.last_trade_ids()  # ids a restart must not fetch again: the journal has them
         self._stats_at = time.monotonic()
         self._stats_counts: dict[int, int] = {}
@@ -61,6 +66,7 @@ class ProducerService:
             for feed in list(self.feeds.values()):
                 feed.maintain()
             self._log_stats()
+            self._publish_status()
             self.stop_requested.wait(0.5)
 
     def stop(self) -> None:
@@ -84,29 +90,43 @@ class ProducerService:
         if feed is None:
             stop = threading.Event()  # the feed's own: closing it (an endpoint change) stops its backfill and REST
             rest = BinanceRest(broker.rest_url, self.settings.rest_weight_per_minute, self.settings.rest_weight_share,
-                               stop, allowed_hosts=self.allowed_hosts)
+                               stop, self.settings.rest_timeout_seconds, self.allowed_hosts)
             feed = BinanceFeed(f"broker {broker.broker_id}", broker.ws_url, rest, self.settings,
-                               self.sink, self.sequencer, self.attempts, stop, self.allowed_hosts)
+                               self.sink, self.sequencer, self.attempts, stop, self.ledger, self.allowed_hosts)
             self.feeds[broker.endpoint] = feed
         gone = [target for stream, target in feed.by_stream.items()
                 if stream not in {t.stream for t in broker.targets}]
         new = [target for target in broker.targets if target.stream not in feed.by_stream]
-        self._resume(feed, new)  # before subscribing: the first live id must be compared with what is stored
-        feed.apply(list(broker.targets))
+        resume_points = self._resume(feed, new)  # before subscribing: the first live id is compared with them
+        added = feed.apply(list(broker.targets))
+        self._audit(feed, added, resume_points)  # after subscribing: in the background
         for target in gone:
             self.sequencer.forget(target.script_id)
 
-    def _resume(self, feed: BinanceFeed, targets: list[ScriptTarget]) -> None:
+    def _resume(self, feed: BinanceFeed, targets: list[ScriptTarget]) -> dict[int, int]:
+        """The sequencer continues after what is stored or journaled (the first live id then reveals the gap
+        since); the ledger's unfinished gaps of these scripts go to the backfill. Returns the resume points."""
         if not targets:
-            return
-        conn = self._connection()
-        stored = last_trade_ids(conn, [target.script_id for target in targets])
+            return {}
+        stored = last_trade_ids(self._connection(), [target.script_id for target in targets])
+        by_script = {target.script_id: target for target in targets}
         for target in targets:
             self.sequencer.resume(target.script_id, stored.get(target.script_id))
             self.sequencer.resume(target.script_id, self._journaled.get(target.script_id))
-            for first, last in missing_trade_id_ranges(conn, target.script_id, HOLE_SCAN_IDS):
-                feed.backfiller.request(BackfillJob(Gap(target.script_id, first, last), target.symbol,
-                                                    target.stream_type))
+            feed.note_cause(target.script_id, "restart")
+        for row in self.ledger.open_gaps(list(by_script)):
+            target = by_script[row.script_id]
+            feed.backfiller.resume(row, target.symbol, target.stream_type)
+        return {target.script_id: last for target in targets
+                if (last := self.sequencer.last_id(target.script_id)) is not None}
+
+    def _audit(self, feed: BinanceFeed, targets: list[ScriptTarget], resume_points: dict[int, int]) -> None:
+        """Below its resume point, a script's ids are the audit's; above it, the live stream's and its gaps'."""
+        for target in targets:
+            resume_point = resume_points.get(target.script_id)
+            if resume_point is not None:
+                self.auditor.request(AuditRequest(target.script_id, target.symbol, target.stream_type, resume_point,
+                                                  feed.backfiller))
 
     def _close_feed(self, endpoint: tuple[int, str, str]) -> None:
         feed = self.feeds.pop(endpoint)
@@ -114,18 +134,15 @@ class ProducerService:
             self.sequencer.forget(target.script_id)
         feed.close()
 
-    def close(self, drain_seconds: float = 10.0) -> None:
-        """SIGTERM path: stop reading, let running backfills finish (bounded), flush the sink."""
-        self.stop_requested.set()  # also ends the heartbeat
-        deadline = time.monotonic() + drain_seconds
-        for feed in self.feeds.values():
-            for conn in feed.connections:
-                conn.close()
-        while time.monotonic() < deadline and not all(f.backfiller.idle() for f in self.feeds.values()):
-            time.sleep(0.05)
-        for feed in self.feeds.values():  # stops backfills and REST waits
+    def close(self) -> None:
+        """SIGTERM path: stop reading and backfilling (the gap ledger keeps what is left for the next start: no
+        need to wait for a backfill), flush the sink."""
+        self.stop_requested.set()  # ends the audit and the heartbeat
+        for feed in self.feeds.values():  # its connections, its backfill, its REST waits
             feed.close()
         self.sink.close()
+        self._publish_status(final=True)
+        self.ledger.close()
         self._drop_connection()
 
     def _connection(self) -> pymysql.Connection:
@@ -138,6 +155,17 @@ class ProducerService:
             with contextlib.suppress(pymysql.err.Error):
                 self._db.close()
             self._db = None
+
+    def _publish_status(self, final: bool = False) -> None:
+        """One upsert per broker, at most every status_seconds (a database error only delays it)."""
+        if not (final or self.status.due()):
+            return
+        try:
+            for endpoint, feed in self.feeds.items():
+                self.status.publish(self._connection(), endpoint[0], feed, self.sequencer, stopped=final)
+        except CONNECTION_ERRORS as error:
+            log.warning("producer status not published (%s)", error)
+            self._drop_connection()
 
     def _log_stats(self) -> None:
         elapsed = time.monotonic() - self._stats_at

@@ -76,6 +76,20 @@ def _batches(bodies: list[str]) -> list[list[str]]:
     return batches
 
 
+class Taken:
+    """A marker put after ticks: `event` is set once every tick put before it has been sent to SQS or journaled
+    (so the backfill may record them as delivered). Falsy, like the close sentinel None: the packer's one check
+    per tick (`if not tick`) covers both, and a Tick (a non-empty tuple) is always truthy."""
+
+    __slots__ = ("event",)
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def __bool__(self) -> bool:
+        return False
+
+
 class TickBuffer:
     """A bounded FIFO from many putting threads to one taking thread, cheap on the hot path.
 
@@ -135,6 +149,7 @@ class TickSink:
         self._packing_ids: dict[int, int] = {}
         self._ready_ids: dict[int, int] = {}
         self._oldest_at: float | None = None
+        self._taken: list[Taken] = []  # markers whose ticks are all in `_ready`: set once it is delivered
         self._stopping = threading.Event()
         self._threads = [threading.Thread(target=self._pack_loop, name="sink-packer", daemon=True),
                          threading.Thread(target=self._replay_loop, name="sink-replayer", daemon=True)]
@@ -148,6 +163,13 @@ class TickSink:
         """Blocks while the buffer is full: the sockets slow down rather than drop anything. A caller that may be
         stopped meanwhile (a backfill) passes `stop`: then InterruptedError ends the wait."""
         self._buffer.put(tick, stop)
+
+    def put_taken_marker(self, stop: threading.Event | None = None) -> threading.Event:
+        """An event set once every tick put so far (by this thread) is sent or journaled. The packer flushes at
+        the marker rather than lingering: a backfill waits for it after each page."""
+        marker = Taken()
+        self._buffer.put(marker, stop)
+        return marker.event
 
     def close(self, replay_seconds: float = 10.0) -> None:
         """Stop, send or journal every buffered tick, then give the journal a little time to drain."""
@@ -175,8 +197,11 @@ class TickSink:
     def _pack(self, ticks: list[Tick | None]) -> bool:
         """Pack `ticks`, sending every 10 full bodies; False once the close sentinel (None) is reached."""
         for tick in ticks:
-            if tick is None:
-                return False
+            if not tick:  # None (close) or a Taken marker
+                if tick is None:
+                    return False
+                self._mark_taken(tick)
+                continue
             self._add(tick)
             if len(self._ready) >= SQS_BATCH_ENTRIES:
                 self._deliver()
@@ -193,6 +218,13 @@ class TickSink:
             self._ids_ready()
             self._oldest_at = time.monotonic() if len(self._packer) else None
 
+    def _mark_taken(self, marker: Taken) -> None:
+        self._ready.extend(self._packer.flush())
+        self._ids_ready()
+        self._oldest_at = None
+        self._taken.append(marker)
+        self._deliver()
+
     def _ids_ready(self) -> None:
         """After a flush: the packed ticks' ids now belong to `_ready`. Only once the packer is empty, so the ids
         never name a tick still in memory (the journal's index would vouch for ticks a crash loses)."""
@@ -206,10 +238,14 @@ class TickSink:
         return max(0.0, self.linger - (time.monotonic() - self._oldest_at))
 
     def _deliver(self) -> None:
-        bodies, ids = self._ready, self._ready_ids
-        self._ready, self._ready_ids = [], {}
-        if not bodies:
-            return
+        bodies, ids, taken = self._ready, self._ready_ids, self._taken
+        self._ready, self._ready_ids, self._taken = [], {}, []
+        if bodies:
+            self._send_or_journal(bodies, ids)
+        for marker in taken:
+            marker.event.set()
+
+    def _send_or_journal(self, bodies: list[str], ids: dict[int, int]) -> None:
         if not self.journal.pending():
             try:
                 self.sender.send(bodies)

@@ -77,6 +77,12 @@ class SimulatorConfig:
     weight_window: float = 60.0  # live
     ban_after_429: int | None = 5  # live: requests ignoring a 429 before the IP gets 418; None never
     ban_seconds: float = 120.0  # live
+    # REST faults: while set, REST requests cycle through these instead of being answered (one in every
+    # rest_fault_every is answered normally): "reset" (the connection is aborted), "hang" (no answer for
+    # rest_hang_seconds, then 503), "500"/"502"/"503"/"504", "429" (with Retry-After: 1)
+    rest_faults: tuple[str, ...] = ()  # live
+    rest_fault_every: int = 0  # live: 0: every request gets a fault
+    rest_hang_seconds: float = 15.0  # live
     # Faults (fractions of generated events)
     skip_fraction: float = 0.0  # live
     duplicate_fraction: float = 0.0  # live

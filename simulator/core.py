@@ -129,8 +129,19 @@ class SimulatorCore:
 
     # --- HTTP and WebSocket handshake ------------------------------------------------------------
 
-    def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         if urlsplit(request.path).path.startswith("/api/"):
+            fault = self.rest.next_fault()
+            if fault == "reset":
+                conn.transport.abort()  # the client sees a connection reset
+                return _json_response(500, b"{}")
+            if fault == "hang":
+                await asyncio.sleep(self.config.rest_hang_seconds)  # past the client's timeout
+                return _json_response(503, b'{"code":-1001,"msg":"Internal error; unable to process."}')
+            if fault in ("500", "502", "503", "504"):
+                return _json_response(int(fault), b'{"code":-1001,"msg":"Internal error; unable to process."}')
+            if fault == "429":
+                return _json_response(429, b'{"code":-1003,"msg":"Too many requests."}', {"Retry-After": "1"})
             answer = self.rest.handle(request.path, str(conn.remote_address[0]))
             return _json_response(answer.status, answer.encoded(), answer.headers)
         wanted = parse_ws_path(request.path)

@@ -7,6 +7,7 @@ import concurrent.futures
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -121,6 +122,21 @@ class ExchangeSimulator:
         """Ids generated (and in REST history) but deliberately withheld by skip_ids()."""
         return self._call(lambda: frozenset(self.core.skipped[(symbol.upper(), kind)]))
 
+    def burst(self, symbol: str, trades: int) -> None:
+        """`trades` trades of `symbol` at once, into its history only (not streamed): a market burst the stream
+        shows as one id jump, to be backfilled from REST. One call on the loop (~80k aggregates/s here), so that
+        no live trade falls inside the burst's ids; streaming and REST wait meanwhile."""
+        market = self.core.markets[symbol.upper()]
+        self._call(lambda: market.generate(1.0, trades, int(time.time() * 1000)), timeout=120)
+
+    def rest_served(self, symbol: str, kind: str = AGG_TRADE) -> list[tuple[int, int]]:
+        """(first id, last id) of every page of trades REST answered for `symbol` and `kind`, in order."""
+        return self._call(lambda: list(self.core.rest.served.get((symbol.upper(), kind), [])))
+
+    def rest_faults(self, *faults: str, every: int = 0) -> None:
+        """REST answers with these faults in turn ("reset", "hang", "503", "429", ...); none: answers again."""
+        self.config.rest_faults, self.config.rest_fault_every = tuple(faults), every
+
     def counts(self, symbol: str, kind: str = AGG_TRADE) -> dict[str, int]:
         """generated / published / skipped / paused / duplicated / malformed event counts."""
         keys = ("generated", "published", "skipped", "paused", "duplicated", "malformed")
@@ -171,7 +187,7 @@ class ExchangeSimulator:
 
     # --- plumbing ---------------------------------------------------------------------------------
 
-    def _call(self, fn: Callable[[], T]) -> T:
+    def _call(self, fn: Callable[[], T], timeout: float = CALL_TIMEOUT) -> T:
         """Run `fn` on the simulator's loop (or directly when it is not running) and return its result."""
         loop = self._loop
         if self._thread is None or loop is None or loop.is_closed():
@@ -185,4 +201,4 @@ class ExchangeSimulator:
                 result.set_exception(exc)
 
         loop.call_soon_threadsafe(run)
-        return result.result(timeout=CALL_TIMEOUT)
+        return result.result(timeout=timeout)

@@ -97,6 +97,9 @@ class RestApi:
         self.config = config
         self.markets = markets
         self.limiter = WeightLimiter(config)
+        self.faults_served = 0
+        # (symbol, kind) → (first id, last id) of every trade page REST answered: what a backfill fetched
+        self.served: dict[tuple[str, str], list[tuple[int, int]]] = {}
         self.routes: dict[str, tuple[int, Handler]] = {
             "/api/v3/ping": (1, lambda _: {}),
             "/api/v3/time": (1, lambda _: {"serverTime": now_ms()}),
@@ -105,6 +108,16 @@ class RestApi:
             "/api/v3/trades": (25, self.recent_trades),
             "/api/v3/historicalTrades": (25, self.historical_trades),
         }
+
+    def next_fault(self) -> str | None:
+        """The fault the next request gets (config.rest_faults, in turn), or None to answer it."""
+        faults, every = self.config.rest_faults, self.config.rest_fault_every
+        if not faults:
+            return None
+        self.faults_served += 1
+        if every and self.faults_served % every == 0:
+            return None
+        return faults[self.faults_served % len(faults)]
 
     def handle(self, target: str, ip: str) -> RestResponse:
         parts = urlsplit(target)
@@ -169,7 +182,7 @@ class RestApi:
         lows = [ledger.index_of_id(from_id)] if from_id is not None else []
         lows += [ledger.index_of_time(start)] if start is not None else []
         first = max(lows) if lows else stop - limit
-        return [agg_rest(a) for a in _window(ledger, first, stop, limit)]
+        return self._note_served(query, "aggTrade", [agg_rest(a) for a in _window(ledger, first, stop, limit)], "a")
 
     def recent_trades(self, query: Mapping[str, str]) -> list[dict[str, Any]]:
         ledger = self._market(query).trades
@@ -180,7 +193,15 @@ class RestApi:
         ledger = self._market(query).trades
         limit, from_id = _limit(query), _int(query, "fromId")
         first = len(ledger) - limit if from_id is None else ledger.index_of_id(from_id)
-        return [trade_rest(t) for t in _window(ledger, first, len(ledger), limit)]
+        return self._note_served(query, "trade", [trade_rest(t) for t in _window(ledger, first, len(ledger), limit)],
+                                 "id")
+
+    def _note_served(self, query: Mapping[str, str], kind: str, rows: list[dict[str, Any]],
+                     id_key: str) -> list[dict[str, Any]]:
+        if rows:
+            key = (query["symbol"], kind)
+            self.served.setdefault(key, []).append((rows[0][id_key], rows[-1][id_key]))
+        return rows
 
     def _market(self, query: Mapping[str, str]) -> SymbolMarket:
         symbol = query.get("symbol", "")

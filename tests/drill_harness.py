@@ -19,7 +19,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,9 +33,12 @@ from infra.localstack import start_localstack, stop_localstack
 from infra.localstack_config import REPO_ROOT, LocalStackSettings, aws_client
 from infra.stack import create_or_update, sam_package, wait_for_functions
 from simulator.harness import ExchangeSimulator
+from simulator.protocol import agg_rest, trade_rest
 from tests.conftest import make_broker, make_script
+from tickstream.binance import rest_aggtrade_to_tick, rest_trade_to_tick
 from tickstream.db import CONNECTION_ERRORS, connect
 from tickstream.settings import DatabaseSettings
+from tickstream.tick_store import insert_ticks_ignore
 
 # Four aggTrade streams and one trade stream: both backfill paths (aggTrades, historicalTrades) get exercised.
 SYMBOLS: dict[str, str] = {"BTCUSDT": "aggTrade", "ETHUSDT": "aggTrade", "BNBUSDT": "aggTrade",
@@ -360,11 +364,13 @@ class Drill:
     """The simulator trading ~TARGET_TICKS_PER_SECOND over SYMBOLS into the producer → SQS → ingest → MariaDB."""
 
     def __init__(self, name: str, stack: DrillStack, db_user: DatabaseSettings, root: DatabaseSettings,
-                 work_dir: Path, seed: int, endpoint_url: str | None = None, **producer_env: str) -> None:
+                 work_dir: Path, seed: int, endpoint_url: str | None = None,
+                 sim_options: dict[str, Any] | None = None, **producer_env: str) -> None:
         self.name = name
         self.stack = stack
         self.db = Database(root)
-        self.sim = ExchangeSimulator(symbols=tuple(SYMBOLS), rate=0, seed=seed, ping_interval=5.0)
+        self.sim = ExchangeSimulator(symbols=tuple(SYMBOLS), rate=0, seed=seed, ping_interval=5.0,
+                                     **(sim_options or {}))
         self.sim.start()
         self.scripts = self._register()
         slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
@@ -449,6 +455,56 @@ class Drill:
             unexpected += len(ids - expected)
         return emitted, sum(counts.values()), missing, unexpected
 
+    def gaps(self, symbol: str) -> list[dict[str, Any]]:
+        """The gap ledger's rows of a symbol's script, oldest id first."""
+        columns = ("first_trade_id", "last_trade_id", "next_trade_id", "cause", "state", "attempts", "last_error",
+                   "trades_filled")
+        rows = self.db.query(f"SELECT {', '.join(columns)} FROM gaps WHERE script_id = %s ORDER BY first_trade_id",
+                             (self.scripts[symbol],))
+        return [dict(zip(columns, row, strict=True)) for row in rows]
+
+    def wait_for_gap(self, symbol: str, condition: Callable[[dict[str, Any]], bool], timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                for gap in self.gaps(symbol):
+                    if condition(gap):
+                        return gap
+            time.sleep(0.2)
+        raise TimeoutError(f"no gap of {symbol} as wanted in {timeout:.0f} s: {self.gaps(symbol)}\n"
+                           f"{self.producer.log()[-3000:]}")
+
+    def refetched(self, symbol: str, first_id: int, last_id: int) -> int:
+        """Ids in [first_id, last_id] that REST served more than once."""
+        served: Counter[int] = Counter()
+        for first, last in self.sim.rest_served(symbol, SYMBOLS[symbol]):
+            served.update(range(max(first, first_id), min(last, last_id) + 1))
+        return sum(count - 1 for count in served.values())
+
+    def store_history(self, symbol: str) -> int:
+        """Store everything the simulator generated for `symbol` directly, as an earlier run would have (rows and
+        tick_coverage); returns the rows stored."""
+        script_id, kind = self.scripts[symbol], SYMBOLS[symbol]
+        to_rest, to_tick = (agg_rest, rest_aggtrade_to_tick) if kind == "aggTrade" else (trade_rest, rest_trade_to_tick)
+        now_us = time.time_ns() // 1000
+        ticks = [to_tick(to_rest(row), script_id, now_us) for row in self.sim.history(symbol, kind)]
+        conn = connect(self.db.settings)
+        try:
+            for start in range(0, len(ticks), 100_000):
+                insert_ticks_ignore(conn, ticks[start:start + 100_000])
+                conn.commit()
+        finally:
+            conn.close()
+        self.recompute_coverage(symbol)
+        return len(ticks)
+
+    def recompute_coverage(self, symbol: str) -> None:
+        """tick_coverage of a script as it is now (after rows were deleted behind the ingest's back)."""
+        self.db.query("REPLACE INTO tick_coverage (script_id, day, stored, first_trade_id, last_trade_id,"
+                      " first_traded_at, last_traded_at) SELECT script_id, DATE(traded_at), COUNT(*), MIN(trade_id),"
+                      " MAX(trade_id), MIN(traded_at), MAX(traded_at) FROM ticks WHERE script_id = %s"
+                      " GROUP BY script_id, DATE(traded_at)", (self.scripts[symbol],))
+
     def save_function_logs(self) -> None:
         """Keep the functions' log lines so far (call once before LocalStack restarts: it forgets them)."""
         self.function_lines += self.stack.function_logs(self.started_ms)
@@ -482,8 +538,9 @@ class Drill:
 
 @contextlib.contextmanager
 def drill(name: str, stack: DrillStack, db_user: DatabaseSettings, root: DatabaseSettings, work_dir: Path,
-          seed: int, endpoint_url: str | None = None, **producer_env: str) -> Iterator[Drill]:
-    running = Drill(name, stack, db_user, root, work_dir, seed, endpoint_url, **producer_env)
+          seed: int, endpoint_url: str | None = None, sim_options: dict[str, Any] | None = None,
+          **producer_env: str) -> Iterator[Drill]:
+    running = Drill(name, stack, db_user, root, work_dir, seed, endpoint_url, sim_options, **producer_env)
     try:
         yield running
     finally:

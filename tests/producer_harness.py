@@ -22,6 +22,8 @@ from simulator.harness import ExchangeSimulator
 from tests.conftest import SIMULATOR_HOSTS, make_broker, make_script
 from tickstream.codec import decode_message
 from tickstream.settings import DatabaseSettings, Settings
+from tickstream.tick_store import insert_ticks_ignore
+from tickstream.ticks import Tick
 
 FAST_PRODUCER = ProducerSettings(refresh_seconds=0.5, watchdog_seconds=10, stats_log_seconds=5,
                                  reconnect_backoff_max_seconds=1.0)
@@ -137,3 +139,25 @@ def start_trading(sim: ExchangeSimulator, producer: RunningProducer, rate: float
 def stop_trading(sim: ExchangeSimulator) -> None:
     """No more trades: the last ids are final, so the stored set can be compared exactly."""
     sim.config.rate = 0
+
+
+def store_with_coverage(conn: pymysql.Connection, ticks: list[Tick]) -> None:
+    """Store ticks as an earlier run would have, with the tick_coverage rows the ingest keeps (per script per UTC
+    day: rows stored, lowest/highest id and time), so the producer's audit sees what they cover."""
+    insert_ticks_ignore(conn, ticks)
+    days: dict[tuple[int, str], list[Tick]] = {}
+    for tick in ticks:
+        day = time.strftime("%Y-%m-%d", time.gmtime(tick.traded_at_us / 1e6))
+        days.setdefault((tick.script_id, day), []).append(tick)
+    with conn.cursor() as cursor:
+        for (script_id, day), rows in days.items():
+            low, high = min(rows, key=lambda t: t.trade_id), max(rows, key=lambda t: t.trade_id)
+            cursor.execute(
+                "INSERT INTO tick_coverage (script_id, day, stored, first_trade_id, last_trade_id, first_traded_at,"
+                " last_traded_at) VALUES (%s, %s, %s, %s, %s, FROM_UNIXTIME(%s), FROM_UNIXTIME(%s))"
+                " ON DUPLICATE KEY UPDATE stored = stored + VALUES(stored),"
+                " first_trade_id = LEAST(first_trade_id, VALUES(first_trade_id)),"
+                " last_trade_id = GREATEST(last_trade_id, VALUES(last_trade_id))",
+                (script_id, day, len(rows), low.trade_id, high.trade_id, low.traded_at_us / 1e6,
+                 high.traded_at_us / 1e6))
+    conn.commit()

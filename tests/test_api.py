@@ -573,7 +573,7 @@ def test_openapi_lists_exactly_the_apps_routes(api: InProcessApi) -> None:
     assert document["openapi"].startswith("3.")
     documented = {(path, method.upper()) for path, methods in document["paths"].items() for method in methods}
     assert documented == set(ROUTES)
-    assert len(ROUTES) == 17
+    assert len(ROUTES) == 19
     assert document["paths"]["/health"]["get"]["security"] == []
     assert document["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
     ticks = {p["name"] for p in document["paths"]["/scripts/{script_id}/ticks"]["get"]["parameters"]}

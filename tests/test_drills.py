@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -107,9 +108,10 @@ def start_drill(stack: DrillStack, drill_db_user: DatabaseSettings, db_settings:
                 drill_dir: Path, db: object) -> StartDrill:
     """`start_drill(name, seed, endpoint_url=None, **producer_env)` → a context manager yielding a Drill, over an
     empty schema (the `db` fixture empties it)."""
-    def _start(name: str, seed: int, endpoint_url: str | None = None,
+    def _start(name: str, seed: int, endpoint_url: str | None = None, sim_options: dict[str, Any] | None = None,
                **producer_env: str) -> AbstractContextManager[Drill]:
-        return drill(name, stack, drill_db_user, db_settings, drill_dir, seed, endpoint_url, **producer_env)
+        return drill(name, stack, drill_db_user, db_settings, drill_dir, seed, endpoint_url, sim_options,
+                     **producer_env)
 
     return _start
 
@@ -134,7 +136,8 @@ def restart_producer(d: Drill, down_seconds: float) -> None:
 def test_producer_killed_with_sigkill_resumes_from_what_is_stored(
         start_drill: StartDrill, results: list[DrillResult]) -> None:
     """kill -9: whatever sat in the producer's memory (unsent ticks, open backfills) is lost with it. The restarted
-    producer resumes from the newest stored id per script, rescans stored ids for holes and backfills by id."""
+    producer resumes from the newest stored id per script and from its gap ledger, and backfills by id; the audit
+    looks for older holes in the background."""
     with start_drill("producer kill -9", seed=101) as d:
         d.start()
         d.trade(12)
@@ -330,6 +333,124 @@ def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
             return True
         time.sleep(0.25)
     return condition()
+
+
+# --- completeness: the gap ledger and the audit (issue 13) ------------------------------------------------------
+
+BURST_SYMBOL = "BTCUSDT"
+
+
+def test_rest_flaky_for_30_seconds_while_connections_drop_every_5(
+        start_drill: StartDrill, stack: DrillStack, api_token: str, results: list[DrillResult]) -> None:
+    """For 30 s every REST call fails in turn: connection reset, a hang past the client's 2 s timeout, 503, 429
+    with Retry-After, 502; meanwhile the simulator drops every connection every 5 s, so each reconnect opens gaps
+    that cannot be fetched. They wait in the gap ledger (retried with capped backoff) and are filled once REST
+    answers again. Before the ledger, the first reset or 5xx dropped the gap (~9 % of trades lost)."""
+    with start_drill("REST flaky 30 s + drops every 5 s", seed=107, sim_options={"rest_hang_seconds": 4.0},
+                     PRODUCER_REST_TIMEOUT_SECONDS="2") as d:
+        d.start()
+        d.trade(3)
+        d.sim.rest_faults("reset", "hang", "503", "429", "502")
+        drops = 0
+        for _ in range(6):
+            d.trade(5)
+            drops += d.sim.drop_connections()
+        d.sim.rest_faults()
+        faults = d.sim.core.rest.faults_served
+        d.trade(5)
+        gaps = [gap for symbol in SYMBOLS for gap in d.gaps(symbol)]
+        d.stop_trading()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(gap["state"] != "filled" for gap in gaps):
+            time.sleep(0.5)
+            gaps = [gap for symbol in SYMBOLS for gap in d.gaps(symbol)]
+        redriven = redrive_until_stored(d, stack, api_token, timeout=120)[0]
+        result = d.finish(notes=f"{faults} REST calls failed over 30 s, {drops} connections dropped; {len(gaps)} "
+                                f"gaps in the ledger, {sum(g['attempts'] for g in gaps)} fill attempts; "
+                                f"{d.producer.backfilled():,} trades backfilled" + _redriven_note(redriven))
+    record_and_check(results, result)
+    assert gaps and all(gap["state"] == "filled" for gap in gaps), gaps
+    assert any(gap["attempts"] > 1 and gap["last_error"] for gap in gaps), "fills failed and were retried"
+
+
+def _stop_mid_backfill(start_drill: StartDrill, stack: DrillStack, token: str, results: list[DrillResult], name: str,
+                       seed: int, stop: Callable[[Drill], None], state_after: str) -> None:
+    """A burst of ~530k trades that the stream never shows (an id jump: a gap of ≥ 500k ids, backfilled from REST);
+    the producer is stopped once a third of it is in, restarted 2 s later, and resumes from the ledger."""
+    with start_drill(name, seed=seed, sim_options={"history_limit": 2_000_000}) as d:
+        d.start()
+        d.trade(3)
+        d.sim.burst(BURST_SYMBOL, 850_000)
+        gap = d.wait_for_gap(BURST_SYMBOL, lambda g: g["last_trade_id"] - g["first_trade_id"] >= 500_000
+                             and g["next_trade_id"] - g["first_trade_id"] >= 100_000, timeout=60)
+        stop(d)
+        (stopped,) = [g for g in d.gaps(BURST_SYMBOL) if g["first_trade_id"] == gap["first_trade_id"]]
+        restart_producer(d, down_seconds=2)
+        done = d.wait_for_gap(BURST_SYMBOL, lambda g: g["first_trade_id"] == gap["first_trade_id"]
+                              and g["state"] == "filled", timeout=90)
+        d.trade(3)
+        d.stop_trading()
+        redriven = redrive_until_stored(d, stack, token, timeout=120)[0]
+        size = gap["last_trade_id"] - gap["first_trade_id"] + 1
+        refetched = d.refetched(BURST_SYMBOL, gap["first_trade_id"], gap["last_trade_id"])
+        result = d.finish(notes=f"gap of {size:,} ids; stopped at {stopped['next_trade_id'] - gap['first_trade_id']:,}"
+                                f" (ledger: {stopped['state']}), resumed from there; REST served {refetched:,} of its "
+                                f"ids twice; {d.producer.backfilled():,} trades backfilled"
+                                + _redriven_note(redriven))
+    record_and_check(results, result)
+    assert stopped["state"] == state_after
+    assert stopped["first_trade_id"] < stopped["next_trade_id"] < stopped["last_trade_id"], stopped
+    assert done["trades_filled"] == size
+    assert refetched <= 1000, "nothing fetched twice beyond one page"
+
+
+def _redriven_note(redriven: int) -> str:
+    """The drill stack's 3 s visibility timeout (for the MariaDB drill) sends messages to the DLQ when a flood of
+    backfilled messages queues up before the ingest; the API's redrive brings them back, as an operator would."""
+    return f"; {redriven} messages redriven from the DLQ" if redriven else ""
+
+
+def test_producer_sigterm_mid_backfill_resumes_from_the_ledger(
+        start_drill: StartDrill, stack: DrillStack, api_token: str, results: list[DrillResult]) -> None:
+    def sigterm(d: Drill) -> None:
+        assert d.producer.terminate(timeout=60) == 0
+    _stop_mid_backfill(start_drill, stack, api_token, results, "SIGTERM mid 500k backfill", 108, sigterm, "pending")
+
+
+def test_producer_sigkill_mid_backfill_resumes_from_the_ledger(
+        start_drill: StartDrill, stack: DrillStack, api_token: str, results: list[DrillResult]) -> None:
+    _stop_mid_backfill(start_drill, stack, api_token, results, "kill -9 mid 500k backfill", 109,
+                       lambda d: d.producer.kill(), "filling")
+
+
+def test_a_hole_deeper_than_1m_ids_is_found_by_the_audit(
+        start_drill: StartDrill, stack: DrillStack, api_token: str, results: list[DrillResult]) -> None:
+    """An earlier run stored ~1.06M ids of BTCUSDT; 10,000 of them, more than 1M ids below the newest, are
+    deleted (tick_coverage shows the day incomplete). The producer subscribes at once, the audit finds the hole in
+    the background (the start-up scan of the newest 1M ids it replaces could not) and the backfill fills it."""
+    with start_drill("audit: hole > 1M ids deep", seed=110, sim_options={"history_limit": 2_000_000}) as d:
+        d.sim.burst(BURST_SYMBOL, 1_700_000)
+        stored = d.store_history(BURST_SYMBOL)
+        first = min(d.emitted(BURST_SYMBOL))
+        newest = max(d.emitted(BURST_SYMBOL))
+        hole = (first + 20_000, first + 29_999)
+        d.db.query("DELETE FROM ticks WHERE script_id = %s AND trade_id BETWEEN %s AND %s",
+                   (d.scripts[BURST_SYMBOL], *hole))
+        d.recompute_coverage(BURST_SYMBOL)
+        started = time.monotonic()
+        d.start()
+        subscribed_in = time.monotonic() - started
+        filled = d.wait_for_gap(BURST_SYMBOL, lambda g: g["cause"] == "audit" and g["state"] == "filled", timeout=60)
+        d.trade(5)
+        d.stop_trading()
+        redriven = redrive_until_stored(d, stack, api_token, timeout=120)[0]
+        result = d.finish(notes=f"{stored:,} rows stored beforehand, ids {hole[0]:,}..{hole[1]:,} deleted "
+                                f"({newest - hole[1]:,} ids below the newest); subscribed in {subscribed_in:.1f} s, "
+                                f"the audit found the hole and {filled['trades_filled']:,} trades were backfilled"
+                                + _redriven_note(redriven))
+    record_and_check(results, result)
+    assert (filled["first_trade_id"], filled["last_trade_id"]) == hole
+    assert newest - hole[1] > 1_000_000
 
 
 def test_no_secret_in_any_drill_log(stack: DrillStack, drill_db_user: DatabaseSettings, api_token: str,

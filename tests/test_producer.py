@@ -41,6 +41,7 @@ from producer_service.connection import (
 )
 from producer_service.feed import BinanceFeed, ScriptTarget
 from producer_service.journal import Journal
+from producer_service.ledger import GapLedger
 from producer_service.pacing import RateLimiter
 from producer_service.rest import BinanceRest
 from producer_service.sequencer import Gap, Sequencer
@@ -58,11 +59,11 @@ from tests.producer_harness import (
     sqs,
     start_trading,
     stop_trading,
+    store_with_coverage,
 )
 from tests.tcp_proxy import TcpProxy
 from tickstream.db import connect
 from tickstream.settings import DatabaseSettings
-from tickstream.tick_store import insert_ticks_ignore
 from tickstream.ticks import Tick
 
 pytestmark = pytest.mark.localstack
@@ -214,11 +215,9 @@ def test_resumes_from_what_is_stored_after_a_restart(db: pymysql.Connection, db_
     sim.config.rate = 150
     time.sleep(0.2)
     first = min(sim.emitted_ids("BTCUSDT"))
-    with db.cursor() as cursor:  # as if ids up to first+5 were stored by an earlier run, with a hole at first+2
-        for trade_id in [first, first + 1, first + 3, first + 4, first + 5]:
-            cursor.execute(
-                "INSERT INTO ticks (script_id, trade_id, price, quantity, is_buyer_maker, traded_at, event_at,"
-                " received_at_producer) VALUES (%s, %s, 1, 1, 0, NOW(6), NOW(6), NOW(6))", (script_id, trade_id))
+    now_us = time.time_ns() // 1000  # as if ids up to first+5 were stored by an earlier run, with a hole at first+2
+    store_with_coverage(db, [Tick(script_id, trade_id, "1", "1", False, now_us, now_us, now_us)
+                             for trade_id in [first, first + 1, first + 3, first + 4, first + 5]])
     time.sleep(1.0)  # trades happen while the producer is down
     with running_producer(db_settings, localstack.endpoint_url, queue, tmp_path):
         time.sleep(1.0)
@@ -382,6 +381,11 @@ class DiscardingSink:
     def put(self, tick: Tick, stop: threading.Event | None = None) -> None:
         self.ticks += 1
 
+    def put_taken_marker(self, stop: threading.Event | None = None) -> threading.Event:
+        taken = threading.Event()
+        taken.set()
+        return taken
+
     def close(self) -> None:
         self.journal.close()
 
@@ -395,7 +399,7 @@ def test_an_endpoint_change_ends_the_old_feeds_backfill(db: pymysql.Connection, 
         script_id = register_simulator(db, old, ["BTCUSDT"])["BTCUSDT"]
         stored = [Tick(script_id, trade_id, "1.5", "2", False, 1_700_000_000_000_000, 1_700_000_000_000_000,
                        1_700_000_000_000_000) for trade_id in (1_000, 5_000)]
-        insert_ticks_ignore(db, stored)  # a hole: backfilled as soon as the script is resumed
+        store_with_coverage(db, stored)  # a hole: the audit finds it once the script is resumed
         service = ProducerService(FAST_PRODUCER, DiscardingSink(tmp_path),  # type: ignore[arg-type]
                                   lambda: connect(db_settings, autocommit=True),
                                   load_targets_for(None, SIMULATOR_HOSTS), SIMULATOR_HOSTS)
@@ -418,7 +422,7 @@ def test_an_endpoint_change_ends_the_old_feeds_backfill(db: pymysql.Connection, 
             assert wait_until(lambda: not new_feed.backfiller.idle() or bool(new_feed.backfiller.unfilled)), \
                 "the new feed resumed the script and found the hole again"
         finally:
-            service.close(drain_seconds=0)
+            service.close()
 
 
 def test_a_put_waiting_for_room_ends_when_its_feed_stops() -> None:
@@ -751,6 +755,11 @@ class RecordingSink:
     def put(self, tick: Tick, stop: threading.Event | None = None) -> None:
         self.ticks.append(tick)
 
+    def put_taken_marker(self, stop: threading.Event | None = None) -> threading.Event:
+        taken = threading.Event()
+        taken.set()
+        return taken
+
 
 def trade_frame(stream: str, trade_id: int, **changes: Any) -> bytes:
     event = {"e": "trade", "E": 1_700_000_000_123, "s": stream.split("@")[0].upper(), "t": trade_id,
@@ -765,7 +774,8 @@ def test_feed_sorts_one_read_of_mixed_frames(tmp_path: Path) -> None:
     sink = RecordingSink()
     sequencer = Sequencer()
     feed = BinanceFeed("test", "ws://127.0.0.1:9", BinanceRest("http://127.0.0.1:9", stop=stop), ProducerSettings(),
-                       sink, sequencer, RateLimiter(10, 1.0), stop)  # type: ignore[arg-type]
+                       sink, sequencer, RateLimiter(10, 1.0), stop,  # type: ignore[arg-type]
+                       GapLedger(lambda: pytest.fail("the ledger is not used here")))
     jobs: list[BackfillJob] = []
     feed.backfiller.request = jobs.append  # type: ignore[method-assign]
     for target in (ScriptTarget(1, "BTCUSDT", "trade"), ScriptTarget(2, "SOLUSDT", "trade")):

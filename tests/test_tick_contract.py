@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from producer_service.backfill import BackfillJob
 from producer_service.config import ProducerSettings
 from producer_service.feed import BinanceFeed, ScriptTarget
+from producer_service.ledger import GapLedger
 from producer_service.pacing import RateLimiter
 from producer_service.rest import BinanceRest
 from producer_service.sequencer import Gap, Sequencer
@@ -44,7 +45,8 @@ def feed() -> Iterator[tuple[BinanceFeed, RecordingSink]]:
     stop = threading.Event()
     sink = RecordingSink()
     feed = BinanceFeed("contract", "ws://127.0.0.1:9", BinanceRest("http://127.0.0.1:9", stop=stop),
-                       ProducerSettings(), sink, Sequencer(), RateLimiter(10, 1.0), stop)  # type: ignore[arg-type]
+                       ProducerSettings(), sink, Sequencer(), RateLimiter(10, 1.0), stop,  # type: ignore[arg-type]
+                       GapLedger(lambda: pytest.fail("the ledger is not used here")))
     feed.backfiller.request = lambda job: None  # type: ignore[method-assign]  # gaps are not this test's subject
     target = ScriptTarget(SCRIPT_ID, "BTCUSDT", "trade")
     feed.by_stream[target.stream] = target

@@ -223,22 +223,3 @@ def last_trade_ids(conn: pymysql.Connection, script_ids: Sequence[int]) -> dict[
         result = {script_id: last for script_id, last in cursor.fetchall()}
     conn.commit()
     return result
-
-
-def missing_trade_id_ranges(conn: pymysql.Connection, script_id: int, window: int) -> list[tuple[int, int]]:
-    """Holes (first, last inclusive) among the newest `window` ids stored for a script, oldest first.
-
-    Ids still in flight (in SQS, not yet stored) show up as holes too; fetching them again is harmless.
-    """
-    with conn.cursor() as cursor:
-        cursor.execute(
-            "SELECT trade_id + 1, next_id - 1 FROM ("
-            "  SELECT trade_id, LEAD(trade_id) OVER (ORDER BY trade_id) AS next_id FROM ticks"
-            "  WHERE script_id = %s AND trade_id > (SELECT COALESCE(MAX(trade_id), 0) FROM ticks"
-            "                                       WHERE script_id = %s) - %s"
-            ") AS ordered WHERE next_id > trade_id + 1 ORDER BY trade_id",
-            (script_id, script_id, window),
-        )
-        holes = [(int(first), int(last)) for first, last in cursor.fetchall()]
-    conn.commit()
-    return holes

@@ -1,0 +1,91 @@
+"""The producer's status per script (table producer_status), one multi-row upsert per broker every few seconds.
+
+States: subscribed, unknown_symbol (the exchange does not list it: nothing is collected), backfilling (open gaps,
+with ids done / in all), lagging (median trade-to-receive lag above PRODUCER_LAGGING_MS), connecting (its connection
+is not up). Lag percentiles come from the feed's bounded per-script sample, never from the ticks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import pymysql
+
+from producer_service.sequencer import Sequencer
+
+if TYPE_CHECKING:
+    from producer_service.feed import BinanceFeed, ScriptTarget
+
+COLUMNS = ("script_id", "broker_id", "state", "detail", "connection", "last_trade_id", "last_traded_at",
+           "backfill_done", "backfill_total", "lag_ms_p50", "lag_ms_p99", "reported_at")
+UPSERT = (f"INSERT INTO producer_status ({', '.join(COLUMNS)}) VALUES {{rows}} ON DUPLICATE KEY UPDATE "
+          + ", ".join(f"{column} = VALUES({column})" for column in COLUMNS[1:]))
+StatusRow = tuple[object, ...]
+
+
+def percentile(sorted_values: list[int], fraction: float) -> int:
+    return sorted_values[min(len(sorted_values) - 1, int(fraction * len(sorted_values)))]
+
+
+def _utc(us: int | None) -> datetime | None:
+    return None if us is None else datetime.fromtimestamp(us / 1e6, UTC).replace(tzinfo=None)
+
+
+class StatusPublisher:
+    def __init__(self, every_seconds: float, lagging_ms: int = 5_000) -> None:
+        self.every = every_seconds
+        self.lagging_ms = lagging_ms
+        self._last = float("-inf")
+
+    def due(self) -> bool:
+        if time.monotonic() - self._last < self.every:
+            return False
+        self._last = time.monotonic()
+        return True
+
+    def publish(self, conn: pymysql.Connection, broker_id: int, feed: BinanceFeed, sequencer: Sequencer,
+                stopped: bool = False) -> int:
+        rows = self.rows(broker_id, feed, sequencer, stopped)
+        if rows:
+            with conn.cursor() as cursor:
+                placeholders = ", ".join(["(" + ", ".join(["%s"] * len(COLUMNS)) + ")"] * len(rows))
+                cursor.execute(UPSERT.format(rows=placeholders), [value for row in rows for value in row])
+            conn.commit()
+        return len(rows)
+
+    def rows(self, broker_id: int, feed: BinanceFeed, sequencer: Sequencer, stopped: bool = False) -> list[StatusRow]:
+        now = datetime.now(UTC).replace(tzinfo=None)
+        progress = feed.backfiller.progress()
+        connection_of = {stream: conn for conn in feed.connections for stream in conn.streams}
+        rows: list[StatusRow] = []
+        for target in self._targets(feed):
+            conn = connection_of.get(target.stream)
+            lags = sorted(feed.lag_us.get(target.script_id, ()))
+            p50, p99 = (percentile(lags, 0.5) // 1000, percentile(lags, 0.99) // 1000) if lags else (None, None)
+            done, total = progress.get(target.script_id, (None, None))
+            state, detail = self._state(feed, target, conn, p50, total, stopped)
+            rows.append((target.script_id, broker_id, state, detail, conn.name if conn else None,
+                         sequencer.last_id(target.script_id), _utc(feed.last_trade_us.get(target.script_id)),
+                         done, total, None if p50 is None else max(0, p50), None if p99 is None else max(0, p99), now))
+        return rows
+
+    @staticmethod
+    def _targets(feed: BinanceFeed) -> Iterable[ScriptTarget]:
+        return [*feed.by_stream.values(), *(t for s, t in feed.unknown.items() if s not in feed.by_stream)]
+
+    def _state(self, feed: BinanceFeed, target: ScriptTarget, conn: object, p50: int | None, backfill_total: int | None,
+               stopped: bool) -> tuple[str, str | None]:
+        if target.stream in feed.unknown:
+            return "unknown_symbol", f"{target.symbol} is not a trading symbol on {feed.rest.base_url}"
+        if stopped:
+            return "connecting", "producer stopped"
+        if conn is None or getattr(conn, "connected_at", None) is None:
+            return "connecting", None
+        if backfill_total:
+            return "backfilling", None
+        if p50 is not None and p50 > self.lagging_ms:
+            return "lagging", f"lag p50 {p50} ms"
+        return "subscribed", None
