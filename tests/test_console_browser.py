@@ -24,6 +24,7 @@ import pytest
 import requests
 
 from tests.api_fixtures import TOKEN, LocalServer, start_chalice_local, stop_chalice_local
+from tickstream import coverage
 from tickstream.tick_store import insert_ticks_ignore
 from tickstream.ticks import Tick
 
@@ -154,6 +155,12 @@ def recent_ticks(script_id: int, count: int, first_id: int = 1, seconds_apart: f
     return ticks
 
 
+def store_ticks(db: pymysql.Connection, ticks: list[Tick]) -> None:
+    """Ticks and their tick_coverage, as the ingest leaves them (the console's counts come from the coverage)."""
+    insert_ticks_ignore(db, ticks)
+    coverage.rebuild(db, sorted({tick.script_id for tick in ticks}))
+
+
 # --- tests ---------------------------------------------------------------------------------------------------------
 
 def test_sign_in_with_a_wrong_then_the_right_token_and_sign_out(console: Console) -> None:
@@ -257,7 +264,7 @@ def test_scripts_filter_sort_page_and_bulk_deactivate(console: Console, server: 
 def test_ticks_appear_page_and_download_as_the_apis_csv(console: Console, server: LocalServer,
                                                         db: pymysql.Connection, tmp_path: Path) -> None:
     script_id = new_script(server, "ETHUSDT")
-    insert_ticks_ignore(db, recent_ticks(script_id, 120))
+    store_ticks(db, recent_ticks(script_id, 120))
     page = console.page
     console.sign_in()
     console.open(f"#/ticks?script={script_id}")
@@ -276,7 +283,7 @@ def test_ticks_appear_page_and_download_as_the_apis_csv(console: Console, server
     assert page.locator("[data-action=older]").is_disabled()
     page.click("[data-action=newer]")
     page.click("[data-action=newer]")
-    insert_ticks_ignore(db, recent_ticks(script_id, 5, first_id=121))  # new ticks arrive
+    store_ticks(db, recent_ticks(script_id, 5, first_id=121))  # new ticks arrive
     page.click("button:text('Refresh')")
     playwright_api.expect(ids.first).to_have_text("125")
 
@@ -295,7 +302,7 @@ def test_ticks_appear_page_and_download_as_the_apis_csv(console: Console, server
 
 def test_chart_draws_candles_and_volume(console: Console, server: LocalServer, db: pymysql.Connection) -> None:
     script_id = new_script(server, "BTCUSDT")
-    insert_ticks_ignore(db, recent_ticks(script_id, 3000, seconds_apart=1.0))  # ~50 one-minute bars
+    store_ticks(db, recent_ticks(script_id, 3000, seconds_apart=1.0))  # ~50 one-minute bars
     page = console.page
     console.sign_in()
     console.open(f"#/chart?script={script_id}")
@@ -328,7 +335,7 @@ def test_overview_redrive_button_moves_the_dlq_back(console: Console, server: Lo
     for i in range(3):
         sqs.send_message(QueueUrl=queues["TICKS_DLQ_URL"], MessageBody=f"dead letter {i}")
     for symbol in ("BTCUSDT", "ETHUSDT"):
-        insert_ticks_ignore(db, recent_ticks(new_script(server, symbol), 90))
+        store_ticks(db, recent_ticks(new_script(server, symbol), 90))
     page = console.page
     console.sign_in()
     page.wait_for_selector("[data-queue='Dead-letter queue'] .big:text('3')")
@@ -452,7 +459,7 @@ def test_overview_status_from_the_producer_and_missing_trades_per_symbol(console
 def test_delete_asks_for_the_purge_and_says_what_it_deleted(console: Console, server: LocalServer,
                                                             db: pymysql.Connection) -> None:
     script_id = new_script(server, "PEPEUSDT")
-    insert_ticks_ignore(db, recent_ticks(script_id, 10))
+    store_ticks(db, recent_ticks(script_id, 10))
     page = console.page
     console.sign_in()
     console.go("scripts")
