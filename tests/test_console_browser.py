@@ -15,6 +15,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import pytest
 import requests
 
 from tests.api_fixtures import TOKEN, LocalServer, start_chalice_local, stop_chalice_local
+from tickstream import coverage
 from tickstream.tick_store import insert_ticks_ignore
 from tickstream.ticks import Tick
 
@@ -153,6 +155,12 @@ def recent_ticks(script_id: int, count: int, first_id: int = 1, seconds_apart: f
     return ticks
 
 
+def store_ticks(db: pymysql.Connection, ticks: list[Tick]) -> None:
+    """Ticks and their tick_coverage, as the ingest leaves them (the console's counts come from the coverage)."""
+    insert_ticks_ignore(db, ticks)
+    coverage.rebuild(db, sorted({tick.script_id for tick in ticks}))
+
+
 # --- tests ---------------------------------------------------------------------------------------------------------
 
 def test_sign_in_with_a_wrong_then_the_right_token_and_sign_out(console: Console) -> None:
@@ -256,7 +264,7 @@ def test_scripts_filter_sort_page_and_bulk_deactivate(console: Console, server: 
 def test_ticks_appear_page_and_download_as_the_apis_csv(console: Console, server: LocalServer,
                                                         db: pymysql.Connection, tmp_path: Path) -> None:
     script_id = new_script(server, "ETHUSDT")
-    insert_ticks_ignore(db, recent_ticks(script_id, 120))
+    store_ticks(db, recent_ticks(script_id, 120))
     page = console.page
     console.sign_in()
     console.open(f"#/ticks?script={script_id}")
@@ -275,7 +283,7 @@ def test_ticks_appear_page_and_download_as_the_apis_csv(console: Console, server
     assert page.locator("[data-action=older]").is_disabled()
     page.click("[data-action=newer]")
     page.click("[data-action=newer]")
-    insert_ticks_ignore(db, recent_ticks(script_id, 5, first_id=121))  # new ticks arrive
+    store_ticks(db, recent_ticks(script_id, 5, first_id=121))  # new ticks arrive
     page.click("button:text('Refresh')")
     playwright_api.expect(ids.first).to_have_text("125")
 
@@ -294,7 +302,7 @@ def test_ticks_appear_page_and_download_as_the_apis_csv(console: Console, server
 
 def test_chart_draws_candles_and_volume(console: Console, server: LocalServer, db: pymysql.Connection) -> None:
     script_id = new_script(server, "BTCUSDT")
-    insert_ticks_ignore(db, recent_ticks(script_id, 3000, seconds_apart=1.0))  # ~50 one-minute bars
+    store_ticks(db, recent_ticks(script_id, 3000, seconds_apart=1.0))  # ~50 one-minute bars
     page = console.page
     console.sign_in()
     console.open(f"#/chart?script={script_id}")
@@ -327,7 +335,7 @@ def test_overview_redrive_button_moves_the_dlq_back(console: Console, server: Lo
     for i in range(3):
         sqs.send_message(QueueUrl=queues["TICKS_DLQ_URL"], MessageBody=f"dead letter {i}")
     for symbol in ("BTCUSDT", "ETHUSDT"):
-        insert_ticks_ignore(db, recent_ticks(new_script(server, symbol), 90))
+        store_ticks(db, recent_ticks(new_script(server, symbol), 90))
     page = console.page
     console.sign_in()
     page.wait_for_selector("[data-queue='Dead-letter queue'] .big:text('3')")
@@ -347,10 +355,111 @@ def test_overview_redrive_button_moves_the_dlq_back(console: Console, server: Lo
     assert attributes["ApproximateNumberOfMessages"] == "3"
 
 
+
+def seed_coverage(db: pymysql.Connection, script_id: int, day: date, first_id: int, last_id: int, stored: int) -> None:
+    """A tick_coverage row as the ingest keeps it (the page reads only this table and the ledger, not ticks)."""
+    start = datetime.combine(day, datetime.min.time())
+    with db.cursor() as cursor:
+        cursor.execute("INSERT INTO tick_coverage (script_id, day, stored, first_trade_id, last_trade_id,"
+                       " first_traded_at, last_traded_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                       (script_id, day, stored, first_id, last_id, start + timedelta(seconds=1),
+                        start + timedelta(hours=23, minutes=59)))
+
+
+def seed_gap(db: pymysql.Connection, script_id: int, first_id: int, last_id: int, state: str, attempts: int,
+             last_error: str | None) -> None:
+    with db.cursor() as cursor:
+        cursor.execute("INSERT INTO gaps (script_id, first_trade_id, last_trade_id, next_trade_id, cause, state,"
+                       " attempts, last_error, trades_filled) VALUES (%s, %s, %s, %s, 'reconnect', %s, %s, %s, %s)",
+                       (script_id, first_id, last_id, first_id, state, attempts, last_error,
+                        last_id - first_id + 1 if state == "filled" else 0))
+
+
+def seed_status(db: pymysql.Connection, script_id: int, state: str, *, done: int | None = None,
+                total: int | None = None, age_s: int = 0) -> None:
+    with db.cursor() as cursor:
+        cursor.execute("INSERT INTO producer_status (script_id, broker_id, state, detail, backfill_done,"
+                       " backfill_total, reported_at) SELECT id, broker_id, %s, %s, %s, %s,"
+                       " UTC_TIMESTAMP(6) - INTERVAL %s SECOND FROM scripts WHERE id = %s",
+                       (state, f"detail of {state}", done, total, age_s, script_id))
+
+
+def test_coverage_page_shows_each_day_and_its_gaps_as_text(console: Console, server: LocalServer,
+                                                           db: pymysql.Connection) -> None:
+    script_id = new_script(server, "SOLUSDT")
+    today = datetime.now(UTC).date()
+    yesterday, old = today - timedelta(days=1), today - timedelta(days=40)
+    seed_coverage(db, script_id, old, 1, 100, 100)  # outside the default 31 days
+    seed_coverage(db, script_id, yesterday, 1001, 2000, 1000)
+    seed_coverage(db, script_id, today, 2001, 3000, 950)  # 50 missing: 2101-2140 and 2501-2510
+    seed_gap(db, script_id, 2101, 2140, "unrecoverable", 5, XSS_NAME)
+    seed_gap(db, script_id, 2501, 2510, "filling", 2, None)
+    seed_gap(db, script_id, 1500, 1509, "filled", 1, None)  # filled yesterday: shown, yet the day is complete
+    page = console.page
+    console.sign_in()
+    console.go("scripts")
+    page.click(f"tr[data-script='{script_id}'] a:text('Coverage')")
+    page.wait_for_selector("header nav a.active[href='#/coverage']")
+    table = page.locator("table[data-table=coverage]")
+    table.locator(f"tr[data-day='{today}']").wait_for()
+    summary = page.locator("[data-coverage-summary]").inner_text()
+    assert summary == f"{today - timedelta(days=30)} to {today}: 2 day(s) with ticks, 1 incomplete, 50 trade(s)" \
+        " missing."
+    assert table.locator("tr[data-day]").evaluate_all("rows => rows.map(r => r.dataset.day)") == \
+        [str(yesterday), str(today)]
+    row = table.locator(f"tr[data-day='{today}']")
+    cells = {col: row.locator(f"[data-col={col}]").inner_text()
+             for col in ("complete", "stored", "expected", "missing", "first_trade_id", "last_trade_id")}
+    assert cells == {"complete": "incomplete", "stored": "950", "expected": "1,000", "missing": "50",
+                     "first_trade_id": "2001", "last_trade_id": "3000"}
+    assert table.locator(f"tr[data-day='{yesterday}'] [data-col=complete]").inner_text() == "complete"
+    gaps = page.locator("table[data-table=gaps] tr[data-gap]")
+    assert [(g.locator("[data-col=state]").inner_text(), g.locator("[data-col=attempts]").inner_text(),
+             g.locator("[data-col=last_error]").inner_text()) for g in gaps.all()] == [
+        ("filled", "1", "–"), ("unrecoverable", "5", XSS_NAME), ("filling", "2", "–")]
+    assert "2101" in gaps.nth(1).inner_text() and "2140" in gaps.nth(1).inner_text()
+    assert page.locator("img").count() == 0  # the error text is text
+    console.screenshot("coverage")
+    page.fill("[data-filter=from]", str(old))
+    page.wait_for_selector(f"tr[data-day='{old}']")
+    assert "3 day(s) with ticks" in page.locator("[data-coverage-summary]").inner_text()
+
+
+def test_overview_status_from_the_producer_and_missing_trades_per_symbol(console: Console, server: LocalServer,
+                                                                        db: pymysql.Connection) -> None:
+    today = datetime.now(UTC).date()
+    ids = {symbol: new_script(server, symbol) for symbol in
+           ("BTCUSDT", "NOPEUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT", "ADAUSDT")}
+    seed_status(db, ids["BTCUSDT"], "subscribed")
+    seed_status(db, ids["NOPEUSDT"], "unknown_symbol")
+    seed_status(db, ids["ETHUSDT"], "backfilling", done=250, total=1000)
+    seed_status(db, ids["SOLUSDT"], "lagging")
+    seed_status(db, ids["XRPUSDT"], "subscribed", age_s=600)  # the producer stopped reporting
+    seed_coverage(db, ids["ETHUSDT"], today - timedelta(days=1), 1, 1000, 990)
+    seed_coverage(db, ids["ETHUSDT"], today, 1001, 2000, 1000)
+    page = console.page
+    console.sign_in()
+    table = page.locator("table[data-table=overview]")
+    table.locator(f"tr[data-script='{ids['ADAUSDT']}']").wait_for()
+
+    def cell(symbol: str, col: str) -> str:
+        return table.locator(f"tr[data-script='{ids[symbol]}'] [data-col={col}]").inner_text()
+
+    assert {symbol: cell(symbol, "status") for symbol in ids} == {
+        "BTCUSDT": "subscribed", "NOPEUSDT": "unknown symbol", "ETHUSDT": "backfilling 250 / 1,000 (25%)",
+        "SOLUSDT": "lagging", "XRPUSDT": "subscribed · reported 10 min ago",
+        "ADAUSDT": "no ticks yet"}  # no producer status: what /stats tells
+    assert (cell("ETHUSDT", "incomplete_days"), cell("ETHUSDT", "missing_trades"), cell("ETHUSDT", "stored")) == \
+        ("1", "10", "1,990")
+    assert (cell("BTCUSDT", "incomplete_days"), cell("BTCUSDT", "missing_trades")) == ("0", "0")
+    page.click(f"tr[data-script='{ids['ETHUSDT']}'] a:text('Coverage')")
+    page.wait_for_selector("[data-coverage-summary]:text-matches('1 incomplete, 10 trade')")
+
+
 def test_delete_asks_for_the_purge_and_says_what_it_deleted(console: Console, server: LocalServer,
                                                             db: pymysql.Connection) -> None:
     script_id = new_script(server, "PEPEUSDT")
-    insert_ticks_ignore(db, recent_ticks(script_id, 10))
+    store_ticks(db, recent_ticks(script_id, 10))
     page = console.page
     console.sign_in()
     console.go("scripts")

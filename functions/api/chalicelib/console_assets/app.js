@@ -17,7 +17,8 @@
   const DEFAULT_BARS = { '1s': 900, '1m': 900, '5m': 576, '1h': 336, '1d': 90 };
   const MAX_CANDLE_CALLS = 20;
   const PAGES = [['overview', 'Overview'], ['brokers', 'Brokers'], ['scripts', 'Scripts'], ['ticks', 'Ticks'],
-    ['chart', 'Chart']];
+    ['chart', 'Chart'], ['coverage', 'Coverage']];
+  const STATUS_STALE_S = 60;  // the producer reports every few seconds: older than this, say how old
 
   class ApiError extends Error {
     constructor(status, body) {
@@ -150,8 +151,24 @@
   }
 
   // --- overview ----------------------------------------------------------------------------------------------
+  // The producer's own view (producer_status) when it has reported the script, else what /stats can tell.
+  function producerStatus(status, generatedAt) {
+    const labels = { subscribed: ['live', 'subscribed'], unknown_symbol: ['bad', 'unknown symbol'],
+      lagging: ['lagging', 'lagging'], connecting: ['idle', 'connecting'] };
+    let [kind, label] = labels[status.state] || ['idle', status.state];
+    if (status.state === 'backfilling') {
+      kind = 'backfilling';
+      label = status.backfill_total ? `backfilling ${count(status.backfill_done || 0)} / ${count(status.backfill_total)}`
+        + ` (${Math.floor((100 * (status.backfill_done || 0)) / status.backfill_total)}%)` : 'backfilling';
+    }
+    const age = (Date.parse(generatedAt) - Date.parse(status.reported_at)) / 1000;
+    if (age > STATUS_STALE_S) label += ` · reported ${Math.round(age / 60)} min ago`;
+    return [kind, label];
+  }
+
   function scriptStatus(script, generatedAt) {
     if (!script.is_active) return ['inactive', 'inactive'];
+    if (script.status) return producerStatus(script.status, generatedAt);
     if (!script.last_trade_at) return ['empty', 'no ticks yet'];
     if (script.lag_ms_p99 !== null && script.lag_ms_p99 > 5000) return ['lagging', 'lagging'];
     const age = (Date.parse(generatedAt) - Date.parse(script.last_trade_at)) / 1000;
@@ -221,14 +238,18 @@
       <h2>Symbols</h2>
       <table data-table="overview">
         <thead><tr><th>Symbol</th><th>Name</th><th>Broker</th><th>Status</th><th class="num">Stored</th>
-          <th class="num">Last minute</th><th class="num">Lag p50</th><th class="num">Lag p99</th><th>Last trade</th></tr></thead>
+          <th class="num">Last minute</th><th class="num">Lag p50</th><th class="num">Lag p99</th><th>Last trade</th>
+          <th class="num">Incomplete days</th><th class="num">Missing trades</th><th></th></tr></thead>
         <tbody>${stats.scripts.map((s) => {
           const [kind, label] = scriptStatus(s, stats.generated_at);
           return html`<tr key=${s.script_id} data-script=${s.script_id}>
             <td>${s.trading_symbol}</td><td>${s.name}</td><td>${brokers[s.broker_id] || s.broker_id}</td>
-            <td><span class=${`status ${kind}`}>${label}</span></td>
+            <td><span class=${`status ${kind}`} data-col="status" title=${(s.status && s.status.detail) || ''}>${label}</span></td>
             <td class="num" data-col="stored">${count(s.tick_count)}</td><td class="num">${count(s.ticks_last_minute)}</td>
             <td class="num">${ms(s.lag_ms_p50)}</td><td class="num">${ms(s.lag_ms_p99)}</td><td>${time(s.last_trade_at)}</td>
+            <td class=${`num${s.incomplete_days ? ' bad' : ''}`} data-col="incomplete_days">${count(s.incomplete_days)}</td>
+            <td class=${`num${s.missing_trades ? ' bad' : ''}`} data-col="missing_trades">${count(s.missing_trades)}</td>
+            <td><a class="button" href=${`#/coverage?script=${s.script_id}`}>Coverage</a></td>
           </tr>`;
         })}</tbody>
       </table>
@@ -431,7 +452,8 @@
           <td>${s.additional_data.stream || 'aggTrade'}</td><td data-col="active">${s.is_active ? 'yes' : 'no'}</td>
           <td class="num">${count(data.ticks[s.id] || 0)}</td><td>${time(s.created_at)}</td>
           <td><button onClick=${() => edit(s)}>Edit</button> <a class="button" href=${`#/ticks?script=${s.id}`}>Ticks</a>
-            <a class="button" href=${`#/chart?script=${s.id}`}>Chart</a> <button class="danger" onClick=${() => remove(s)}>Delete…</button></td>
+            <a class="button" href=${`#/chart?script=${s.id}`}>Chart</a>
+            <a class="button" href=${`#/coverage?script=${s.id}`}>Coverage</a> <button class="danger" onClick=${() => remove(s)}>Delete…</button></td>
         </tr>`)}</tbody>
       </table>
       <div class="toolbar">
@@ -631,6 +653,80 @@
       <p class="muted">Charts by <a href="https://www.tradingview.com/" rel="noreferrer">TradingView Lightweight Charts™</a>, Copyright © TradingView, Inc.</p>`;
   }
 
+  // --- coverage ----------------------------------------------------------------------------------------------
+  const COVERAGE_DAYS = 31;  // the API's default range
+  const dayInput = (date) => date.toISOString().slice(0, 10);
+
+  function defaultDays() {
+    const today = new Date();
+    return { from: dayInput(new Date(today.getTime() - (COVERAGE_DAYS - 1) * 86400000)), to: dayInput(today) };
+  }
+
+  function GapRows({ gaps }) {
+    if (!gaps.length) return null;
+    return html`<tr class="gaps"><td colspan="10">
+      <table data-table="gaps">
+        <thead><tr><th>Gap</th><th>State</th><th>Cause</th><th class="num">First id</th><th class="num">Last id</th>
+          <th class="num">Trades</th><th class="num">Filled</th><th class="num">Attempts</th><th>Last error</th><th>Detected</th></tr></thead>
+        <tbody>${gaps.map((g) => html`<tr key=${g.id} data-gap=${g.id}>
+          <td>${g.id}</td><td><span class=${`status gap-${g.state}`} data-col="state">${g.state}</span></td><td>${g.cause}</td>
+          <td class="num">${g.first_trade_id}</td><td class="num">${g.last_trade_id}</td>
+          <td class="num">${count(g.last_trade_id - g.first_trade_id + 1)}</td><td class="num">${count(g.trades_filled)}</td>
+          <td class="num" data-col="attempts">${count(g.attempts)}</td>
+          <td class="break" data-col="last_error">${g.last_error || '–'}</td><td>${time(g.detected_at)}</td></tr>`)}</tbody>
+      </table></td></tr>`;
+  }
+
+  function Coverage({ call, params }) {
+    const scripts = useScripts(call);
+    const [script, setScript] = useState(params.get('script') || '');
+    const [range, setRange] = useState(defaultDays);
+    const [report, setReport] = useState(null);
+    const [error, setError] = useState('');
+    const load = useCallback(async () => {
+      if (!script) { setReport(null); return; }
+      const query = new URLSearchParams();
+      if (range.from) query.set('from', range.from);
+      if (range.to) query.set('to', range.to);
+      try {
+        setReport((await call('GET', `/scripts/${script}/coverage?${query}`)).data);
+        setError('');
+      } catch (failure) { setReport(null); setError(failure.message); }
+    }, [call, script, range]);
+    useEffect(() => { load(); }, [load]);
+    const days = report ? report.days : [];
+    const incomplete = days.filter((d) => !d.complete).length;
+    const missing = days.reduce((sum, d) => sum + d.missing, 0);
+    return html`<h1>Coverage</h1>
+      <div class="toolbar">
+        <${ScriptPicker} scripts=${scripts} value=${script} onChange=${(v) => { setScript(v); location.hash = `#/coverage?script=${v}`; }} />
+        <label>From (UTC day) <input type="date" data-filter="from" value=${range.from} onChange=${(e) => setRange({ ...range, from: e.target.value })} /></label>
+        <label>To (UTC day) <input type="date" data-filter="to" value=${range.to} onChange=${(e) => setRange({ ...range, to: e.target.value })} /></label>
+        <button onClick=${load} disabled=${!script}>Refresh</button>
+      </div>
+      <${Notice} error=${error} />
+      ${!report ? html`<p class="muted">${script ? (error ? '' : 'Loading…') : 'Choose a script.'}</p>` : html`
+      <p data-coverage-summary>${`${report.first_day} to ${report.last_day}: ${count(days.length)} day(s) with ticks, `
+        + `${count(incomplete)} incomplete, ${count(missing)} trade(s) missing.`}</p>
+      <p class="muted">A day is complete when every trade id from its first to its last stored id is stored. Days
+        without stored ticks are not listed.</p>
+      ${report.gaps_truncated ? html`<p class="error" data-gaps-truncated>More gaps than one answer holds: not every gap
+        is shown below (GET /gaps lists them all).</p>` : null}
+      <table data-table="coverage">
+        <thead><tr><th>Day (UTC)</th><th>Complete</th><th class="num">Stored</th><th class="num">Expected</th>
+          <th class="num">Missing</th><th class="num">First id</th><th>First trade</th><th class="num">Last id</th>
+          <th>Last trade</th><th>Audited</th></tr></thead>
+        <tbody>${days.map((d) => html`<tr key=${d.day} data-day=${d.day}>
+            <td>${d.day}</td><td><span class=${`status ${d.complete ? 'live' : 'bad'}`} data-col="complete">${d.complete ? 'complete' : 'incomplete'}</span></td>
+            <td class="num" data-col="stored">${count(d.stored)}</td><td class="num" data-col="expected">${count(d.expected)}</td>
+            <td class="num" data-col="missing">${count(d.missing)}</td><td class="num" data-col="first_trade_id">${d.first_trade_id}</td>
+            <td>${time(d.first_traded_at)}</td><td class="num" data-col="last_trade_id">${d.last_trade_id}</td>
+            <td>${time(d.last_traded_at)}</td><td>${time(d.audited_at)}</td></tr>
+          <${GapRows} gaps=${d.gaps} />`)}</tbody>
+      </table>
+      ${days.length === 0 ? html`<p class="muted">No stored ticks in these days.</p>` : null}`}`;
+  }
+
   // --- shell -------------------------------------------------------------------------------------------------
   function App() {
     const [token, setToken] = useState(() => sessionStorage.getItem(TOKEN_KEY) || '');
@@ -652,7 +748,7 @@
     if (!token) {
       return html`<${SignIn} message=${message} onSignedIn=${(t) => { sessionStorage.setItem(TOKEN_KEY, t); setMessage(''); setToken(t); }} />`;
     }
-    const Page = { overview: Overview, brokers: Brokers, scripts: Scripts, ticks: Ticks, chart: Chart }[route.page];
+    const Page = { overview: Overview, brokers: Brokers, scripts: Scripts, ticks: Ticks, chart: Chart, coverage: Coverage }[route.page];
     return html`<header>
         <span class="brand">tickstream</span>
         <nav>${PAGES.map(([id, label]) => html`<a href=${`#/${id}`} class=${route.page === id ? 'active' : ''}>${label}</a>`)}</nav>
