@@ -54,7 +54,8 @@ def counted_from_ticks(conn: pymysql.Connection) -> dict[tuple[int, date], tuple
 @pytest.fixture(params=["load_data", "insert_ignore"])
 def ingestor(request: pytest.FixtureRequest, db_settings: DatabaseSettings) -> Iterator[TickIngestor]:
     load_data = request.param == "load_data"
-    ingestor = TickIngestor(db_settings, open_store=lambda: TickStore(connect(db_settings), use_load_data=load_data))
+    ingestor = TickIngestor(db_settings, open_store=lambda: TickStore(connect(db_settings, local_infile=load_data),
+                                                                      use_load_data=load_data))
     yield ingestor
     ingestor.close()
 
