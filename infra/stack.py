@@ -45,10 +45,12 @@ PARAMETER_VARIABLES = {
     "IngestTimeoutSeconds": "INGEST_TIMEOUT_SECONDS",
     "TicksQueueVisibilityTimeoutSeconds": "TICKS_QUEUE_VISIBILITY_TIMEOUT_SECONDS",
     "ApiToken": "API_TOKEN",
+    "TickRetentionDays": "TICK_RETENTION_DAYS",
 }
 # LocalStack community has no AWS::CloudFormation::CustomResource (it deploys it as a no-op), so the schema is
 # migrated by the caller (`make up`, the tests) instead of by the SchemaMigration resource. README says so.
-LOCALSTACK_COMMUNITY_PARAMETERS = {"MigrateOnDeploy": "false"}
+# Nor EventBridge (not among infra/localstack.py's SERVICES): no maintenance schedule; jobs run from the jobs queue.
+LOCALSTACK_COMMUNITY_PARAMETERS = {"MigrateOnDeploy": "false", "MaintenanceSchedule": ""}
 
 
 class DeployError(RuntimeError):
