@@ -15,7 +15,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP_INSTALL = pip install --quiet --disable-pip-version-check
 
-.PHONY: help venv venvs db-ready test lint migrate up down demo bench clean
+.PHONY: help venv venvs db-ready test lint migrate up down demo bench bench-scale clean
 
 help:
 	@echo "make test     run the whole test suite (MariaDB, host LocalStack, simulator, API)"
@@ -23,6 +23,7 @@ help:
 	@echo "make demo     the pipeline against the exchange simulator, with a live per-symbol count"
 	@echo "make migrate  create the database if missing and apply migrations"
 	@echo "make bench    benchmarks; results under bench/results/"
+	@echo "make bench-scale  the scale benchmark (1M/10M/100M-row tables, ~12 GB of disk; BENCH_ARGS=--scale-sizes=...)"
 	@echo "make lint     ruff"
 
 $(VENV)/.installed: requirements-dev.txt
@@ -63,6 +64,10 @@ demo: venvs db-ready
 
 bench: venvs db-ready
 	$(PY) -m bench $(BENCH_ARGS)
+
+# Stage 7 only: builds (once, then reuses) ticks tables of 1M, 10M and 100M rows; not part of `make bench`.
+bench-scale: venvs db-ready
+	$(PY) -m bench --stages 7 $(BENCH_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .

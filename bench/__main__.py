@@ -3,6 +3,8 @@ measured in the same run, printed as one table and written to bench/results/<UTC
 
 Stages (issue 7): 1 storage ceiling, 2 ingest handler in-process, 3 end to end through host LocalStack (with the
 emulator's own ceiling), 4 latency at 1k ticks/s, 5 cost per million ticks (from stage 3's counts), 6 cold start.
+Stage 7 (`make bench-scale`, only when asked for: it builds tables of up to 100M rows, ~12 GB, kept between runs
+as tickstream_bench_scale_<rows>) measures ingest, reads, size and retention as the table grows (bench/scale.py).
 MariaDB from DB_HOST/DB_PORT/DB_USER/DB_PASSWORD (throw-away databases tickstream_bench_*); LocalStack on
 BENCH_LOCALSTACK_PORT (default 4610) with state in BENCH_LOCALSTACK_DIR (default .localstack/bench), started and
 stopped here unless one already answers there. Every stage stops by itself; the whole run takes ~6 minutes.
@@ -20,7 +22,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import coldstart, cost, e2e, ingest, latency, storage
+from bench import coldstart, cost, e2e, ingest, latency, scale, storage
 from bench.aws_local import bench_settings, running_localstack
 from bench.common import StageResult, ticks_per_message, wait_for_database
 from bench.pipeline import Mapping
@@ -42,6 +44,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--warmup-seconds", type=float, default=5, help="stages 3-4: trading before the window")
     parser.add_argument("--latency-rate", type=float, default=1_000, help="stage 4: ticks/s")
     parser.add_argument("--latency-seconds", type=float, default=20, help="stage 4: measured window")
+    parser.add_argument("--scale-sizes", default="1000000,10000000,100000000",
+                        help="stage 7: table sizes in rows, comma-separated")
+    parser.add_argument("--scale-samples", type=int, default=100, help="stage 7: requests per read")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     return parser.parse_args(argv)
 
@@ -91,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(timed(cost.NAME, lambda: cost.run(e2e_result.data)))
     if 6 in stages:
         results.append(timed(coldstart.NAME, lambda: coldstart.run(settings)))
+    if 7 in stages:
+        sizes = [int(size) for size in args.scale_sizes.split(",") if size.strip()]
+        results.append(timed(scale.NAME, lambda: scale.run(sizes, args.rows, args.scale_samples)))
 
     rows = [row for result in results for row in result.rows]
     print(table(rows))

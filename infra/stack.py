@@ -50,7 +50,7 @@ PARAMETER_VARIABLES = {
 # LocalStack community has no AWS::CloudFormation::CustomResource (it deploys it as a no-op), so the schema is
 # migrated by the caller (`make up`, the tests) instead of by the SchemaMigration resource. README says so.
 # Nor EventBridge (not among infra/localstack.py's SERVICES): no maintenance schedule; jobs run from the jobs queue.
-LOCALSTACK_COMMUNITY_PARAMETERS = {"MigrateOnDeploy": "false", "MaintenanceSchedule": ""}
+LOCALSTACK_COMMUNITY_PARAMETERS = {"MigrateOnDeploy": "false", "MaintenanceSchedule": "off"}
 
 
 class DeployError(RuntimeError):

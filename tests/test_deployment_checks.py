@@ -167,6 +167,7 @@ def test_layers_are_copied_into_functions_without_overwriting(tmp_path: Path) ->
 def test_stack_outputs_file_is_sourceable_by_sh(tmp_path: Path) -> None:
     outputs = {"TicksQueueUrl": "http://localstack:4566/queue/us-east-1/000000000000/tickstream-TicksQueue-x",
                "TicksDeadLetterQueueUrl": "http://localstack:4566/queue/us-east-1/000000000000/dlq",
+               "JobsQueueUrl": "http://localstack:4566/queue/us-east-1/000000000000/jobs",
                "ApiUrl": "ignored"}
     written = deploy.write_outputs(outputs, tmp_path)
     script = f'set -a && . "{written}" && set +a && exec "$@"'  # the compose services' entrypoint

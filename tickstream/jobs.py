@@ -26,6 +26,7 @@ import pymysql
 log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 10_000  # per transaction: ~0.1 s of work here, and a few MB of undo log
+SCRIPTS_PER_STEP = 200  # retention passes at most this many scripts per transaction (two index dives each)
 PURGE_SCRIPT = "purge_script"
 RETENTION = "retention"
 UNFINISHED = ("queued", "running")
@@ -256,34 +257,39 @@ def create_retention_job(conn: pymysql.Connection, now: datetime | None = None) 
 
 
 def _retention_step(conn: pymysql.Connection, job_id: int, chunk_rows: int, days: int) -> int | None:
-    """One chunk of the current script's ticks traded before the cutoff; at the end of a script its old coverage
-    rows go and the job moves to the next script; after the last, finished gaps older than the window."""
+    """Up to `chunk_rows` ticks traded before the cutoff, from the cursor's script on (a script with nothing old
+    costs two index dives; its old coverage rows go as it is passed), in one transaction; after the last script,
+    finished gaps older than the window, and the job is done (returns None then)."""
     with _transaction(conn) as cursor:
         job = _locked_job(cursor, job_id)
         if job is None:
             return None
-        cutoff, script_id = retention_cutoff(days, job.created_at), job.script_id or 0
-        cursor.execute("SELECT id FROM scripts WHERE id >= %s ORDER BY id LIMIT 1", (script_id,))
-        row = cursor.fetchone()
-        if row is None:
-            cursor.execute(f"DELETE FROM gaps WHERE state IN {_in(TERMINAL_GAP_STATES)}"
-                           " AND COALESCE(filled_at, updated_at) < %s",
-                           (*TERMINAL_GAP_STATES, cutoff.replace(tzinfo=None)))
-            _finish(cursor, job_id)
-            return None
-        if row[0] != script_id:
-            script_id, start = row[0], 0
-        else:
-            start = job.cursor_trade_id or 0
-        last = _last_trade_before(cursor, script_id, cutoff)
-        end = None if last is None or last < start else _chunk_end(cursor, script_id, start, chunk_rows, last)
-        if end is None:  # nothing (more) of this script before the cutoff
-            cursor.execute("DELETE FROM tick_coverage WHERE script_id = %s AND day < %s",
-                           (script_id, cutoff.date()))
-            _advance(cursor, job_id, script_id + 1, 0, 0)
-            return 0
-        deleted = _delete_range(cursor, script_id, start, end, before=cutoff)
-        _advance(cursor, job_id, script_id, end + 1, deleted)
+        cutoff = retention_cutoff(days, job.created_at)
+        script_id, start = job.script_id or 0, job.cursor_trade_id or 0
+        deleted, passed = 0, 0
+        while deleted < chunk_rows and passed < SCRIPTS_PER_STEP:
+            cursor.execute("SELECT id FROM scripts WHERE id >= %s ORDER BY id LIMIT 1", (script_id,))
+            row = cursor.fetchone()
+            if row is None:
+                cursor.execute(f"DELETE FROM gaps WHERE state IN {_in(TERMINAL_GAP_STATES)}"
+                               " AND COALESCE(filled_at, updated_at) < %s",
+                               (*TERMINAL_GAP_STATES, cutoff.replace(tzinfo=None)))
+                cursor.execute("UPDATE jobs SET rows_deleted = rows_deleted + %s WHERE id = %s", (deleted, job_id))
+                _finish(cursor, job_id)
+                return None
+            if row[0] != script_id:
+                script_id, start = row[0], 0
+            last = _last_trade_before(cursor, script_id, cutoff)
+            end = None if last is None or last < start else _chunk_end(cursor, script_id, start,
+                                                                      chunk_rows - deleted, last)
+            if end is None:  # nothing (more) of this script before the cutoff
+                cursor.execute("DELETE FROM tick_coverage WHERE script_id = %s AND day < %s",
+                               (script_id, cutoff.date()))
+                script_id, start, passed = script_id + 1, 0, passed + 1
+                continue
+            deleted += _delete_range(cursor, script_id, start, end, before=cutoff)
+            start = end + 1
+        _advance(cursor, job_id, script_id, start, deleted)
         return deleted
 
 
