@@ -248,6 +248,13 @@ IAM_MUTATIONS = {
         "            - Effect: Allow\n              Action: sqs:SendMessage\n"
         "              Resource: !GetAtt TicksQueue.Arn\n",
         "        - SQSSendMessagePolicy:\n            QueueName: !GetAtt TicksQueue.QueueName\n", None),
+    # The maintenance function wakes its own next run when a job outlasts one invocation.
+    "maintenance-cannot-wake": (
+        "            - Effect: Allow\n              Action: sqs:SendMessage\n"
+        "              Resource: !GetAtt JobsQueue.Arn\n",
+        "            - Effect: Allow\n              Action: sqs:GetQueueUrl\n"
+        "              Resource: !GetAtt JobsQueue.Arn\n",
+        "MaintenanceFunction's code calls sqs:SendMessage (send_message at tickstream/job_queue.py"),
     "api-cannot-redrive": (
         "Action: [sqs:StartMessageMoveTask, sqs:ListMessageMoveTasks,", "Action: [sqs:ListMessageMoveTasks,",
         "ApiFunction's code calls sqs:StartMessageMoveTask (start_message_move_task at tickstream/queues.py"),
