@@ -18,7 +18,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import pymysql
 
-from bench.common import BENCH_DB_PREFIX, drop_database
+from bench.common import BENCH_DB_PREFIX
 from tickstream.db import connect
 from tickstream.migrate import migrate
 from tickstream.settings import DatabaseSettings, database_settings
@@ -81,16 +81,26 @@ def weights(count: int) -> list[float]:
 
 
 def create_scripts(conn: pymysql.Connection, total_rows: int) -> list[ScriptPlan]:
+    """The broker and its SCRIPTS scripts, or the ones an interrupted build made (then it resumes)."""
     with conn.cursor() as cursor:
-        cursor.execute("INSERT INTO brokers (type, name, api_config) VALUES ('binance', 'Scale bench', '{}')")
-        broker_id = cursor.lastrowid
+        cursor.execute("SELECT s.id FROM scripts s JOIN brokers b ON b.id = s.broker_id WHERE b.name = 'Scale bench'"
+                       " ORDER BY s.id")
+        existing = [row[0] for row in cursor.fetchall()]
+        if not existing:
+            cursor.execute("INSERT INTO brokers (type, name, api_config) VALUES ('binance', 'Scale bench', '{}')")
+            broker_id = cursor.lastrowid
         plans = []
         for index, share in enumerate(weights(SCRIPTS)):
             symbol = HOT[index] if index < len(HOT) else f"TAIL{index:04d}USDT"
-            cursor.execute("INSERT INTO scripts (broker_id, name, trading_symbol, additional_data, is_active)"
-                           " VALUES (%s, %s, %s, '{\"stream\": \"trade\"}', FALSE)", (broker_id, symbol, symbol))
+            if existing:
+                script_id = existing[index]
+            else:
+                cursor.execute("INSERT INTO scripts (broker_id, name, trading_symbol, additional_data, is_active)"
+                               " VALUES (%s, %s, %s, '{\"stream\": \"trade\"}', FALSE)",
+                               (broker_id, symbol, symbol))
+                script_id = cursor.lastrowid
             rows_per_day = max(1, math.floor(total_rows * share / DAYS))
-            plans.append(ScriptPlan(cursor.lastrowid, symbol, rows_per_day, 1_000_000_000 * (index + 1),
+            plans.append(ScriptPlan(script_id, symbol, rows_per_day, 1_000_000_000 * (index + 1),
                                     index % HOLE_EVERY == 0 and rows_per_day >= 3 * HOLE_IDS))
     conn.commit()
     return plans
@@ -118,7 +128,14 @@ FROM (SELECT seq, %(day)s + INTERVAL (seq * %(interval)s) MICROSECOND AS traded 
 
 
 def insert_day(cursor: pymysql.cursors.Cursor, build: DayBuild) -> None:
-    """The day's rows in id order: one statement, or two around the hole."""
+    """The day's rows in id order: one statement, or two around the hole. A day whose last id is stored is done
+    (an interrupted build resumes here); a day begun but not finished is deleted and made again."""
+    cursor.execute("SELECT 1 FROM ticks WHERE script_id = %s AND trade_id = %s", (build.plan.script_id,
+                                                                                  build.last_id))
+    if cursor.fetchone():
+        return
+    cursor.execute("DELETE FROM ticks WHERE script_id = %s AND trade_id BETWEEN %s AND %s",
+                   (build.plan.script_id, build.first_id, build.last_id))
     ranges = [(0, build.plan.rows_per_day - 1)]
     if build.hole_at is not None:
         ranges = [(0, build.hole_at - 1), (build.hole_at + HOLE_IDS, build.plan.rows_per_day - 1)]
@@ -162,8 +179,7 @@ def build_or_reuse(total_rows: int, workers: int = 2) -> tuple[DatabaseSettings,
     db = scale_database(total_rows)
     if is_built(db):
         return db, True
-    drop_database(db)
-    migrate(db)
+    migrate(db)  # a build interrupted (the server restarted, ^C) resumes where it stopped
     build(db, total_rows, workers)
     return db, False
 
@@ -197,6 +213,7 @@ def build(db: DatabaseSettings, total_rows: int, workers: int = 2) -> list[Scrip
         raise errors[0]
     with conn.cursor() as cursor:
         rows = [coverage_row(b) for plan in plans for b in day_builds(plan, days)]
+        cursor.execute("DELETE FROM tick_coverage")
         cursor.executemany("INSERT INTO tick_coverage (script_id, day, stored, first_trade_id, last_trade_id,"
                            " first_traded_at, last_traded_at) VALUES (%s, %s, %s, %s, %s, %s, %s)", rows)
     conn.close()
