@@ -9,6 +9,7 @@ again, so a purge longer than one invocation goes on in the next.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -31,13 +32,21 @@ def connection() -> pymysql.Connection:
     if _conn is not None:
         try:
             _conn.ping(reconnect=False)
-        except CONNECTION_ERRORS:
-            _conn = None
+        except pymysql.err.Error:  # the server restarted, or a failed run closed it
+            forget_connection()
     if _conn is None:
         _conn = connect(load_settings().db, autocommit=True)
         with _conn.cursor() as cursor:
             cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
     return _conn
+
+
+def forget_connection() -> None:
+    global _conn
+    conn, _conn = _conn, None
+    if conn is not None:
+        with contextlib.suppress(pymysql.err.Error):
+            conn.close()
 
 
 def _deadline(context: Any) -> Any:
@@ -49,8 +58,12 @@ def _deadline(context: Any) -> Any:
 
 def run(job_id: int, context: Any) -> jobs.RunResult:
     settings = load_settings()
-    result = jobs.run_job(connection(), job_id, retention_days=settings.tick_retention_days,
-                          should_stop=_deadline(context))
+    try:
+        result = jobs.run_job(connection(), job_id, retention_days=settings.tick_retention_days,
+                              should_stop=_deadline(context))
+    except CONNECTION_ERRORS:
+        forget_connection()  # the next run connects afresh and goes on from the job's cursor
+        raise
     log.info("job %s: %s, %d rows deleted in this run", job_id, "done" if result.done else "to be continued",
              result.rows_deleted)
     if not result.done:
