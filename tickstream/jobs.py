@@ -16,12 +16,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pymysql
+
+from tickstream.catalog import transaction as _transaction
 
 log = logging.getLogger(__name__)
 
@@ -61,18 +62,6 @@ def _job(row: tuple[Any, ...]) -> Job:
 
 def _utc(value: datetime | None) -> datetime | None:
     return None if value is None else value.replace(tzinfo=UTC)
-
-
-@contextmanager
-def _transaction(conn: pymysql.Connection) -> Iterator[pymysql.cursors.Cursor]:
-    conn.begin()
-    try:
-        with conn.cursor() as cursor:
-            yield cursor
-        conn.commit()
-    except BaseException:
-        conn.rollback()
-        raise
 
 
 def get_job(conn: pymysql.Connection, job_id: int) -> Job | None:
