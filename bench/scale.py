@@ -24,7 +24,7 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,16 @@ import pymysql
 import requests
 
 from bench import scale_build
-from bench.common import StageResult, Stopwatch, bench_database, bodies_of, make_scripts, percentile, rate
+from bench.common import (
+    StageResult,
+    Stopwatch,
+    bench_database,
+    bodies_of,
+    make_scripts,
+    percentile,
+    rate,
+    wait_for_database,
+)
 from bench.ingest import ingest, loaded_handler, use_store
 from tests.api_fixtures import start_chalice_local, stop_chalice_local
 from tests.sqs_events import FakeLambdaContext, sqs_event, sqs_record
@@ -49,6 +58,7 @@ HOT_SCRIPTS = 4
 BATCH_MESSAGES = 20
 TOKEN = "bench-scale-token"
 SLOW_READ_SECONDS = 2.0  # a read slower than this is sampled 3 times only (it would take minutes otherwise)
+DATABASE_WAIT_SECONDS = 600  # other sessions' drills stop MariaDB for minutes at a time
 ENDPOINTS = ("stats", "tick page", "coverage 30 days", "gaps")
 
 
@@ -59,6 +69,7 @@ def run(sizes: Sequence[int], ingest_rows: int, samples: int, workers: int = 2) 
     result.add("ingest into an empty table", empty["rows_per_s"], "rows/s")
     for size in sizes:
         watch = Stopwatch()
+        wait_for_database(timeout=DATABASE_WAIT_SECONDS)
         db, reused = scale_build.build_or_reuse(size, workers)
         figures = {"build_seconds": None if reused else watch.seconds, "reused": reused}
         figures.update(measure(db, ingest_rows, samples))
@@ -121,18 +132,31 @@ def hot_next_ids(conn: pymysql.Connection) -> dict[int, int]:
 # --- the measurements of one size --------------------------------------------------------------------------------
 
 def measure(db: DatabaseSettings, ingest_rows: int, samples: int) -> dict[str, Any]:
-    conn = connect(db, autocommit=True)
-    try:
-        figures: dict[str, Any] = {"rows": stored_rows(conn)}
-        figures["bytes"] = table_bytes(conn, "ticks", figures["rows"])
-        figures["reads"] = read_latencies(db, conn, samples)
-        next_ids = hot_next_ids(conn)
-        figures["ingest"] = timed_ingest(db, fresh_ticks(next_ids, ingest_rows, now_us()))
-        figures["retention"] = retention_under_ingest(db, conn, next_ids, ingest_rows)
-        if figures["rows"] <= PARTITION_MAX_ROWS:
-            figures["partitioned"] = partitioned_variant(conn, figures["rows"])
-    finally:
-        conn.close()
+    """Each measurement on its own: one that fails (this machine's MariaDB is restarted by other sessions' fault
+    drills) is tried once more, then recorded as an error, and the others still count."""
+    figures: dict[str, Any] = {}
+
+    def attempt(name: str, measurement: Callable[[pymysql.Connection], Any]) -> None:
+        for tries_left in (1, 0):
+            wait_for_database(timeout=DATABASE_WAIT_SECONDS)
+            conn = connect(db, autocommit=True)
+            try:
+                figures[name] = measurement(conn)
+                return
+            except pymysql.err.OperationalError as error:
+                figures[name] = {"error": f"{type(error).__name__}: {error}"}
+                if not tries_left:
+                    return
+            finally:
+                conn.close()
+
+    attempt("rows", stored_rows)
+    attempt("bytes", lambda conn: table_bytes(conn, "ticks", figures["rows"]))
+    attempt("reads", lambda conn: read_latencies(db, conn, samples))
+    attempt("ingest", lambda conn: timed_ingest(db, fresh_ticks(hot_next_ids(conn), ingest_rows, now_us())))
+    attempt("retention", lambda conn: retention_under_ingest(db, conn, hot_next_ids(conn), ingest_rows))
+    if isinstance(figures["rows"], int) and figures["rows"] <= PARTITION_MAX_ROWS:
+        attempt("partitioned", lambda conn: partitioned_variant(conn, figures["rows"]))
     return figures
 
 
@@ -310,6 +334,17 @@ def partitioned_variant(conn: pymysql.Connection, rows: int) -> dict[str, Any]:
 def report_size(result: StageResult, size: int, figures: dict[str, Any], empty_rows_per_s: float,
                 smallest: dict[str, Any] | None) -> None:
     label = f"{size / 1e6:g}M"
+    for name, value in figures.items():
+        if isinstance(value, dict) and "error" in value:
+            result.add(f"{label}: {name}", f"FAILED: {value['error']}", "")
+    try:
+        _report_size(result, label, figures, empty_rows_per_s, smallest)
+    except (KeyError, TypeError) as missing:  # a failed measurement: the rows before it are printed
+        result.add(f"{label}: rest of the figures", f"missing ({missing!r})", "")
+
+
+def _report_size(result: StageResult, label: str, figures: dict[str, Any], empty_rows_per_s: float,
+                 smallest: dict[str, Any] | None) -> None:
     bytes_per_tick = figures["bytes"]["bytes_per_tick"]
     result.add(f"{label}: rows in the table", figures["rows"], "rows")
     result.add(f"{label}: bytes per stored tick", bytes_per_tick, "B", "≤ 125", bytes_per_tick <= 125)
@@ -347,16 +382,19 @@ def report_growth(result: StageResult, sizes: Sequence[int]) -> None:
     decades = math.log10(1e9 / high) / math.log10(high / low)
     growth: dict[str, Any] = {}
     for name in ENDPOINTS:
-        a, b = result.data[str(low)]["reads"][name], result.data[str(high)]["reads"][name]
+        a = result.data[str(low)].get("reads", {}).get(name, {})
+        b = result.data[str(high)].get("reads", {}).get(name, {})
         if "p99_ms" in a and "p99_ms" in b:
             growth[f"{name} p99_ms"] = b["p99_ms"] * (b["p99_ms"] / a["p99_ms"]) ** decades
     for key, path in (("bytes_per_tick", ("bytes", "bytes_per_tick")),
                       ("ingest_rows_per_s", ("ingest", "rows_per_s"))):
-        a = result.data[str(low)][path[0]][path[1]]
-        b = result.data[str(high)][path[0]][path[1]]
-        growth[key] = b * (b / a) ** decades
-    retention = result.data[str(high)]["retention"]
-    growth["retention_one_day_seconds"] = retention["seconds"] * 1e9 / high
+        a = result.data[str(low)].get(path[0], {}).get(path[1])
+        b = result.data[str(high)].get(path[0], {}).get(path[1])
+        if a and b:
+            growth[key] = b * (b / a) ** decades
+    retention = result.data[str(high)].get("retention", {})
+    if retention.get("seconds"):
+        growth["retention_one_day_seconds"] = retention["seconds"] * 1e9 / high
     result.data["extrapolated_1B"] = growth
     for key, value in growth.items():
         result.add(f"1B (extrapolated): {key}", value, "")
