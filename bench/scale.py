@@ -191,8 +191,8 @@ def read_latencies(db: DatabaseSettings, conn: pymysql.Connection, samples: int)
     middle = datetime.combine(days[len(days) // 2], datetime.min.time(), UTC) + timedelta(hours=12)
     paths = {
         "stats": "/stats",
-        "tick page": f"/scripts/{hot}/ticks?order=asc&limit=100&from={middle.isoformat()}"
-                     f"&to={(middle + timedelta(minutes=10)).isoformat()}",
+        "tick page": f"/scripts/{hot}/ticks?order=asc&limit=100&from={middle:%Y-%m-%dT%H:%M:%SZ}"
+                     f"&to={middle + timedelta(minutes=10):%Y-%m-%dT%H:%M:%SZ}",
         "coverage 30 days": f"/scripts/{hot}/coverage?from={days[0].isoformat()}&to={days[-1].isoformat()}",
         "gaps": f"/gaps?script_id={hot}",
     }
