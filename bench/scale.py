@@ -11,8 +11,8 @@ ingest handler as stage 2 and the same API over HTTP (`chalice local`) as the te
 - at the sizes ≤ PARTITION_MAX_ROWS, the alternative design: the same table partitioned by day (primary key
   (script_id, trade_id, traded_at)), its bytes per tick and the time of DROP PARTITION for the same day.
 Growth between the sizes is reported, and extrapolated to 1B rows (per decade of rows, from the two largest).
-Measuring is destructive in one way: each run deletes the oldest day and appends the ingested rows (a reused
-table is still 200 scripts × ~29-30 days).
+Measuring changes the table: each run deletes the oldest day (the next run makes it again first: the build resumes
+whenever coverage lacks a day) and appends the ingested rows (today's, outside the 30 days).
 """
 
 from __future__ import annotations
