@@ -15,7 +15,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP_INSTALL = pip install --quiet --disable-pip-version-check
 
-.PHONY: help venv venvs db-ready browser test lint migrate up down demo bench events clean
+.PHONY: help venv venvs db-ready browser test lint migrate up down demo bench bench-scale events clean
 
 help:
 	@echo "make test     run the whole test suite (MariaDB, host LocalStack, simulator, API)"
@@ -23,6 +23,7 @@ help:
 	@echo "make demo     the pipeline against the exchange simulator, with a live per-symbol count"
 	@echo "make migrate  create the database if missing and apply migrations"
 	@echo "make bench    benchmarks; results under bench/results/"
+	@echo "make bench-scale  the scale benchmark (1M/10M/100M-row tables, ~12 GB of disk; BENCH_ARGS=--scale-sizes=...)"
 	@echo "make lint     ruff"
 	@echo "make events   regenerate events/ (sample events for sam local invoke) from tickstream.codec"
 
@@ -74,6 +75,10 @@ bench: venvs db-ready
 # Sample events for `sam local invoke`, written by tickstream's own codec (tests fail if the committed ones drift).
 events: venv
 	$(PY) -m events.generate
+
+# Stage 9 only: builds (once, then reuses) ticks tables of 1M, 10M and 100M rows; not part of `make bench`.
+bench-scale: venvs db-ready
+	$(PY) -m bench --stages 9 $(BENCH_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -5,6 +5,8 @@ Stages (issue 7): 1 storage ceiling, 2 ingest handler in-process, 3 end to end t
 emulator's own ceiling), 4 latency at 1k ticks/s, 5 cost per million ticks (from stage 3's counts), 6 cold start,
 7 candles of a 1M-trade day over HTTP (issue 15), 8 producer start-up with a full journal against an empty one
 (issue 12).
+Stage 9 (`make bench-scale`, only when asked for: it builds tables of up to 100M rows, ~12 GB, kept between runs
+as tickstream_bench_scale_<rows>) measures ingest, reads, size and retention as the table grows (bench/scale.py).
 MariaDB from DB_HOST/DB_PORT/DB_USER/DB_PASSWORD (throw-away databases tickstream_bench_*); LocalStack on
 BENCH_LOCALSTACK_PORT (default 4610) with state in BENCH_LOCALSTACK_DIR (default .localstack/bench), started and
 stopped here unless one already answers there. Every stage stops by itself; the whole run takes ~6 minutes.
@@ -22,7 +24,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import candles, coldstart, cost, e2e, ingest, latency, startup, storage
+from bench import candles, coldstart, cost, e2e, ingest, latency, scale, startup, storage
 from bench.aws_local import bench_settings, running_localstack
 from bench.common import StageResult, ticks_per_message, wait_for_database
 from bench.pipeline import Mapping
@@ -45,7 +47,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--latency-rate", type=float, default=1_000, help="stage 4: ticks/s")
     parser.add_argument("--latency-seconds", type=float, default=20, help="stage 4: measured window")
     parser.add_argument("--journal-bytes", type=int, default=None,
-                        help="stage 7: the full journal's size (default: the default PRODUCER_JOURNAL_MAX_BYTES)")
+                        help="stage 8: the full journal's size (default: the default PRODUCER_JOURNAL_MAX_BYTES)")
+    parser.add_argument("--scale-sizes", default="1000000,10000000,100000000",
+                        help="stage 9: table sizes in rows, comma-separated")
+    parser.add_argument("--scale-samples", type=int, default=100, help="stage 9: requests per read")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     return parser.parse_args(argv)
 
@@ -99,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         results.append(timed(candles.NAME, candles.run))
     if 8 in stages:
         results.append(timed(startup.NAME, lambda: startup.run(settings, args.journal_bytes)))
+    if 9 in stages:
+        sizes = [int(size) for size in args.scale_sizes.split(",") if size.strip()]
+        results.append(timed(scale.NAME, lambda: scale.run(sizes, args.rows, args.scale_samples)))
 
     rows = [row for result in results for row in result.rows]
     print(table(rows))

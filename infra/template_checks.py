@@ -70,7 +70,9 @@ COMPOSE_ONLY_VARIABLES = {"LOCALSTACK_AUTH_TOKEN"}
 # boto3 reads these itself (no tickstream code names them); both services talk to SQS.
 BOTO3_VARIABLES = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
 # Read by the shared load_settings() but unused by that service: keep the API's secret out of the producer.
-UNUSED_SETTINGS = {"producer": {"API_TOKEN", "API_TOKEN_SECRET_ARN"}, "api": set[str]()}
+# TICK_RETENTION_DAYS is the maintenance function's (a template parameter), JOBS_QUEUE_URL the API's.
+UNUSED_SETTINGS = {"producer": {"API_TOKEN", "API_TOKEN_SECRET_ARN", "JOBS_QUEUE_URL", "TICK_RETENTION_DAYS"},
+                   "api": {"TICK_RETENTION_DAYS"}}
 OUTPUTS_VOLUME = "stack-outputs"
 # pip freeze never lists pip itself, so requirements-dev.txt cannot pin it (chalice depends on it).
 UNPINNABLE = {"pip"}

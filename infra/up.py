@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     token = api_token()
     env = {**os.environ, "AWS_ENDPOINT_URL": localstack.endpoint_url, "TICKS_QUEUE_URL": outputs["TicksQueueUrl"],
            "TICKS_DLQ_URL": outputs["TicksDeadLetterQueueUrl"], "API_TOKEN": token,
+           "JOBS_QUEUE_URL": outputs["JobsQueueUrl"],
            "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "test"),
            "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "test"),
            "AWS_REGION": os.environ.get("AWS_REGION", "us-east-1"), "PYTHONPATH": str(REPO_ROOT)}

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tests.api_fixtures import API_DIR, REPO_ROOT, TOKEN, InProcessApi, load_api_app, reset_api_state
-from tickstream import catalog, coverage
+from tickstream import catalog, coverage, jobs
 from tickstream.secrets import SecretCache
 from tickstream.tick_store import insert_ticks_ignore
 from tickstream.ticks import Tick
@@ -247,9 +247,34 @@ def test_script_with_ticks_is_kept_unless_purge(api: InProcessApi, db: pymysql.C
     assert table_count(db, "ticks") == 25 and api.get(f"/scripts/{script['id']}").status == 200
 
     assert api.delete(f"/scripts/{script['id']}?purge=maybe").status == 422
-    purged = api.delete(f"/scripts/{script['id']}?purge=true")
-    assert purged.json() == {"id": script["id"], "deleted": True, "scripts_deleted": 1, "ticks_deleted": 25}
+    active = api.delete(f"/scripts/{script['id']}?purge=true")
+    assert (active.status, active.error_code) == (409, "script_active")  # the producer would keep adding ticks
+    assert "deactivate" in active.json()["error"]["message"]
+    api.patch(f"/scripts/{script['id']}", {"is_active": False})
+    accepted = api.delete(f"/scripts/{script['id']}?purge=true")
+    assert accepted.status == 202
+    job = accepted.json()
+    assert (job["kind"], job["state"], job["script_id"], job["rows_deleted"]) == \
+        ("purge_script", "queued", script["id"], 0)
+    assert accepted.headers["location"] == f"/jobs/{job['id']}"
+    assert api.get(f"/jobs/{job['id']}").json() == job
+    assert api.delete(f"/scripts/{script['id']}?purge=true").json()["id"] == job["id"]  # no second job
+    assert table_count(db, "ticks") == 25  # nothing is deleted inside the request
+
+    assert jobs.run_job(db, job["id"], chunk_rows=10).done  # what the maintenance function does
+    done = api.get(f"/jobs/{job['id']}").json()
+    assert (done["state"], done["rows_deleted"], done["finished_at"] is not None) == ("done", 25, True)
     assert table_count(db, "ticks") == 0 and table_count(db, "scripts") == 0
+    assert api.get(f"/scripts/{script['id']}").status == 404
+    assert api.get("/jobs/987654").status == 404
+
+
+def test_purge_of_a_script_without_ticks_deletes_it_at_once(api: InProcessApi, db: pymysql.Connection) -> None:
+    script = new_script(api, new_broker(api)["id"])
+    purged = api.delete(f"/scripts/{script['id']}?purge=true")
+    assert (purged.status, purged.json()) == (200, {"id": script["id"], "deleted": True, "scripts_deleted": 1,
+                                                    "ticks_deleted": 0})
+    assert table_count(db, "scripts") == 0 and table_count(db, "jobs") == 0
 
 
 def test_broker_with_scripts_is_kept_unless_purge(api: InProcessApi, db: pymysql.Connection,
@@ -573,7 +598,7 @@ def test_openapi_lists_exactly_the_apps_routes(api: InProcessApi) -> None:
     assert document["openapi"].startswith("3.")
     documented = {(path, method.upper()) for path, methods in document["paths"].items() for method in methods}
     assert documented == set(ROUTES)
-    assert len(ROUTES) == 19
+    assert len(ROUTES) == 20
     assert document["paths"]["/health"]["get"]["security"] == []
     assert document["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
     ticks = {p["name"] for p in document["paths"]["/scripts/{script_id}/ticks"]["get"]["parameters"]}

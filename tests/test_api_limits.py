@@ -295,8 +295,10 @@ def test_an_unreadable_token_secret_answers_generically(api: InProcessApi, monke
 
 # --- queues: encryption, TLS only; alarms --------------------------------------------------------------------------
 
-def test_both_queues_are_encrypted_and_refuse_plain_http(resources: dict[str, Any]) -> None:
-    for queue in ("TicksQueue", "TicksDeadLetterQueue"):
+def test_every_queue_is_encrypted_and_refuses_plain_http(resources: dict[str, Any]) -> None:
+    queues = sorted(name for name, r in resources.items() if r["Type"] == "AWS::SQS::Queue")
+    assert queues == ["JobsDeadLetterQueue", "JobsQueue", "TicksDeadLetterQueue", "TicksQueue"]
+    for queue in queues:
         assert resources[queue]["Properties"].get("SqsManagedSseEnabled") is True, queue
     policies = [r["Properties"] for r in resources.values() if r["Type"] == "AWS::SQS::QueuePolicy"]
     denies = [(policy, statement) for policy in policies for statement in policy["PolicyDocument"]["Statement"]
@@ -304,7 +306,7 @@ def test_both_queues_are_encrypted_and_refuse_plain_http(resources: dict[str, An
               and statement.get("Condition") == {"Bool": {"aws:SecureTransport": "false"}}]
     assert len(denies) == 1
     policy, statement = denies[0]
-    assert sorted(policy["Queues"]) == ["TicksDeadLetterQueue", "TicksQueue"]
+    assert sorted(policy["Queues"]) == queues
     assert statement["Principal"] == "*" and statement["Action"] == "sqs:*"
 
 

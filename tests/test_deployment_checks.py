@@ -167,6 +167,7 @@ def test_layers_are_copied_into_functions_without_overwriting(tmp_path: Path) ->
 def test_stack_outputs_file_is_sourceable_by_sh(tmp_path: Path) -> None:
     outputs = {"TicksQueueUrl": "http://localstack:4566/queue/us-east-1/000000000000/tickstream-TicksQueue-x",
                "TicksDeadLetterQueueUrl": "http://localstack:4566/queue/us-east-1/000000000000/dlq",
+               "JobsQueueUrl": "http://localstack:4566/queue/us-east-1/000000000000/jobs",
                "ApiUrl": "ignored"}
     written = deploy.write_outputs(outputs, tmp_path)
     script = f'set -a && . "{written}" && set +a && exec "$@"'  # the compose services' entrypoint
@@ -247,6 +248,13 @@ IAM_MUTATIONS = {
         "            - Effect: Allow\n              Action: sqs:SendMessage\n"
         "              Resource: !GetAtt TicksQueue.Arn\n",
         "        - SQSSendMessagePolicy:\n            QueueName: !GetAtt TicksQueue.QueueName\n", None),
+    # The maintenance function wakes its own next run when a job outlasts one invocation.
+    "maintenance-cannot-wake": (
+        "            - Effect: Allow\n              Action: sqs:SendMessage\n"
+        "              Resource: !GetAtt JobsQueue.Arn\n",
+        "            - Effect: Allow\n              Action: sqs:GetQueueUrl\n"
+        "              Resource: !GetAtt JobsQueue.Arn\n",
+        "MaintenanceFunction's code calls sqs:SendMessage (send_message at tickstream/job_queue.py"),
     "api-cannot-redrive": (
         "Action: [sqs:StartMessageMoveTask, sqs:ListMessageMoveTasks,", "Action: [sqs:ListMessageMoveTasks,",
         "ApiFunction's code calls sqs:StartMessageMoveTask (start_message_move_task at tickstream/queues.py"),

@@ -157,6 +157,9 @@ def _transaction(conn: pymysql.Connection) -> Iterator[pymysql.cursors.Cursor]:
         raise
 
 
+transaction = _transaction  # the one transaction helper, for the other data-access modules (tickstream.jobs)
+
+
 @contextmanager
 def _constraint_errors() -> Iterator[None]:
     """Unique and foreign-key violations as catalog errors: the database is the judge, even under races."""

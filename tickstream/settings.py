@@ -35,6 +35,8 @@ class Settings:
     api_token: str | None
     api_token_secret_arn: str | None
     exchange_host_allowlist: frozenset[str] = frozenset()  # beyond the venues' official hosts (exchange_endpoints)
+    jobs_queue_url: str | None = None  # background jobs (a script's purge) are handed to the maintenance function here
+    tick_retention_days: int | None = None  # None: keep ticks for ever
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -93,4 +95,15 @@ def load_settings() -> Settings:
         api_token=_env("API_TOKEN"),
         api_token_secret_arn=_env("API_TOKEN_SECRET_ARN"),
         exchange_host_allowlist=parse_host_allowlist(_env("EXCHANGE_HOST_ALLOWLIST")),
+        jobs_queue_url=_env("JOBS_QUEUE_URL"),
+        tick_retention_days=_retention_days(_env("TICK_RETENTION_DAYS")),
     )
+
+
+def _retention_days(value: str | None) -> int | None:
+    """Empty or 0: off. Anything else must be a whole number of days ≥ 1 (a typo must not delete data)."""
+    if value is None or value.strip() == "0":
+        return None
+    if not value.strip().isdigit():
+        raise ValueError(f"TICK_RETENTION_DAYS must be a whole number of days (0 or empty: off), not {value!r}")
+    return int(value)

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from chalice import Chalice, Response
-from chalicelib import completeness, console, http, market_data, openapi, service
+from chalicelib import background, completeness, console, http, market_data, openapi, service
 from chalicelib.http import ANY_CONTENT, JSON_CONTENT, json_body, path_id, query, respond
 from chalicelib.models import (
     BrokerCreate,
@@ -89,7 +89,15 @@ def update_script(script_id: str) -> Response:
 @app.route("/scripts/{script_id}", methods=["DELETE"], content_types=ANY_CONTENT)
 def delete_script(script_id: str) -> Response:
     script = path_id(script_id, "script")
-    return respond(service.delete_script(script, query(app.current_request, DeleteQuery).purge))
+    if not query(app.current_request, DeleteQuery).purge:
+        return respond(service.delete_script(script, False))
+    status, result = background.purge_script(script)
+    return respond(result, status, {"Location": f"/jobs/{result.id}"} if status == 202 else None)
+
+
+@app.route("/jobs/{job_id}", methods=["GET"], content_types=ANY_CONTENT)
+def get_job(job_id: str) -> Response:
+    return respond(background.get_job(path_id(job_id, "job")))
 
 
 @app.route("/scripts/{script_id}/ticks", methods=["GET"], content_types=ANY_CONTENT)

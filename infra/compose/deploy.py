@@ -36,6 +36,7 @@ from infra.stack import (
 OUTPUT_VARIABLES = {
     "TicksQueueUrl": "TICKS_QUEUE_URL",
     "TicksDeadLetterQueueUrl": "TICKS_DLQ_URL",
+    "JobsQueueUrl": "JOBS_QUEUE_URL",
 }
 OUTPUTS_FILE = "stack.env"
 DEFAULT_OUTPUTS_DIR = "/outputs"

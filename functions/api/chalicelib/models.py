@@ -505,3 +505,18 @@ class ErrorBody(Out):
 
 class ErrorOut(Out):
     error: ErrorBody
+
+
+class JobOut(Out):
+    """Background work (a script's purge, retention): poll GET /jobs/{id} until state is done."""
+
+    id: int
+    kind: Literal["purge_script", "retention"]
+    script_id: int | None
+    state: Literal["queued", "running", "done", "failed"]
+    rows_deleted: int = Field(description="ticks deleted so far")
+    cursor_trade_id: int | None = Field(description="the next trade id to delete (a purge: all below are gone)")
+    error: str | None = Field(description="the last failure; the job is retried from its cursor")
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None

@@ -45,6 +45,7 @@ class Operation:
     errors: tuple[int, ...] = ()
     media_type: str = "application/json"  # of the success response; a non-JSON one is a string
     headers: tuple[tuple[str, str], ...] = ()  # (name, description) of success response headers
+    also: tuple[tuple[int, type[BaseModel], str], ...] = ()  # other successes: (status, model, description)
 
 
 OPERATIONS: dict[tuple[str, str], Operation] = {
@@ -70,8 +71,12 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "updateScript", "Change a script's fields (broker_id, trading_symbol and stream only while it has no ticks)",
         models.ScriptOut, body=models.ScriptPatch, errors=(*BODY_ERRORS, 404, 409)),
     ("/scripts/{script_id}", "DELETE"): Operation(
-        "deleteScript", "Delete a script (409 if it has ticks, unless ?purge=true)", models.Deleted,
-        query=models.DeleteQuery, errors=(404, 409, 422)),
+        "deleteScript", "Delete a script (409 if it has ticks, unless ?purge=true: then, if inactive, 202 and a job"
+        " that deletes its ticks in the background; 409 while it is active)", models.Deleted,
+        query=models.DeleteQuery, errors=(404, 409, 422),
+        also=((202, models.JobOut, "Accepted: the purge runs in the background; poll GET /jobs/{id}"),)),
+    ("/jobs/{job_id}", "GET"): Operation("getJob", "A background job (a script's purge, retention)", models.JobOut,
+                                         errors=(404,)),
     ("/scripts/{script_id}/ticks", "GET"): Operation(
         "listTicks", "A script's ticks in a time range, keyset-paginated by trade id", models.TickPage,
         query=models.TicksQuery, errors=(404, 422)),
@@ -132,6 +137,7 @@ def _component_schemas() -> tuple[dict[str, Any], dict[tuple[type[BaseModel], st
             wanted.append((operation.response, "serialization"))
         if operation.body:
             wanted.append((operation.body, "validation"))
+        wanted.extend((model, "serialization") for _, model, _ in operation.also)
     keyed, document = models_json_schema(list(dict.fromkeys(wanted)), ref_template=REF)
     return document.get("$defs", {}), keyed
 
@@ -192,6 +198,8 @@ def _responses(path: str, operation: Operation, refs: dict[Any, dict[str, str]])
     if operation.headers:
         ok["headers"] = {name: {"description": text, "schema": {"type": "string"}} for name, text in operation.headers}
     responses: dict[str, Any] = {str(operation.status): ok}
+    for status, model, description in operation.also:
+        responses[str(status)] = {"description": description, "content": _json(refs[(model, "serialization")])}
     error = _json(refs[(models.ErrorOut, "serialization")])
     codes = set(operation.errors) | {503, 504}
     if path not in PUBLIC_ROUTES:

@@ -1,0 +1,400 @@
+"""Stage 9 (`make bench-scale`, `--stages 9`): does tickstream stay fast as the ticks table grows?
+
+For each size (default 1M, 10M, 100M rows; bench.scale_build, kept between runs) it measures, through the same
+ingest handler as stage 2 and the same API over HTTP (`chalice local`) as the tests:
+- ingest rows/s appending to the hot symbols, against the same on an empty table (goal ≥ 0.9×);
+- p50/p99 of /stats, a tick page with from/to in the middle of the 30 days, 30 days of coverage and /gaps (each
+  only if the API has the route; goal ≤ 50 ms p99 and ≤ 1.5× its figure at the smallest size);
+- bytes per stored tick, (data + index) / rows (goal ≤ 125 B);
+- retention removing the oldest day (tickstream.jobs, as the maintenance function runs it): its duration and the
+  ingest's rows/s while it runs (goal ≥ 0.8× of without);
+- at the sizes ≤ PARTITION_MAX_ROWS, the alternative design: the same table partitioned by day (primary key
+  (script_id, trade_id, traded_at)), its bytes per tick and the time of DROP PARTITION for the same day.
+Growth between the sizes is reported, and extrapolated to 1B rows (per decade of rows, from the two largest).
+Measuring changes the table: each run deletes the oldest day (the next run makes it again first: the build resumes
+whenever coverage lacks a day) and appends the ingested rows (today's, outside the 30 days).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import requests
+
+from bench import scale_build
+from bench.common import (
+    StageResult,
+    Stopwatch,
+    bench_database,
+    bodies_of,
+    make_scripts,
+    percentile,
+    rate,
+    wait_for_database,
+)
+from bench.ingest import ingest, loaded_handler, use_store
+from tests.api_fixtures import start_chalice_local, stop_chalice_local
+from tests.sqs_events import FakeLambdaContext, sqs_event, sqs_record
+from tickstream import jobs
+from tickstream.db import connect
+from tickstream.settings import DatabaseSettings
+from tickstream.ticks import Tick
+
+NAME = "9 scale"
+SIZES = (1_000_000, 10_000_000, 100_000_000)
+PARTITION_MAX_ROWS = 10_000_000
+HOT_SCRIPTS = 4
+BATCH_MESSAGES = 20
+TOKEN = "bench-scale-token"
+SLOW_READ_SECONDS = 2.0  # a read slower than this is sampled 3 times only (it would take minutes otherwise)
+DATABASE_WAIT_SECONDS = 600  # other sessions' drills stop MariaDB for minutes at a time
+ENDPOINTS = ("stats", "tick page", "coverage 30 days", "gaps")
+
+
+def run(sizes: Sequence[int], ingest_rows: int, samples: int, workers: int = 2) -> StageResult:
+    result = StageResult(NAME)
+    empty = empty_table_ingest(ingest_rows)
+    result.data["empty_table_ingest"] = empty
+    result.add("ingest into an empty table", empty["rows_per_s"], "rows/s")
+    for size in sizes:
+        watch = Stopwatch()
+        wait_for_database(timeout=DATABASE_WAIT_SECONDS)
+        db, reused = scale_build.build_or_reuse(size, workers)
+        figures = {"build_seconds": None if reused else watch.seconds, "reused": reused}
+        figures.update(measure(db, ingest_rows, samples))
+        result.data[str(size)] = figures
+        report_size(result, size, figures, empty["rows_per_s"], result.data.get(str(min(sizes))))
+    report_growth(result, sizes)
+    return result
+
+
+# --- ingest ----------------------------------------------------------------------------------------------------
+
+def fresh_ticks(next_ids: dict[int, int], count: int, start_us: int) -> list[Tick]:
+    """`count` ticks interleaved over the scripts from their next trade ids, 1 ms apart: what a live feed adds."""
+    scripts = sorted(next_ids)
+    ticks = []
+    for i in range(count):
+        script_id = scripts[i % len(scripts)]
+        trade_id = next_ids[script_id] + i // len(scripts)
+        traded = start_us + i * 1000
+        ticks.append(Tick(script_id, trade_id, f"{95_000 + (i * 7919) % 5000}.{i % 100:02d}",
+                          f"0.{(i * 31) % 99999 + 1:05d}", i % 3 == 0, traded, traded + 2_000, traded + 9_000))
+    for n, script_id in enumerate(scripts):
+        next_ids[script_id] += count // len(scripts) + (1 if n < count % len(scripts) else 0)
+    return ticks
+
+
+def now_us() -> int:
+    return int(datetime.now(UTC).timestamp() * 1_000_000)
+
+
+def empty_table_ingest(rows: int) -> dict[str, float]:
+    with bench_database("scale_empty") as db:
+        conn = connect(db, autocommit=True)
+        ids = make_scripts(conn, scale_build.HOT).values()
+        conn.close()
+        return timed_ingest(db, fresh_ticks(dict.fromkeys(ids, 1), rows, now_us()))
+
+
+def timed_ingest(db: DatabaseSettings, ticks: Sequence[Tick]) -> dict[str, float]:
+    bodies = bodies_of(ticks)
+    with loaded_handler(db) as handler:
+        use_store(handler, db, "load_data")
+        outcome = ingest(handler, bodies, BATCH_MESSAGES, len(ticks) / len(bodies))
+    outcome["rows_per_s"] = rate(len(ticks), outcome["seconds"])
+    return outcome
+
+
+def hot_next_ids(conn: pymysql.Connection) -> dict[int, int]:
+    """The hot scripts (the first ones) and the id after each one's last stored trade: one index dive each."""
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT id FROM scripts ORDER BY id LIMIT %s", (HOT_SCRIPTS,))
+        ids = [row[0] for row in cursor.fetchall()]
+        next_ids = {}
+        for script_id in ids:
+            cursor.execute("SELECT MAX(trade_id) FROM ticks WHERE script_id = %s", (script_id,))
+            next_ids[script_id] = (cursor.fetchone()[0] or 0) + 1
+    return next_ids
+
+
+# --- the measurements of one size --------------------------------------------------------------------------------
+
+def measure(db: DatabaseSettings, ingest_rows: int, samples: int) -> dict[str, Any]:
+    """Each measurement on its own: one that fails (this machine's MariaDB is restarted by other sessions' fault
+    drills) is tried once more, then recorded as an error, and the others still count."""
+    figures: dict[str, Any] = {}
+
+    def attempt(name: str, measurement: Callable[[pymysql.Connection], Any]) -> None:
+        for tries_left in (1, 0):
+            wait_for_database(timeout=DATABASE_WAIT_SECONDS)
+            conn = connect(db, autocommit=True)
+            try:
+                figures[name] = measurement(conn)
+                return
+            except pymysql.err.OperationalError as error:
+                figures[name] = {"error": f"{type(error).__name__}: {error}"}
+                if not tries_left:
+                    return
+            finally:
+                conn.close()
+
+    attempt("rows", stored_rows)
+    attempt("bytes", lambda conn: table_bytes(conn, "ticks", figures["rows"]))
+    attempt("reads", lambda conn: read_latencies(db, conn, samples))
+    attempt("ingest", lambda conn: timed_ingest(db, fresh_ticks(hot_next_ids(conn), ingest_rows, now_us())))
+    attempt("retention", lambda conn: retention_under_ingest(db, conn, hot_next_ids(conn), ingest_rows))
+    if isinstance(figures["rows"], int) and figures["rows"] <= PARTITION_MAX_ROWS:
+        attempt("partitioned", lambda conn: partitioned_variant(conn, figures["rows"]))
+    return figures
+
+
+def stored_rows(conn: pymysql.Connection) -> int:
+    """From tick_coverage (the build writes it to match; O(scripts × days)), plus rows a previous run ingested."""
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT COALESCE(SUM(stored), 0) FROM tick_coverage")
+        covered = int(cursor.fetchone()[0])
+        cursor.execute("SELECT COUNT(*) FROM ticks WHERE traded_at >= UTC_DATE()")  # today's, not in coverage
+        return covered + int(cursor.fetchone()[0])
+
+
+def table_bytes(conn: pymysql.Connection, table: str, rows: int) -> dict[str, float]:
+    with conn.cursor() as cursor:
+        cursor.execute(f"ANALYZE TABLE {table}")  # fixed names: ticks, ticks_partitioned
+        cursor.fetchall()
+        cursor.execute("SELECT data_length, index_length FROM information_schema.tables"
+                       " WHERE table_schema = DATABASE() AND table_name = %s", (table,))
+        data, index = cursor.fetchone()
+    return {"data_bytes": data, "index_bytes": index, "bytes_per_tick": (data + index) / rows if rows else None}
+
+
+def coverage_days(conn: pymysql.Connection) -> list[date]:
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT DISTINCT day FROM tick_coverage ORDER BY day")
+        return [row[0] for row in cursor.fetchall()]
+
+
+def read_latencies(db: DatabaseSettings, conn: pymysql.Connection, samples: int) -> dict[str, Any]:
+    days = coverage_days(conn)
+    hot = min(hot_next_ids(conn))
+    middle = datetime.combine(days[len(days) // 2], datetime.min.time(), UTC) + timedelta(hours=12)
+    paths = {
+        "stats": "/stats",
+        "tick page": f"/scripts/{hot}/ticks?order=asc&limit=100&from={middle:%Y-%m-%dT%H:%M:%SZ}"
+                     f"&to={middle + timedelta(minutes=10):%Y-%m-%dT%H:%M:%SZ}",
+        "coverage 30 days": f"/scripts/{hot}/coverage?from={days[0].isoformat()}&to={days[-1].isoformat()}",
+        "gaps": f"/gaps?script_id={hot}",
+    }
+    with running_api(db) as base_url:
+        documented = set(get(base_url, "/openapi.json").json()["paths"])
+        return {name: sample(base_url, path, samples) if route_of(path) in documented
+                else {"skipped": f"{route_of(path)} is not a route of this API"} for name, path in paths.items()}
+
+
+def route_of(path: str) -> str:
+    """/scripts/5/ticks?... → /scripts/{script_id}/ticks, as the OpenAPI document names it."""
+    return re.sub(r"^/scripts/[0-9]+", "/scripts/{script_id}", path.split("?")[0])
+
+
+@contextlib.contextmanager
+def running_api(db: DatabaseSettings) -> Iterator[str]:
+    env = {"DB_HOST": db.host, "DB_PORT": str(db.port), "DB_USER": db.user, "DB_PASSWORD": db.password,
+           "DB_NAME": db.name, "API_TOKEN": TOKEN}
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
+        server = start_chalice_local(env, Path(tmp) / "chalice.log", timeout=60)
+        try:
+            yield server.url
+        finally:
+            stop_chalice_local(server)
+
+
+def get(base_url: str, path: str) -> requests.Response:
+    return requests.get(base_url + path, headers={"Authorization": f"Bearer {TOKEN}", "Connection": "close"},
+                        timeout=120)
+
+
+def sample(base_url: str, path: str, samples: int) -> dict[str, Any]:
+    """Latencies of `samples` requests (after one warm-up), one at a time, each on a fresh connection."""
+    first = time_request(base_url, path)
+    count = 3 if first[0] > SLOW_READ_SECONDS else samples
+    timings = [time_request(base_url, path) for _ in range(count)]
+    seconds = [t for t, _ in timings]
+    statuses = sorted({status for _, status in timings})
+    return {"p50_ms": percentile(seconds, 0.5) * 1000, "p99_ms": percentile(seconds, 0.99) * 1000,
+            "samples": count, "statuses": statuses, "path": path}
+
+
+def time_request(base_url: str, path: str) -> tuple[float, int]:
+    started = time.perf_counter()
+    response = get(base_url, path)
+    return time.perf_counter() - started, response.status_code
+
+
+# --- retention while the ingest runs -------------------------------------------------------------------------
+
+def retention_under_ingest(db: DatabaseSettings, conn: pymysql.Connection, next_ids: dict[int, int],
+                           ingest_rows: int) -> dict[str, Any]:
+    """Delete the oldest day (retention with the window that keeps the rest) on its own connection, as the
+    maintenance function would, while the ingest handler appends; the ingest rate counts only while both run."""
+    oldest = coverage_days(conn)[0]
+    days = (datetime.now(UTC).date() - oldest).days  # the cutoff is then oldest + 1 day
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT COALESCE(SUM(stored), 0) FROM tick_coverage WHERE day = %s", (oldest,))
+        day_rows = int(cursor.fetchone()[0])
+    start_ids = dict(next_ids)
+    events = [sqs_event(*[sqs_record(body) for body in batch])
+              for batch in _batches(bodies_of(fresh_ticks(next_ids, ingest_rows * 4, now_us())), BATCH_MESSAGES)]
+    outcome: dict[str, Any] = {}
+
+    def retention() -> None:
+        worker = connect(db, autocommit=True)
+        with worker.cursor() as cursor:
+            cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        watch = Stopwatch()
+        result = jobs.run_retention(worker, days)
+        outcome.update(seconds=watch.seconds, rows_deleted=result.rows_deleted, done=result.done)
+        worker.close()
+
+    with loaded_handler(db) as handler:
+        use_store(handler, db, "load_data")
+        thread = threading.Thread(target=retention)
+        watch = Stopwatch()
+        thread.start()
+        with contextlib.redirect_stdout(io.StringIO()):
+            for event in events:
+                if not thread.is_alive():
+                    break
+                handler.handler(event, FakeLambdaContext())
+        ingest_seconds = watch.seconds
+        thread.join()
+    ingested = rows_from(conn, start_ids)
+    outcome.update(day=oldest.isoformat(), day_rows=day_rows, ingest_seconds=ingest_seconds,
+                   ingest_rows=ingested, ingest_rows_per_s=rate(ingested, ingest_seconds),
+                   overlap=min(1.0, ingest_seconds / outcome["seconds"]) if outcome.get("seconds") else None)
+    return outcome
+
+
+def _batches(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def rows_from(conn: pymysql.Connection, start_ids: dict[int, int]) -> int:
+    """Rows stored from each script's given trade id on (a primary-key range each)."""
+    total = 0
+    with conn.cursor() as cursor:
+        for script_id, start in start_ids.items():
+            cursor.execute("SELECT COUNT(*) FROM ticks WHERE script_id = %s AND trade_id >= %s", (script_id, start))
+            total += cursor.fetchone()[0]
+    return total
+
+
+# --- the partitioned alternative -----------------------------------------------------------------------------
+
+def partitioned_variant(conn: pymysql.Connection, rows: int) -> dict[str, Any]:
+    """The same rows in a table partitioned by UTC day of traded_at: the partition column must join the primary
+    key, so exactly-once then rests on (script_id, trade_id, traded_at). Measured: size, and DROP PARTITION."""
+    days = coverage_days(conn)
+    bounds = [days[0] + timedelta(days=i + 1) for i in range(len(days) + 1)]
+    partitions = ", ".join(f"PARTITION p{b:%Y%m%d} VALUES LESS THAN ('{b.isoformat()}')" for b in bounds)
+    with conn.cursor() as cursor:
+        cursor.execute("DROP TABLE IF EXISTS ticks_partitioned")
+        cursor.execute("CREATE TABLE ticks_partitioned LIKE ticks")
+        cursor.execute("ALTER TABLE ticks_partitioned DROP PRIMARY KEY, ADD PRIMARY KEY (script_id, trade_id,"
+                       f" traded_at) PARTITION BY RANGE COLUMNS (traded_at) ({partitions},"
+                       " PARTITION pmax VALUES LESS THAN (MAXVALUE))")
+        watch = Stopwatch()
+        cursor.execute("INSERT INTO ticks_partitioned SELECT * FROM ticks ORDER BY script_id, trade_id")
+        copy_seconds = watch.seconds
+        size = table_bytes(conn, "ticks_partitioned", cursor.rowcount)
+        first = f"p{bounds[0]:%Y%m%d}"  # the oldest day's partition (a name made here, never input)
+        cursor.execute(f"SELECT COUNT(*) FROM ticks_partitioned PARTITION ({first})")
+        first_day_rows = cursor.fetchone()[0]
+        watch = Stopwatch()
+        cursor.execute(f"ALTER TABLE ticks_partitioned DROP PARTITION {first}")
+        drop_seconds = watch.seconds
+        cursor.execute("DROP TABLE ticks_partitioned")
+    return {"copy_seconds": copy_seconds, **size, "drop_partition_seconds": drop_seconds,
+            "dropped_rows": first_day_rows, "rows": rows}
+
+
+# --- the printed rows ------------------------------------------------------------------------------------------
+
+def report_size(result: StageResult, size: int, figures: dict[str, Any], empty_rows_per_s: float,
+                smallest: dict[str, Any] | None) -> None:
+    label = f"{size / 1e6:g}M"
+    for name, value in figures.items():
+        if isinstance(value, dict) and "error" in value:
+            result.add(f"{label}: {name}", f"FAILED: {value['error']}", "")
+    try:
+        _report_size(result, label, figures, empty_rows_per_s, smallest)
+    except (KeyError, TypeError) as missing:  # a failed measurement: the rows before it are printed
+        result.add(f"{label}: rest of the figures", f"missing ({missing!r})", "")
+
+
+def _report_size(result: StageResult, label: str, figures: dict[str, Any], empty_rows_per_s: float,
+                 smallest: dict[str, Any] | None) -> None:
+    bytes_per_tick = figures["bytes"]["bytes_per_tick"]
+    result.add(f"{label}: rows in the table", figures["rows"], "rows")
+    result.add(f"{label}: bytes per stored tick", bytes_per_tick, "B", "≤ 125", bytes_per_tick <= 125)
+    ratio = figures["ingest"]["rows_per_s"] / empty_rows_per_s
+    result.add(f"{label}: ingest rows/s", figures["ingest"]["rows_per_s"], "rows/s")
+    result.add(f"{label}: ingest vs empty table", ratio, "×", "≥ 0.9", ratio >= 0.9)
+    for name in ENDPOINTS:
+        read = figures["reads"][name]
+        if "skipped" in read:
+            result.add(f"{label}: {name}", "skipped", "", "", None)
+            continue
+        flat = None
+        if smallest is not None and "p99_ms" in smallest["reads"].get(name, {}):
+            flat = read["p99_ms"] / smallest["reads"][name]["p99_ms"]
+        ok = read["p99_ms"] <= 50 and read["statuses"] == [200] and (flat is None or flat <= 1.5)
+        result.add(f"{label}: {name} p50", read["p50_ms"], "ms")
+        result.add(f"{label}: {name} p99", read["p99_ms"], "ms", "≤ 50, ≤ 1.5× smallest, 200", ok)
+    retention = figures["retention"]
+    result.add(f"{label}: retention of one day ({retention['rows_deleted']:,} rows)", retention["seconds"], "s")
+    during = retention["ingest_rows_per_s"] / figures["ingest"]["rows_per_s"]
+    result.add(f"{label}: ingest during retention vs without", during, "×", "≥ 0.8", during >= 0.8)
+    if "partitioned" in figures:
+        part = figures["partitioned"]
+        result.add(f"{label}: partitioned by day: bytes per tick", part["bytes_per_tick"], "B")
+        result.add(f"{label}: partitioned by day: DROP PARTITION of one day", part["drop_partition_seconds"], "s")
+
+
+def report_growth(result: StageResult, sizes: Sequence[int]) -> None:
+    """Per-decade growth from the two largest sizes, carried on to 1B rows (latencies, bytes per tick); the
+    retention of one day grows with the rows of a day, so linearly."""
+    measured = sorted(s for s in sizes if str(s) in result.data)
+    if len(measured) < 2:
+        return
+    low, high = measured[-2], measured[-1]
+    decades = math.log10(1e9 / high) / math.log10(high / low)
+    growth: dict[str, Any] = {}
+    for name in ENDPOINTS:
+        a = result.data[str(low)].get("reads", {}).get(name, {})
+        b = result.data[str(high)].get("reads", {}).get(name, {})
+        if "p99_ms" in a and "p99_ms" in b:
+            growth[f"{name} p99_ms"] = b["p99_ms"] * (b["p99_ms"] / a["p99_ms"]) ** decades
+    for key, path in (("bytes_per_tick", ("bytes", "bytes_per_tick")),
+                      ("ingest_rows_per_s", ("ingest", "rows_per_s"))):
+        a = result.data[str(low)].get(path[0], {}).get(path[1])
+        b = result.data[str(high)].get(path[0], {}).get(path[1])
+        if a and b:
+            growth[key] = b * (b / a) ** decades
+    retention = result.data[str(high)].get("retention", {})
+    if retention.get("seconds"):
+        growth["retention_one_day_seconds"] = retention["seconds"] * 1e9 / high
+    result.data["extrapolated_1B"] = growth
+    for key, value in growth.items():
+        result.add(f"1B (extrapolated): {key}", value, "")

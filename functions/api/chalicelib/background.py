@@ -1,0 +1,48 @@
+"""Routes that hand work to the maintenance function: a script's purge (202 and a job to poll) and the job itself.
+
+The work is in `tickstream.jobs`; this module maps it onto the API's answers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+from chalicelib.errors import conflict, not_found
+from chalicelib.models import Deleted, JobOut
+from chalicelib.service import database
+from tickstream import catalog, job_queue, jobs
+
+
+def job_out(job: jobs.Job) -> JobOut:
+    return JobOut(**dataclasses.asdict(job))
+
+
+def get_job(job_id: int) -> JobOut:
+    with database.connection() as conn:
+        job = jobs.get_job(conn, job_id)
+    if job is None:
+        raise not_found(f"no job with id {job_id}")
+    return job_out(job)
+
+
+def purge_script(script_id: int) -> tuple[int, Deleted | JobOut]:
+    """A script without ticks is deleted at once (200); one with ticks must be inactive (409 otherwise: the
+    producer would keep adding what the purge deletes) and is purged in the background (202, a job)."""
+    with database.connection() as conn:
+        if catalog.get_script(conn, script_id) is None:
+            raise not_found(f"no script with id {script_id}")
+        if not catalog.script_has_ticks(conn, script_id):
+            with contextlib.suppress(catalog.InUse):  # ticks arrived meanwhile: purge them as below
+                if catalog.delete_script(conn, script_id) is None:
+                    raise not_found(f"no script with id {script_id}")
+                return 200, Deleted(id=script_id, scripts_deleted=1, ticks_deleted=0)
+        try:
+            job = jobs.create_purge_job(conn, script_id)
+        except jobs.NotInactive:
+            raise conflict("script_active", f"script {script_id} is active: deactivate it first (PATCH"
+                                            " is_active: false), then purge") from None
+    if job is None:
+        raise not_found(f"no script with id {script_id}")
+    job_queue.wake(job.id)  # outside the database lock: SQS may be slow to answer
+    return 202, job_out(job)
