@@ -24,7 +24,7 @@ import pytest
 import requests
 
 from tests.api_fixtures import TOKEN, LocalServer, start_chalice_local, stop_chalice_local
-from tickstream import coverage
+from tickstream import coverage, jobs
 from tickstream.tick_store import insert_ticks_ignore
 from tickstream.ticks import Tick
 
@@ -466,6 +466,17 @@ def test_delete_asks_for_the_purge_and_says_what_it_deleted(console: Console, se
     page.click(f"tr[data-script='{script_id}'] button:text('Delete…')")
     assert "10 stored tick(s)" in page.locator("[role=dialog]").inner_text()
     page.click("[role=dialog] [data-confirm]")
+    page.wait_for_selector("text=is active: deactivate it first")  # a purge runs only once collecting stopped
+    console.expect_http_errors(409)
+    api(server, "PATCH", f"/scripts/{script_id}", json={"is_active": False})
+    console.go("scripts")
+    page.click(f"tr[data-script='{script_id}'] button:text('Delete…')")
+    page.click("[role=dialog] [data-confirm]")
+    page.wait_for_selector("text=in the background (job")  # 202: the console follows the job
+    with db.cursor() as cursor:
+        cursor.execute("SELECT id FROM jobs WHERE script_id = %s", (script_id,))
+        (job_id,) = cursor.fetchone()
+    assert jobs.run_job(db, job_id).done  # what the maintenance function does with the jobs queue's message
     page.wait_for_selector("text=Script PEPEUSDT deleted with 10 tick(s).")
     console.go("brokers")
     page.click("table[data-table=brokers] button:text('Delete…')")

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from tests.api_fixtures import REPO_ROOT, HttpApi, load_api_app
+from tickstream import jobs
 from tickstream.tick_store import insert_ticks_ignore
 from tickstream.ticks import Tick
 
@@ -144,7 +145,10 @@ def test_a_minute_with_a_hole_is_not_cached_so_a_backfill_shows(http_api: HttpAp
     after = all_candles(http_api, script_id, window)
     assert [comparable(bar) for bar in after] == [as_decimals(bar) for bar in expected_candles(ticks, 300)]
     assert sealed_minutes(db, script_id) == [1, 2, 3, 4, 5, 6, 7, 8]
-    assert http_api.request("DELETE", f"/scripts/{script_id}?purge=true").status_code == 200
+    assert http_api.request("PATCH", f"/scripts/{script_id}", json={"is_active": False}).status_code == 200
+    purge = http_api.request("DELETE", f"/scripts/{script_id}?purge=true")
+    assert purge.status_code == 202
+    assert jobs.run_job(db, purge.json()["id"]).done  # the maintenance function's work
     assert table_rows(db, "candles_1m", script_id) == 0  # the purge takes the cache with the ticks
 
 

@@ -350,7 +350,18 @@
   const SCRIPT_COLUMNS = [['id', 'Id'], ['trading_symbol', 'Symbol'], ['name', 'Name'], ['broker', 'Broker'],
     ['stream', 'Stream'], ['is_active', 'Active'], ['ticks', 'Ticks'], ['created_at', 'Created']];
 
-  function Scripts({ call }) {
+  // A purge with ticks runs in the background (202 and a job): poll it, showing its progress, until it is done.
+async function followPurge(call, job, symbol, setNotice) {
+  while (job.state !== 'done') {
+    if (job.state === 'failed') throw new Error(`Purging ${symbol} failed: ${job.error}`);
+    setNotice(`Purging ${symbol} in the background (job ${job.id}): ${count(job.rows_deleted)} tick(s) deleted so far…`);
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    ({ data: job } = await call('GET', `/jobs/${job.id}`));
+  }
+  return job.rows_deleted;
+}
+
+function Scripts({ call }) {
     const [data, loadError, reload] = useLoader(async () => {
       const [brokers, scripts, stats] = await Promise.all([call('GET', '/brokers'), call('GET', '/scripts'), call('GET', '/stats')]);
       return { brokers: brokers.data.brokers, scripts: scripts.data.scripts,
@@ -419,14 +430,15 @@
     const remove = async (s) => {
       const ticks = data.ticks[s.id] || 0;
       const yes = await ask({ title: `Delete script ${s.trading_symbol}?`, confirm: ticks ? 'Delete and purge' : 'Delete',
-        message: ticks ? `It has ${count(ticks)} stored tick(s); deleting it deletes them too. To stop collecting and keep them, deactivate it instead.`
+        message: ticks ? `It has ${count(ticks)} stored tick(s); deleting it deletes them too, in the background (deactivate it first). To stop collecting and keep them, deactivate it instead.`
           : 'It has no stored ticks.' });
       if (!yes) return;
       try {
         const { data: done } = await call('DELETE', `/scripts/${s.id}${ticks ? '?purge=true' : ''}`);
-        setNotice(`Script ${s.trading_symbol} deleted with ${count(done.ticks_deleted)} tick(s).`);
+        const deleted = done.state ? await followPurge(call, done, s.trading_symbol, setNotice) : done.ticks_deleted;
+        setNotice(`Script ${s.trading_symbol} deleted with ${count(deleted)} tick(s).`);
         reload();
-      } catch (failure) { setError(failure.message); }
+      } catch (failure) { setError(failure.message); setNotice(''); }
     };
     const header = ([key, label]) => html`<th class="sortable" data-sort=${key}
       onClick=${() => setSort({ key, desc: sort.key === key ? !sort.desc : false })}>${label}${sort.key === key ? (sort.desc ? ' ▼' : ' ▲') : ''}</th>`;
