@@ -439,8 +439,8 @@ def checksum(conn: pymysql.Connection) -> dict[str, int]:
 
 @pytest.fixture
 def seeded(http_api: Any, db: pymysql.Connection) -> dict[str, int]:
-    """One broker with one script and 49 ticks (id 20 missing, in the gap ledger), so that every id in a path names
-    something real and the completeness routes have something to show."""
+    """One broker with one script and 49 ticks (id 20 missing, in the gap ledger), and a finished job, so that every
+    id in a path names something real and the completeness routes have something to show."""
     from tickstream.coverage import rebuild
     from tickstream.tick_store import insert_ticks_ignore
     from tickstream.ticks import Tick
@@ -455,7 +455,9 @@ def seeded(http_api: Any, db: pymysql.Connection) -> dict[str, int]:
                        " VALUES (%s, 20, 20, 20, 'stream_jump')", (script_id,))
         cursor.execute("INSERT INTO producer_status (script_id, broker_id, state, reported_at)"
                        " VALUES (%s, %s, 'subscribed', UTC_TIMESTAMP(6))", (script_id, broker_id))
-    return {"broker_id": broker_id, "script_id": script_id}
+        cursor.execute("INSERT INTO jobs (kind, state) VALUES ('retention', 'done')")  # for GET /jobs/{job_id}
+        job_id = cursor.lastrowid
+    return {"broker_id": broker_id, "script_id": script_id, "job_id": job_id}
 
 
 def operations(http_api: Any, token: str = TOKEN) -> list[tuple[str, str, dict[str, Any]]]:
