@@ -31,7 +31,7 @@ import requests
 
 from infra.localstack import start_localstack, stop_localstack
 from infra.localstack_config import REPO_ROOT, LocalStackSettings, aws_client
-from infra.stack import create_or_update, sam_package, wait_for_functions
+from infra.stack import LOCALSTACK_COMMUNITY_PARAMETERS, create_or_update, sam_package, wait_for_functions
 from simulator.harness import ExchangeSimulator
 from simulator.protocol import agg_rest, trade_rest
 from tests.conftest import make_broker, make_script
@@ -157,7 +157,9 @@ class DrillStack:
         """The template built by `start()` packaged again (the artifact bucket is gone too) and deployed."""
         work_dir = self.localstack.state_dir / "sam" / STACK_NAME
         packaged = sam_package(self.localstack, work_dir / "build" / "template.yaml", work_dir, STACK_NAME)
-        outputs = create_or_update(self.localstack, STACK_NAME, packaged.read_text(), self.parameters)
+        # The same parameters as the first deploy, LocalStack's own included (TLS off, no schedule, ...).
+        parameters = {**LOCALSTACK_COMMUNITY_PARAMETERS, **self.parameters}
+        outputs = create_or_update(self.localstack, STACK_NAME, packaged.read_text(), parameters)
         wait_for_functions(self.localstack, STACK_NAME)
         self.outputs.clear()
         self.outputs.update(outputs)
