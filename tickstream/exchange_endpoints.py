@@ -18,13 +18,14 @@ import ipaddress
 from typing import Literal
 from urllib.parse import urlsplit
 
+from tickstream.venues import VENUES
+
 EndpointKind = Literal["ws", "rest"]
 
-# Binance Spot's documented market-data hosts (wss://…:9443 or :443; REST base endpoints), and its testnet's.
+# Every venue's documented market-data hosts (tickstream.venues), on any port.
 OFFICIAL_HOSTS: dict[EndpointKind, frozenset[str]] = {
-    "ws": frozenset({"stream.binance.com", "data-stream.binance.vision", "stream.testnet.binance.vision"}),
-    "rest": frozenset({"api.binance.com", "api-gcp.binance.com", "api1.binance.com", "api2.binance.com",
-                       "api3.binance.com", "api4.binance.com", "data-api.binance.vision", "testnet.binance.vision"}),
+    "ws": frozenset().union(*(venue.ws_hosts for venue in VENUES.values())),
+    "rest": frozenset().union(*(venue.rest_hosts for venue in VENUES.values())),
 }
 _SCHEMES: dict[EndpointKind, tuple[str, str]] = {"ws": ("wss", "ws"), "rest": ("https", "http")}
 
