@@ -33,6 +33,7 @@ from tests.conftest import make_broker, make_script
 from tests.producer_harness import QueueReader, fresh_queue, running_producer, sqs
 from tickstream.codec import V2_PREFIX
 from tickstream.settings import DatabaseSettings
+from tickstream.venues import VENUES
 
 pytest_plugins = ["tests.api_fixtures"]
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -440,7 +441,8 @@ def checksum(conn: pymysql.Connection) -> dict[str, int]:
 @pytest.fixture
 def seeded(http_api: Any, db: pymysql.Connection) -> dict[str, int]:
     """One broker with one script and 49 ticks (id 20 missing, in the gap ledger), and a finished job, so that every
-    id in a path names something real and the completeness routes have something to show."""
+    id in a path names something real and the completeness routes have something to show; and a broker of each
+    venue type with one script (`<type>_broker_id`, `<type>_script_id`)."""
     from tickstream.coverage import rebuild
     from tickstream.tick_store import insert_ticks_ignore
     from tickstream.ticks import Tick
@@ -457,7 +459,15 @@ def seeded(http_api: Any, db: pymysql.Connection) -> dict[str, int]:
                        " VALUES (%s, %s, 'subscribed', UTC_TIMESTAMP(6))", (script_id, broker_id))
         cursor.execute("INSERT INTO jobs (kind, state) VALUES ('retention', 'done')")  # for GET /jobs/{job_id}
         job_id = cursor.lastrowid
-    return {"broker_id": broker_id, "script_id": script_id, "job_id": job_id}
+    ids = {"broker_id": broker_id, "script_id": script_id, "job_id": job_id}
+    for venue in VENUES.values():
+        with db.cursor() as cursor:
+            cursor.execute("INSERT INTO brokers (type, name, api_config) VALUES (%s, %s, '{}')",
+                           (venue.type, f"Seeded {venue.title}"))
+            ids[f"{venue.type}_broker_id"] = cursor.lastrowid
+        ids[f"{venue.type}_script_id"] = make_script(db, ids[f"{venue.type}_broker_id"], venue.symbol_example,
+                                                     venue.streams[0])
+    return ids
 
 
 def operations(http_api: Any, token: str = TOKEN) -> list[tuple[str, str, dict[str, Any]]]:
@@ -555,18 +565,31 @@ def quote(value: str) -> str:
     return url_quote(value, safe="")
 
 
+def venue_body(method: str, path: str, type_: str, ids: dict[str, int]) -> dict[str, Any]:
+    """A body the route would accept for a broker (or a script of a broker) of venue `type_`."""
+    symbol = "ETH-USDT" if type_ == "okx" else "ETHUSDT"
+    bodies = {("POST", "/brokers"): {"name": "Fresh broker", "type": type_},
+              ("PATCH", "/brokers/{broker_id}"): {"name": "Renamed", "type": type_},
+              ("POST", "/scripts"): {"broker_id": ids[f"{type_}_broker_id"], "name": "ETH", "trading_symbol": symbol},
+              ("PATCH", "/scripts/{script_id}"): {"name": "Renamed"}}
+    return bodies[(method, path)]
+
+
+@pytest.mark.parametrize("type_", list(VENUES))
 def test_sql_injection_in_text_fields_is_refused_or_stored_verbatim(http_api: Any, db: pymysql.Connection,
-                                                                    seeded: dict[str, int]) -> None:
-    """Injection strings in every string field of every JSON body (top level and nested objects): either refused
-    with a 4xx and no row changed, or accepted and stored exactly as sent, with no other row touched."""
+                                                                    seeded: dict[str, int], type_: str) -> None:
+    """Injection strings in every string field of every JSON body (top level and nested objects), for brokers and
+    scripts of each venue type: either refused with a 4xx and no row changed, or accepted and stored exactly as
+    sent, with no other row touched."""
+    ids = {**seeded, "broker_id": seeded[f"{type_}_broker_id"], "script_id": seeded[f"{type_}_script_id"]}
     for method, path in [("POST", "/brokers"), ("PATCH", "/brokers/{broker_id}"), ("POST", "/scripts"),
                          ("PATCH", "/scripts/{script_id}")]:
         for field in ("name", "type", "trading_symbol", "api_config.ws_url", "api_config.rest_url", "api_config.note",
                       "additional_data.stream", "additional_data.note"):
             for injection in INJECTIONS:
-                body = with_field(valid_body(method, path, seeded) or {}, field, injection)
+                body = with_field(venue_body(method, path, type_, ids), field, injection)
                 before = checksum(db)
-                reply = http_api.request(method, concrete_path(path, seeded), json=body)
+                reply = http_api.request(method, concrete_path(path, ids), json=body)
                 assert reply.status_code < 500, (method, path, field, injection, reply.text[:300])
                 if reply.status_code >= 400:
                     assert checksum(db) == before, (method, path, field, injection)
