@@ -143,6 +143,7 @@ def test_brokers_stored_before_the_venues_keep_working(api: InProcessApi, db: py
                        ('{"ws_url": "wss://stream.binance.com:9443", "rest_url": "https://api.binance.com"}',))
         legacy = cursor.lastrowid
     make_script(db, legacy, "BTCUSDT", stream="trade")
+    make_script(db, legacy, "BTC-USDT")  # written by hand, in no Binance format: it blocks no other change
     other = make_broker(db, "legacy 2")
     assert api.get(f"/brokers/{legacy}").json()["type"] == "binance"
     assert api.patch(f"/brokers/{legacy}", {"name": "renamed", "is_active": False}).status == 200

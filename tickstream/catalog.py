@@ -116,7 +116,8 @@ class DeleteResult:
 # inside the write's transaction with the broker row locked, so a concurrent change of the broker's type cannot
 # slip between the check and the write. It raises to refuse.
 MarketCheck = Callable[["Broker", str, Mapping[str, Any]], None]  # (broker, trading_symbol, additional_data)
-BrokerCheck = Callable[["Broker", list["Script"]], None]  # (the broker as changed, its scripts)
+# (the broker as changed; its scripts if the type changes, else none: they were checked against this type)
+BrokerCheck = Callable[["Broker", list["Script"]], None]
 
 
 # --- helpers -------------------------------------------------------------------------------------------------
@@ -235,9 +236,10 @@ def update_broker(conn: pymysql.Connection, broker_id: int, changes: Mapping[str
                   check: BrokerCheck | None = None) -> Broker | None:
     """Apply `changes` (any of type, name, api_config, is_active); None if there is no such broker.
 
-    A change of type or api_config first passes `check`, given the broker as changed and its scripts. A change of
-    type raises IdentityLocked while any of its scripts has ticks. The broker row is locked meanwhile, and script
-    writes lock it too (create_script, update_script), so no script changes between the check and the update.
+    A change of type or api_config first passes `check`, given the broker as changed and, for a new type, its
+    scripts. A new type raises IdentityLocked while any of its scripts has ticks. The broker row is locked
+    meanwhile, and script writes share-lock it (create_script, update_script), so no script changes between the
+    check and the update.
     """
     if changes:
         assignments, values = _set_clause(changes, _BROKER_UPDATABLE)
@@ -248,19 +250,25 @@ def update_broker(conn: pymysql.Connection, broker_id: int, changes: Mapping[str
                 if row is None:
                     return None
                 current = _broker(row)
-                # A plain read, taken once the broker is locked: every script write that checked against the
-                # broker (and share-locked it) has committed by now. Locking the scripts here could deadlock with
-                # update_script, which locks its script and then the broker.
-                cursor.execute(f"SELECT {_SCRIPT_COLUMNS} FROM scripts WHERE broker_id = %s ORDER BY id",
-                               (broker_id,))
-                scripts = [_script(script_row) for script_row in cursor.fetchall()]
-                if changes.get("type", current.type) != current.type and any(
-                        _has_ticks(cursor, script.id, lock=True) for script in scripts):
-                    raise IdentityLocked(f"broker {broker_id} has scripts with ticks, so its type cannot change")
+                scripts = _scripts_for_new_type(cursor, current, changes.get("type", current.type))
                 if check is not None:
                     check(dataclasses.replace(current, **changes), scripts)
             cursor.execute(f"UPDATE brokers SET {assignments} WHERE id = %s", (*values, broker_id))
     return get_broker(conn, broker_id)
+
+
+def _scripts_for_new_type(cursor: pymysql.cursors.Cursor, broker: Broker, new_type: str) -> list[Script]:
+    """The (locked) broker's scripts if its type changes (IdentityLocked if any has ticks), else none."""
+    if new_type == broker.type:
+        return []
+    # A plain read, taken once the broker is locked: every script write that checked against the broker (and
+    # share-locked it) has committed by now. Locking the scripts here could deadlock with update_script, which
+    # locks its script and then the broker.
+    cursor.execute(f"SELECT {_SCRIPT_COLUMNS} FROM scripts WHERE broker_id = %s ORDER BY id", (broker.id,))
+    scripts = [_script(row) for row in cursor.fetchall()]
+    if any(_has_ticks(cursor, script.id, lock=True) for script in scripts):
+        raise IdentityLocked(f"broker {broker.id} has scripts with ticks, so its type cannot change")
+    return scripts
 
 
 def _locked_broker(cursor: pymysql.cursors.Cursor, broker_id: int) -> Broker:
