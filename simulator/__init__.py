@@ -5,7 +5,7 @@ Use ExchangeSimulator in tests, or run `python -m simulator --help` for the comm
 
 from simulator.config import SimulatorConfig, SymbolSpec, spec_for
 from simulator.core import Endpoints
-from simulator.harness import ExchangeSimulator
+from simulator.harness import ExchangeSimulator, MultiVenueSimulator
 from simulator.market import AGG_TRADE, TRADE, AggTrade, Trade
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "AggTrade",
     "Endpoints",
     "ExchangeSimulator",
+    "MultiVenueSimulator",
     "SimulatorConfig",
     "SymbolSpec",
     "Trade",
