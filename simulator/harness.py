@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from simulator.config import SimulatorConfig
 from simulator.core import Endpoints, SimulatorCore
@@ -81,7 +81,22 @@ class _LoopThread:
         self._thread = None
 
 
-class ExchangeSimulator:
+class _Started:
+    """`with sim:` starts it and stops it."""
+
+    def start(self) -> object: ...
+
+    def stop(self) -> None: ...
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+class ExchangeSimulator(_Started):
     """A local exchange simulator speaking one venue's market-data protocol over real sockets.
 
     `options` are SimulatorConfig fields, e.g. ExchangeSimulator(symbols=("BTCUSDT",), rate=200, seed=7);
@@ -117,13 +132,6 @@ class ExchangeSimulator:
         if self._runner is not None and self._owns_runner:
             self._runner.stop()
         self._runner = None
-
-    def __enter__(self) -> ExchangeSimulator:
-        self.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
 
     # --- addresses --------------------------------------------------------------------------------
 
@@ -252,7 +260,7 @@ class ExchangeSimulator:
         return result.result(timeout=timeout)
 
 
-class MultiVenueSimulator:
+class MultiVenueSimulator(_Started):
     """Several venues served by one simulator thread: `venues` maps a venue to its ExchangeSimulator options
     (e.g. {"okx": {"port": 9450}, "binance_usdm": {}}); `shared` options apply to all of them."""
 
@@ -276,10 +284,3 @@ class MultiVenueSimulator:
         for sim in self.sims.values():
             sim._runner = None
         self._runner = None
-
-    def __enter__(self) -> MultiVenueSimulator:
-        self.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -269,19 +268,3 @@ def _gapped_tape_texts(
 
 def to_microseconds(payload: dict[str, Any]) -> dict[str, Any]:
     return {k: v * 1000 if k in ("E", "T") and isinstance(v, int) else v for k, v in payload.items()}
-
-
-def malformed_payload(rng: random.Random, symbol: str, kind: str, event_ms: int) -> tuple[str, Any]:
-    """A bad frame: ("text", str) to send verbatim, or ("json", data) to send as if it were a payload."""
-    sort = rng.randrange(4)
-    if sort == 0:
-        return "text", rng.choice(['{"e":"aggTrade","E":', "<<garbage>>", "", '{"stream":"x","data":{'])
-    if sort == 1:
-        return "json", rng.choice([[1, 2, 3], "aggTrade", 42, None, {"unexpected": True}])
-    if sort == 2:
-        return "json", {"e": "mysteryEvent", "E": event_ms, "s": symbol, "x": rng.random()}
-    id_key = "a" if kind == AGG_TRADE else "t"
-    return "json", {
-        "e": kind, "E": -1, "s": symbol, id_key: -rng.randint(1, 10**6), "p": "-42.00000000", "q": "1e999",
-        "f": 10**30, "l": -1, "T": 2**70, "m": "maybe", "M": True,
-    }  # fmt: skip

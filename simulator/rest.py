@@ -127,5 +127,28 @@ class RestApi:
         self.served.setdefault((symbol, kind), []).append((first_id, last_id))
 
 
+Refuse = Callable[[str, str], ApiError]  # (parameter, "digits" or "range") → the venue's error for it
+
+
+def query_int(query: Mapping[str, str], name: str, refuse: Refuse) -> int | None:
+    """An optional non-negative integer parameter (at most 20 digits), or the venue's refusal."""
+    if name not in query:
+        return None
+    value = query[name]
+    if not value.isdigit() or len(value) > 20:
+        raise refuse(name, "digits")
+    return int(value)
+
+
+def query_limit(query: Mapping[str, str], default: int, maximum: int, refuse: Refuse) -> int:
+    """The page size: `default` when absent, at most `maximum` (larger asks are clamped), at least 1."""
+    limit = query_int(query, "limit", refuse)
+    if limit is None:
+        return default
+    if limit < 1:
+        raise refuse("limit", "range")
+    return min(limit, maximum)
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)

@@ -115,5 +115,18 @@ class Venue(ABC):
         return {}
 
 
+def pick_malformed(
+    rng: random.Random, texts: list[str], shapes: list[Any], unknown: Callable[[], Any], absurd: Callable[[], Any]
+) -> tuple[str, Any]:
+    """One of a venue's bad frames, at random: ("text", not JSON) or ("json", a wrong shape / an unknown message /
+    the venue's own message with absurd values), for Venue.malformed."""
+    sort = rng.randrange(4)
+    if sort == 0:
+        return "text", rng.choice(texts)
+    if sort == 1:
+        return "json", rng.choice(shapes)
+    return "json", unknown() if sort == 2 else absurd()
+
+
 def renamed(spec: SymbolSpec, symbol: str) -> SymbolSpec:
     return replace(spec, symbol=symbol)

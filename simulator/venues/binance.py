@@ -20,7 +20,6 @@ from simulator.protocol import (
     agg_rest,
     dumps,
     handle_control,
-    malformed_payload,
     parse_ws_path,
     shutdown_event,
     stream_name,
@@ -28,8 +27,8 @@ from simulator.protocol import (
     trade_event,
     trade_rest,
 )
-from simulator.rest import ApiError, RestApi, RestResponse, Verdict, now_ms
-from simulator.venues.base import Refusal, Reply, Routes, Venue
+from simulator.rest import ApiError, RestApi, RestResponse, Verdict, now_ms, query_int, query_limit
+from simulator.venues.base import Refusal, Reply, Routes, Venue, pick_malformed
 
 WEIGHT_HEADER = "X-MBX-USED-WEIGHT-1M"
 SYMBOL_RE = "^[A-Z0-9-_.]{1,20}$"
@@ -91,7 +90,15 @@ class BinanceSpot(Venue):
         return session.render(SHUTDOWN_STREAM, shutdown_event(event_ms))
 
     def malformed(self, rng: random.Random, symbol: str, kind: str, event_ms: int) -> tuple[str, Any]:
-        return malformed_payload(rng, symbol, kind, event_ms)
+        id_key = "a" if kind == AGG_TRADE else "t"
+        return pick_malformed(
+            rng,
+            ['{"e":"aggTrade","E":', "<<garbage>>", "", '{"stream":"x","data":{'],
+            [[1, 2, 3], "aggTrade", 42, None, {"unexpected": True}],
+            lambda: {"e": "mysteryEvent", "E": event_ms, "s": symbol, "x": rng.random()},
+            lambda: {"e": kind, "E": -1, "s": symbol, id_key: -rng.randint(1, 10**6), "p": "-42.00000000",
+                     "q": "1e999", "f": 10**30, "l": -1, "T": 2**70, "m": "maybe", "M": True},
+        )  # fmt: skip
 
     # --- REST --------------------------------------------------------------------------------------
 
@@ -209,22 +216,16 @@ def _window(ledger: Ledger[AggTrade] | Ledger[Trade], first: int, stop: int, lim
     return ledger.rows(first, min(stop, first + limit))
 
 
+def _refuse(name: str, why: str) -> ApiError:
+    return _illegal(name, "^[0-9]{1,20}$" if why == "digits" else f"1-{MAX_LIMIT}")
+
+
 def _int(query: Mapping[str, str], name: str) -> int | None:
-    if name not in query:
-        return None
-    value = query[name]
-    if not value.isdigit() or len(value) > 20:
-        raise _illegal(name, "^[0-9]{1,20}$")
-    return int(value)
+    return query_int(query, name, _refuse)
 
 
 def _limit(query: Mapping[str, str]) -> int:
-    limit = _int(query, "limit")
-    if limit is None:
-        return DEFAULT_LIMIT
-    if limit < 1:
-        raise _illegal("limit", f"1-{MAX_LIMIT}")
-    return min(limit, MAX_LIMIT)
+    return query_limit(query, DEFAULT_LIMIT, MAX_LIMIT, _refuse)
 
 
 def _json_list(text: str, name: str) -> list[str]:

@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 from simulator.config import SimulatorConfig, SymbolSpec
 from simulator.market import TRADE, AggTrade, SymbolMarket, Tape, Trade, fmt_units
 from simulator.protocol import dumps
-from simulator.rest import ApiError, RestApi, RestResponse, Verdict, now_ms
-from simulator.venues.base import Reply, Routes, Venue, renamed
+from simulator.rest import ApiError, RestApi, RestResponse, Verdict, now_ms, query_int, query_limit
+from simulator.venues.base import Reply, Routes, Venue, pick_malformed, renamed
 
 CHANNEL = "trades-all"
 PUBLIC_PATH, BUSINESS_PATH = "/ws/v5/public", "/ws/v5/business"
@@ -154,17 +154,14 @@ class Okx(Venue):
         return session.event(event="notice", code="64008", msg=NOTICE_MSG)
 
     def malformed(self, rng: random.Random, symbol: str, kind: str, event_ms: int) -> tuple[str, Any]:
-        sort = rng.randrange(4)
-        if sort == 0:
-            return "text", rng.choice(['{"arg":{"channel":"trades-all"', "<<garbage>>", "", '{"data":['])
-        if sort == 1:
-            return "json", rng.choice([[1, 2, 3], "trades-all", 42, None, {"unexpected": True}])
-        if sort == 2:
-            return "json", {"instId": symbol, "mystery": rng.random()}
-        return "json", {
-            "instId": symbol, "tradeId": str(-rng.randint(1, 10**6)), "px": "-42", "sz": "1e999",
-            "side": "maybe", "source": "0", "ts": str(2**70),
-        }  # fmt: skip
+        return pick_malformed(
+            rng,
+            ['{"arg":{"channel":"trades-all"', "<<garbage>>", "", '{"data":['],
+            [[1, 2, 3], "trades-all", 42, None, {"unexpected": True}],
+            lambda: {"instId": symbol, "mystery": rng.random()},
+            lambda: {"instId": symbol, "tradeId": str(-rng.randint(1, 10**6)), "px": "-42", "sz": "1e999",
+                     "side": "maybe", "source": "0", "ts": str(2**70)},
+        )  # fmt: skip
 
     # --- REST --------------------------------------------------------------------------------------
 
@@ -207,7 +204,8 @@ class Okx(Venue):
         market = _market(api, query)
         if query.get("type", "1") != "1":
             raise error(400, "51000", "Parameter type error")  # pagination by time: not simulated
-        after, before, limit = _id(query, "after"), _id(query, "before"), _limit(query)
+        after, before = query_int(query, "after", _refuse), query_int(query, "before", _refuse)
+        limit = query_limit(query, PAGE_LIMIT, PAGE_LIMIT, _refuse)
         ledger = market.trades
         stop = len(ledger) if after is None else ledger.index_of_id(after)
         start = 0 if before is None else ledger.index_of_id(before + 1)
@@ -245,19 +243,5 @@ def _market(api: RestApi, query: Mapping[str, str]) -> SymbolMarket:
     return api.markets[inst_id]
 
 
-def _id(query: Mapping[str, str], name: str) -> int | None:
-    value = query.get(name)
-    if value is None or value == "":
-        return None
-    if not value.isdigit() or len(value) > 20:
-        raise error(400, "51000", f"Parameter {name} error")
-    return int(value)
-
-
-def _limit(query: Mapping[str, str]) -> int:
-    limit = _id(query, "limit")
-    if limit is None:
-        return PAGE_LIMIT
-    if limit < 1:
-        raise error(400, "51000", "Parameter limit error")
-    return min(limit, PAGE_LIMIT)
+def _refuse(name: str, why: str) -> ApiError:
+    return error(400, "51000", f"Parameter {name} error")
