@@ -69,7 +69,7 @@ def config_from_args(args: argparse.Namespace, venue: str = "binance", port: int
         drop_every=args.drop_every, pause_every=args.pause_every, pause_for=args.pause_for,
         shutdown_every=args.shutdown_every, shutdown_delay=args.shutdown_delay,
     )  # fmt: skip
-    given = {name: value for name, value in options.items() if value is not None or name == "rest_port"}
+    given = {name: value for name, value in options.items() if value is not None}
     if args.max_incoming is not None:
         given["max_incoming_per_sec"] = args.max_incoming or None
     if args.ban_after is not None:

@@ -172,10 +172,6 @@ class Client:
         self.tasks: set[asyncio.Task[Any]] = set()  # close handshakes in flight
         self.last_sent = time.monotonic()  # when something was last queued for the client
 
-    def send(self, out: Outgoing) -> None:
-        """Queue `out` whatever the subscriptions."""
-        self.deliver(out.frame(self.session), 1)
-
     def enqueue(self, text: str) -> None:
         self.deliver(text_frame(text), 1)
 

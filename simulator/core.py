@@ -1,4 +1,8 @@
-"""The simulator's event-loop side: listeners, trade emission, clients and faults."""
+"""The simulator's event-loop side: listeners, trade emission, clients and faults, for one venue of it.
+
+Generic: what is venue-specific (wire formats, control messages, REST endpoints and errors) is asked of the
+venue's protocol module (simulator.venues).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import asyncio
 import logging
 import random
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable
 from email.utils import formatdate
@@ -59,7 +64,7 @@ class FaultDice:
 
 
 class SimulatorCore:
-    """Everything that runs inside the simulator's event loop."""
+    """Everything of one venue that runs inside the simulator's event loop (several cores may share a loop)."""
 
     def __init__(self, config: SimulatorConfig) -> None:
         self.config = config
@@ -85,7 +90,8 @@ class SimulatorCore:
         }
         self.skipped: dict[tuple[str, str], set[int]] = {key: set() for key in self.counts}
         self.background: set[asyncio.Task[Any]] = set()
-        self.handshakes: dict[ServerConnection, Any] = {}  # sessions of accepted handshakes, until served
+        # the session of each accepted handshake, until served (weak: a handshake may fail after being accepted)
+        self.handshakes: weakref.WeakKeyDictionary[ServerConnection, Any] = weakref.WeakKeyDictionary()
 
     # --- lifecycle --------------------------------------------------------------------------------
 

@@ -323,8 +323,9 @@ def test_okx_bad_requests(okx: ExchangeSimulator) -> None:
     ws.send(json.dumps({"op": "subscribe", "argss": [{"channel": "trades-all", "instId": "BTC-USDT"}]}))
     ws.send(json.dumps({"op": "explode", "args": []}))
     ws.send(okx_op("subscribe", "BTC-USDT", channel="trades"))
-    codes = [e["code"] for e in okx_events(ws, 4)]
-    assert codes == ["60012", "60012", "60019", "60018"]
+    ws.send(json.dumps({"op": "subscribe", "args": [{"channel": "trades-all", "instId": ["BTC-USDT"]}]}))
+    codes = [e["code"] for e in okx_events(ws, 5)]
+    assert codes == ["60012", "60012", "60019", "60018", "60018"]
     assert requests.get(okx.ws_url.replace("ws://", "http://") + "/ws/v5/nowhere", timeout=5).status_code == 404
 
 

@@ -51,7 +51,7 @@ class Venue(ABC):
 
     @abstractmethod
     def stream_name(self, symbol: str, kind: str) -> str:
-        """The key of `symbol`'s `kind` stream in a session's streams."""
+        """The key of `symbol`'s `kind` stream (one of stream_kinds) in a session's streams."""
 
     # --- WebSocket ---------------------------------------------------------------------------------
 

@@ -84,7 +84,7 @@ class Okx(Venue):
         return renamed(spec, f"{spec.base_asset}-{spec.quote_asset}")
 
     def stream_name(self, symbol: str, kind: str) -> str:
-        return f"{CHANNEL}:{symbol}" if kind == TRADE else f"-:{symbol}"
+        return f"{CHANNEL}:{symbol}"  # its only kind: TRADE
 
     # --- WebSocket ---------------------------------------------------------------------------------
 
@@ -102,11 +102,12 @@ class Okx(Venue):
         except (ValueError, UnicodeDecodeError):
             message = None
         text = raw if isinstance(raw, str) else raw.decode(errors="replace")
-        if not isinstance(message, dict) or message.get("op") not in OPS:
-            op = message.get("op") if isinstance(message, dict) else None
-            if isinstance(op, str) and op not in OPS and op != "login":
-                return Reply([session.event(event="error", code="60019", msg=f"Invalid op: {op}")])
+        op = message.get("op") if isinstance(message, dict) else None
+        if not isinstance(op, str):
             return Reply([session.event(event="error", code="60012", msg=f"Invalid request: {text}")])
+        if op not in OPS:  # login included: no private channels here
+            return Reply([session.event(event="error", code="60019", msg=f"Invalid op: {op}")])
+        assert isinstance(message, dict)
         extra = {"id": message["id"]} if isinstance(message.get("id"), str) else {}
         if self._over_budget(session, config):
             return Reply([session.event(**extra, event="error", code="60014", msg="Requests too frequent")],
@@ -114,7 +115,7 @@ class Okx(Venue):
         args = message.get("args")
         if not isinstance(args, list) or not args or not all(isinstance(a, dict) for a in args):
             return Reply([session.event(**extra, event="error", code="60012", msg=f"Invalid request: {text}")])
-        return Reply([self._apply(message["op"], arg, session, extra) for arg in args])
+        return Reply([self._apply(op, arg, session, extra) for arg in args])
 
     @staticmethod
     def _over_budget(session: OkxSession, config: SimulatorConfig) -> bool:
@@ -127,7 +128,8 @@ class Okx(Venue):
     @staticmethod
     def _apply(op: str, arg: dict[str, Any], session: OkxSession, extra: dict[str, Any]) -> str:
         channel, inst_id = arg.get("channel"), arg.get("instId")
-        if channel != CHANNEL or inst_id not in session.instruments or not session.business:
+        exists = isinstance(inst_id, str) and inst_id in session.instruments
+        if channel != CHANNEL or not exists or not session.business:
             msg = (f"{op.capitalize()} failed, wrong URL or channel:{channel},instId:{inst_id} doesn't exist. "
                    "Please use the correct URL, channel and parameters referring to API document.")  # fmt: skip
             return session.event(**extra, event="error", code="60018", msg=msg)
