@@ -79,6 +79,7 @@ class SimulatorConfig:
     close_timeout: float = 5.0
     max_incoming_per_sec: int | None = 5  # live; None disables the limit (frames the venue counts, Binance)
     max_requests_per_hour: int | None = None  # live: subscribe/unsubscribe requests per connection (OKX)
+    max_connections_per_sec: int | None = None  # live: WebSocket handshakes per IP, more get HTTP 429 (OKX: 3)
     max_streams: int = 1024  # live
     max_client_queue: int = 200_000  # live; a client this far behind is cut off
     shutdown_delay: float = 2.0  # live: seconds between serverShutdown and the close

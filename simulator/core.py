@@ -11,7 +11,7 @@ import logging
 import random
 import time
 import weakref
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from email.utils import formatdate
 from functools import partial
@@ -92,6 +92,7 @@ class SimulatorCore:
         self.background: set[asyncio.Task[Any]] = set()
         # the session of each accepted handshake, until served (weak: a handshake may fail after being accepted)
         self.handshakes: weakref.WeakKeyDictionary[ServerConnection, Any] = weakref.WeakKeyDictionary()
+        self.handshake_times: dict[str, deque[float]] = {}  # per IP, the last second's
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -147,6 +148,9 @@ class SimulatorCore:
             answer = self.rest.handle(request.path, str(conn.remote_address[0])) if fault is None else (
                 venue.rest_fault(int(fault)))  # fmt: skip
             return _json_response(answer.status, answer.encoded(), answer.headers)
+        if self._too_many_connections(str(conn.remote_address[0])):
+            answer = venue.rest_fault(429)
+            return _json_response(answer.status, answer.encoded(), answer.headers)
         session = venue.open_session(request.path, self.config, self.symbols)
         if session is None:
             return _json_response(404, dumps({"code": -1, "msg": "Unknown path."}).encode())
@@ -154,6 +158,15 @@ class SimulatorCore:
             return _json_response(session.status, dumps(session.body).encode())
         self.handshakes[conn] = session
         return None
+
+    def _too_many_connections(self, ip: str) -> bool:
+        """Count a handshake from `ip`; True when over max_connections_per_sec (refused with HTTP 429)."""
+        limit, now = self.config.max_connections_per_sec, time.monotonic()
+        recent = self.handshake_times.setdefault(ip, deque())
+        recent.append(now)
+        while now - recent[0] >= 1.0:
+            recent.popleft()
+        return limit is not None and len(recent) > limit
 
     async def _serve_client(self, ws: ServerConnection) -> None:
         assert isinstance(ws, CountingConnection)

@@ -103,7 +103,8 @@ def test_every_venue_is_registered_with_its_own_defaults() -> None:
     assert dataclasses.replace(config_for("binance_us"), venue="binance") == config_for("binance")
     assert (usdm.max_incoming_per_sec, usdm.ping_interval, usdm.pong_timeout, usdm.max_streams) == (10, 180, 600, 1024)
     assert usdm.weight_limit == 2400 and usdm.unaggregated_fraction > 0
-    assert (okx.ping_interval, okx.idle_timeout, okx.max_requests_per_hour) == (None, 30.0, 480)
+    assert (okx.ping_interval, okx.idle_timeout, okx.max_requests_per_hour, okx.max_connections_per_sec) == (
+        None, 30.0, 480, 3)  # fmt: skip
     assert (okx.weight_limit, okx.weight_window) == (20, 2.0)
 
 
@@ -284,7 +285,8 @@ def test_usdm_pings_at_its_own_cadence() -> None:
 
 @pytest.fixture(scope="module")
 def okx() -> Iterator[ExchangeSimulator]:
-    with ExchangeSimulator(venue="okx", symbols="BTCUSDT,ETHUSDT", rate=300, seed=9, weight_limit=1000) as sim:
+    options = {"weight_limit": 1000, "max_connections_per_sec": None}  # tests connect faster than OKX allows
+    with ExchangeSimulator(venue="okx", symbols="BTCUSDT,ETHUSDT", rate=300, seed=9, **options) as sim:
         yield sim
 
 
@@ -357,6 +359,17 @@ def test_okx_request_limit_per_connection() -> None:
         frames, code = read_until_close(ws)
         texts = [json.loads(f.data) for f in frames if f.opcode == ABNF.OPCODE_TEXT]
         assert texts[-1]["code"] == "60014" and code == 4002
+
+
+def test_okx_refuses_a_fourth_connection_within_a_second() -> None:
+    with ExchangeSimulator(venue="okx", rate=0) as sim:
+        opened = [connect(sim.ws_url + BUSINESS) for _ in range(3)]
+        with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+            connect(sim.ws_url + BUSINESS)
+        assert refused.value.status_code == 429 and json.loads(refused.value.resp_body)["code"] == "50011"
+        time.sleep(1.0)
+        opened.append(connect(sim.ws_url + BUSINESS))  # the next second has room again
+        assert sim.connection_count() == 4
 
 
 def test_okx_history_trades_pages_newest_first_by_trade_id(okx: ExchangeSimulator) -> None:

@@ -75,6 +75,7 @@ class Okx(Venue):
         "idle_timeout": 30.0,
         "max_incoming_per_sec": None,
         "max_requests_per_hour": 480,
+        "max_connections_per_sec": 3,
         "weight_limit": 20,  # history-trades: 20 requests per 2 s per IP
         "weight_window": 2.0,
         "ban_after_429": None,
