@@ -113,18 +113,25 @@ def sam_build(settings: LocalStackSettings, template: Path, work_dir: Path) -> P
         BUILD_CACHE.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{digest}.", dir=BUILD_CACHE))
         _build_into(settings, template, staging)
+        if build_digest(settings, template) != digest:  # a file changed while sam read them: keep it out of the cache
+            return _relink(work_dir, staging)
         try:
             staging.rename(cached)
         except OSError:  # built meanwhile by another deploy (same inputs, so the same build): keep that one
             shutil.rmtree(staging, ignore_errors=True)
         _forget_old_builds()
+    return _relink(work_dir, cached)
+
+
+def _relink(work_dir: Path, build: Path) -> Path:
+    """`work_dir`/build → `build`; returns the built template there."""
     link = work_dir / "build"
     if link.is_symlink():
         link.unlink()
     elif link.exists():  # a build made before builds were kept
         shutil.rmtree(link)
     work_dir.mkdir(parents=True, exist_ok=True)
-    link.symlink_to(cached, target_is_directory=True)
+    link.symlink_to(build, target_is_directory=True)
     return link / "template.yaml"
 
 

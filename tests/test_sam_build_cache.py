@@ -85,3 +85,19 @@ def test_outside_a_work_tree_every_deploy_builds(settings: LocalStackSettings, b
     for _ in range(2):
         stack.sam_build(settings, template, tmp_path / "stack")
     assert len(builds) == 2
+
+
+def test_a_file_edited_during_the_build_keeps_that_build_out_of_the_cache(
+        source_tree: Path, settings: LocalStackSettings, builds: list[Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    built_by_stand_in = stack._build_into
+
+    def build_while_editing(settings: LocalStackSettings, template: Path, build_dir: Path) -> Path:
+        (source_tree / "functions" / "handler.py").write_text(f"# edited during build {len(builds)}\n")
+        return built_by_stand_in(settings, template, build_dir)
+
+    monkeypatch.setattr(stack, "_build_into", build_while_editing)
+    template = source_tree / "template.yaml"
+    assert stack.sam_build(settings, template, tmp_path / "stack").is_file()
+    assert not (tmp_path / "cache" / stack.build_digest(settings, template)).exists()
+    assert not [entry for entry in (tmp_path / "cache").iterdir() if not entry.name.startswith(".")]
