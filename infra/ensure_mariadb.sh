@@ -10,7 +10,10 @@ if ! answers; then
     127.0.0.1|localhost)
       if [ -x /usr/sbin/mariadbd ]; then
         echo "MariaDB on $host:$port is not answering; starting it"
-        start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
+        # By its pid file: matched by executable alone, any other mariadbd here reads as "already running".
+        pid_file=$(/usr/sbin/mariadbd --print-defaults | tr ' ' '\n' | sed -n 's/^--pid-file=//p' | tail -1)
+        start-stop-daemon --start --oknodo --background --pidfile "${pid_file:-/run/mysqld/mysqld.pid}" \
+          --exec /usr/sbin/mariadbd
       fi ;;
   esac
 fi

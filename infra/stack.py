@@ -7,9 +7,13 @@ polled every 0.25 s: ``aws cloudformation deploy`` / ``samlocal deploy`` take 24
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,6 +34,10 @@ DEFAULT_TEMPLATE = REPO_ROOT / "template.yaml"
 DEFAULT_STACK_NAME = "tickstream"
 ARTIFACT_BUCKET = "tickstream-sam-artifacts"
 POLL_SECONDS = 0.25
+# Builds by the digest of their inputs (see sam_build), shared by every deploy on this machine; one unused for
+# BUILD_KEPT_SECONDS is removed (by age, not count: another session may be packaging from an older one right now).
+BUILD_CACHE = Path(tempfile.gettempdir()) / "tickstream-sam-builds"
+BUILD_KEPT_SECONDS = 3600
 STACK_TIMEOUT_SECONDS = 180.0
 CAPABILITIES = ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"]
 # Template parameter <- environment variable, for `deploy` without -p (names as in .env.example).
@@ -89,11 +97,76 @@ def deploy_stack(parameters: Mapping[str, str] | None = None, *, settings: Local
 
 
 def sam_build(settings: LocalStackSettings, template: Path, work_dir: Path) -> Path:
-    """``sam build`` without a container; returns the built template. Uses the SAM venv's python3.12."""
-    build_dir = work_dir / "build"
+    """``sam build`` without a container; returns the built template. Uses the SAM venv's python3.12.
+
+    A build is kept in BUILD_CACHE under the digest of what it is made from (the template's source tree, see
+    `build_digest`), so the same template deployed again (another stack, another LocalStack: a test session does
+    it five times) reuses it: a build takes 30-150 s here, the digest milliseconds. `work_dir`/build links to it,
+    where a build always was. Outside a git work tree the inputs are not known, and every deploy builds afresh."""
+    digest = build_digest(settings, template)
+    if digest is None:
+        return _build_into(settings, template, work_dir / "build")
+    cached = BUILD_CACHE / digest
+    if (cached / "template.yaml").is_file():
+        cached.touch()  # in use: not removed for another BUILD_KEPT_SECONDS
+    else:
+        BUILD_CACHE.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{digest}.", dir=BUILD_CACHE))
+        _build_into(settings, template, staging)
+        if build_digest(settings, template) != digest:  # a file changed while sam read them: keep it out of the cache
+            return _relink(work_dir, staging)
+        try:
+            staging.rename(cached)
+        except OSError:  # built meanwhile by another deploy (same inputs, so the same build): keep that one
+            shutil.rmtree(staging, ignore_errors=True)
+        _forget_old_builds()
+    return _relink(work_dir, cached)
+
+
+def _relink(work_dir: Path, build: Path) -> Path:
+    """`work_dir`/build → `build`; returns the built template there."""
+    link = work_dir / "build"
+    if link.is_symlink():
+        link.unlink()
+    elif link.exists():  # a build made before builds were kept
+        shutil.rmtree(link)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(build, target_is_directory=True)
+    return link / "template.yaml"
+
+
+def _build_into(settings: LocalStackSettings, template: Path, build_dir: Path) -> Path:
     _run_sam(settings, ["build", "--template-file", str(template.resolve()), "--build-dir", str(build_dir),
                         "--parallel"], cwd=template.resolve().parent)
     return build_dir / "template.yaml"
+
+
+def build_digest(settings: LocalStackSettings, template: Path) -> str | None:
+    """SHA-256 over the SAM CLI used and every file of the git work tree that holds the template (tracked, or
+    untracked and not ignored: exactly what a developer edits), paths and contents; None outside a work tree.
+    Wider than what the build reads (a changed test also makes a new build), never narrower."""
+    root = template.resolve().parent
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--full-name"],
+                            cwd=root, capture_output=True)
+    top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True)
+    if listed.returncode != 0 or top.returncode != 0:
+        return None
+    digest = hashlib.sha256(f"{settings.sam_cli.resolve()}\0{template.resolve()}\0".encode())
+    repo = Path(top.stdout.strip())
+    for name in sorted(set(listed.stdout.split(b"\0")) - {b""}):
+        path = repo / os.fsdecode(name)
+        if path.is_file():
+            digest.update(name + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:32]
+
+
+def _forget_old_builds() -> None:
+    """Builds (and the staging directories of builds that crashed) unused for BUILD_KEPT_SECONDS."""
+    cutoff = time.time() - BUILD_KEPT_SECONDS
+    for entry in BUILD_CACHE.iterdir():
+        with contextlib.suppress(OSError):
+            if entry.stat().st_mtime < cutoff:
+                shutil.rmtree(entry, ignore_errors=True)
 
 
 def sam_package(settings: LocalStackSettings, built_template: Path, work_dir: Path, stack_name: str) -> Path:

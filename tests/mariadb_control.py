@@ -32,9 +32,21 @@ def stop_mariadb(db: DatabaseSettings) -> None:
 
 
 def start_mariadb(db: DatabaseSettings) -> None:
-    subprocess.run(["start-stop-daemon", "--start", "--oknodo", "--background", "--exec", "/usr/sbin/mariadbd"],
-                   check=True)
+    # By its pid file: matched by executable alone, any other mariadbd on this machine (another port, another
+    # datadir) reads as "already running" and this server would stay down.
+    subprocess.run(["start-stop-daemon", "--start", "--oknodo", "--background", "--pidfile", _pid_file(),
+                    "--exec", MARIADBD], check=True)
     _wait(db, up=True)
+
+
+MARIADBD = "/usr/sbin/mariadbd"
+
+
+def _pid_file() -> str:
+    """The default server's pid file, as its configuration names it."""
+    defaults = subprocess.run([MARIADBD, "--print-defaults"], capture_output=True, text=True, check=True).stdout
+    named = [arg.split("=", 1)[1] for arg in defaults.split() if arg.startswith("--pid-file=")]
+    return named[-1] if named else "/run/mysqld/mysqld.pid"
 
 
 @contextlib.contextmanager

@@ -277,22 +277,47 @@ def test_purge_of_a_script_without_ticks_deletes_it_at_once(api: InProcessApi, d
     assert table_count(db, "scripts") == 0 and table_count(db, "jobs") == 0
 
 
-def test_broker_with_scripts_is_kept_unless_purge(api: InProcessApi, db: pymysql.Connection,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(catalog, "PURGE_CHUNK_ROWS", 7)  # several chunks per script
+def test_broker_with_scripts_is_kept_unless_purge(api: InProcessApi, db: pymysql.Connection) -> None:
     broker, other = new_broker(api, "A"), new_broker(api, "B")
     scripts = [new_script(api, broker["id"], symbol) for symbol in ("BTCUSDT", "ETHUSDT")]
     kept = new_script(api, other["id"], "BTCUSDT")
     add_ticks(db, scripts[0]["id"], range(1, 31))
     add_ticks(db, kept["id"], range(1, 11))
+    coverage.rebuild(db, [scripts[0]["id"], kept["id"]])
     refused = api.delete(f"/brokers/{broker['id']}")
     assert (refused.status, refused.error_code) == (409, "in_use")
     assert table_count(db, "scripts") == 3
 
-    purged = api.delete(f"/brokers/{broker['id']}?purge=true")
-    assert purged.json() == {"id": broker["id"], "deleted": True, "scripts_deleted": 2, "ticks_deleted": 30}
+    active = api.delete(f"/brokers/{broker['id']}?purge=true")
+    assert (active.status, active.error_code) == (409, "broker_active")  # the producer would keep adding ticks
+    assert "deactivate" in active.json()["error"]["message"]
+    assert table_count(db, "jobs") == 0
+    api.patch(f"/brokers/{broker['id']}", {"is_active": False})
+    accepted = api.delete(f"/brokers/{broker['id']}?purge=true")
+    assert accepted.status == 202
+    job = accepted.json()
+    assert (job["kind"], job["state"], job["broker_id"], job["rows_deleted"]) == \
+        ("purge_broker", "queued", broker["id"], 0)
+    assert accepted.headers["location"] == f"/jobs/{job['id']}"
+    assert api.get(f"/jobs/{job['id']}").json() == job
+    assert api.delete(f"/brokers/{broker['id']}?purge=true").json()["id"] == job["id"]  # no second job
+    assert table_count(db, "ticks") == 40 and table_count(db, "scripts") == 3  # nothing deleted in the request
+
+    assert jobs.run_job(db, job["id"], chunk_rows=7).done  # what the maintenance function does, several chunks
+    done = api.get(f"/jobs/{job['id']}").json()
+    assert (done["state"], done["rows_deleted"], done["finished_at"] is not None) == ("done", 30, True)
+    assert api.get(f"/brokers/{broker['id']}").status == 404
     assert [s["id"] for s in api.get("/scripts").json()["scripts"]] == [kept["id"]]
-    assert table_count(db, "ticks") == 10  # the other broker's ticks are untouched
+    assert table_count(db, "ticks") == 10 and table_count(db, "tick_coverage") == 1  # the other broker's: untouched
+
+
+def test_purge_of_a_broker_without_scripts_deletes_it_at_once(api: InProcessApi, db: pymysql.Connection) -> None:
+    broker = new_broker(api)  # active: with nothing to collect, there is nothing to wait for
+    purged = api.delete(f"/brokers/{broker['id']}?purge=true")
+    assert (purged.status, purged.json()) == (200, {"id": broker["id"], "deleted": True, "scripts_deleted": 0,
+                                                    "ticks_deleted": 0})
+    assert table_count(db, "brokers") == 0 and table_count(db, "jobs") == 0
+    assert api.delete(f"/brokers/{broker['id']}?purge=true").status == 404
 
 
 def test_deactivating_stops_the_producer_seeing_it(api: InProcessApi, db: pymysql.Connection) -> None:

@@ -15,6 +15,7 @@ import pymysql
 import pytest
 
 from tests.api_fixtures import TOKEN, HttpApi, LocalServer, load_api_app
+from tickstream import jobs
 from tickstream.tick_store import insert_ticks_ignore
 from tickstream.ticks import Tick
 
@@ -67,8 +68,12 @@ def test_crud_conflicts_and_purge_over_http(http_api: HttpApi, db: pymysql.Conne
     insert_ticks_ignore(db, [Tick(script_id, i, "1.5", "2", False, T0_US + i, T0_US, T0_US) for i in range(1, 6)])
     assert http_api.request("DELETE", f"/brokers/{broker_id}").status_code == 409
     assert http_api.request("DELETE", f"/scripts/{script_id}").status_code == 409
-    purged = http_api.request("DELETE", f"/brokers/{broker_id}?purge=true")
-    assert purged.json() == {"id": broker_id, "deleted": True, "scripts_deleted": 1, "ticks_deleted": 5}
+    assert http_api.request("DELETE", f"/brokers/{broker_id}?purge=true").status_code == 409  # still active
+    assert http_api.request("PATCH", f"/brokers/{broker_id}", json={"is_active": False}).status_code == 200
+    accepted = http_api.request("DELETE", f"/brokers/{broker_id}?purge=true")
+    assert (accepted.status_code, accepted.headers["Location"]) == (202, f"/jobs/{accepted.json()['id']}")
+    assert jobs.run_job(db, accepted.json()["id"]).done  # the maintenance function's work
+    assert http_api.get(f"/jobs/{accepted.json()['id']}").json()["rows_deleted"] == 5
     assert http_api.get(f"/scripts/{script_id}").status_code == 404
     assert http_api.get("/brokers").json() == {"brokers": []}
 

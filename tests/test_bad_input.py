@@ -432,9 +432,10 @@ WRONG_CONTENT_TYPES = ["text/plain", "application/xml", "application/x-www-form-
 
 
 def checksum(conn: pymysql.Connection) -> dict[str, int]:
-    """CHECKSUM TABLE over what the API may change: any changed, added or removed row changes it."""
+    """CHECKSUM TABLE over what the API may change: any changed, added or removed row changes it. A purge deletes
+    nothing in the request but queues a job, so a purge that slipped through shows in `jobs`."""
     with conn.cursor() as cursor:
-        cursor.execute("CHECKSUM TABLE brokers, scripts, ticks")
+        cursor.execute("CHECKSUM TABLE brokers, scripts, ticks, jobs")
         return {table.rsplit(".", 1)[1]: value for table, value in cursor.fetchall()}
 
 
@@ -442,7 +443,8 @@ def checksum(conn: pymysql.Connection) -> dict[str, int]:
 def seeded(http_api: Any, db: pymysql.Connection) -> dict[str, int]:
     """One broker with one script and 49 ticks (id 20 missing, in the gap ledger), and a finished job, so that every
     id in a path names something real and the completeness routes have something to show; and a broker of each
-    venue type with one script (`<type>_broker_id`, `<type>_script_id`)."""
+    venue type with one script (`<type>_broker_id`, `<type>_script_id`). The first broker is inactive: a purge of it
+    that got through would queue a job (202), which the checksum sees."""
     from tickstream.coverage import rebuild
     from tickstream.tick_store import insert_ticks_ignore
     from tickstream.ticks import Tick
@@ -457,6 +459,7 @@ def seeded(http_api: Any, db: pymysql.Connection) -> dict[str, int]:
                        " VALUES (%s, 20, 20, 20, 'stream_jump')", (script_id,))
         cursor.execute("INSERT INTO producer_status (script_id, broker_id, state, reported_at)"
                        " VALUES (%s, %s, 'subscribed', UTC_TIMESTAMP(6))", (script_id, broker_id))
+        cursor.execute("UPDATE brokers SET is_active = FALSE WHERE id = %s", (broker_id,))
         cursor.execute("INSERT INTO jobs (kind, state) VALUES ('retention', 'done')")  # for GET /jobs/{job_id}
         job_id = cursor.lastrowid
     ids = {"broker_id": broker_id, "script_id": script_id, "job_id": job_id}
@@ -499,6 +502,16 @@ def assert_refused_without_change(http_api: Any, db: pymysql.Connection, method:
     assert not expected or reply.status_code in expected, f"{what}: {reply.status_code} {reply.text[:300]}"
     assert checksum(db) == before, f"{what}: a refused request changed rows"
     return reply.status_code
+
+
+def test_the_checksum_sees_a_purge_that_got_through(http_api: Any, db: pymysql.Connection,
+                                                    seeded: dict[str, int]) -> None:
+    """The guard of the tests below: with the token, the seeded broker's purge is accepted (a job, nothing deleted
+    yet) and the checksum changes; so a hostile request that did the same could not pass unseen."""
+    before = checksum(db)
+    reply = http_api.request("DELETE", f"/brokers/{seeded['broker_id']}?purge=true")
+    assert (reply.status_code, reply.json()["kind"]) == (202, "purge_broker"), reply.text
+    assert checksum(db) != before
 
 
 def test_no_or_wrong_token_is_refused_on_every_route(http_api: Any, db: pymysql.Connection,

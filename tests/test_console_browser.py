@@ -524,6 +524,28 @@ def test_delete_asks_for_the_purge_and_says_what_it_deleted(console: Console, se
         (job_id,) = cursor.fetchone()
     assert jobs.run_job(db, job_id).done  # what the maintenance function does with the jobs queue's message
     page.wait_for_selector("text=Script PEPEUSDT deleted with 10 tick(s).")
+
+    doomed = new_script(server, "DOGEUSDT", broker_name="Doomed")  # a broker with a script that has ticks
+    store_ticks(db, recent_ticks(doomed, 7))
+    broker_id = api(server, "GET", f"/scripts/{doomed}").json()["broker_id"]
+    console.go("brokers")
+    page.click(f"tr[data-broker='{broker_id}'] button:text('Delete…')")
+    assert "It has 1 script(s)" in page.locator("[role=dialog]").inner_text()
+    page.click("[role=dialog] [data-confirm]")
+    page.wait_for_selector("text=is active: deactivate it first")
+    console.expect_http_errors(409)
+    api(server, "PATCH", f"/brokers/{broker_id}", json={"is_active": False})
+    console.go("brokers")
+    page.click(f"tr[data-broker='{broker_id}'] button:text('Delete…')")
+    page.click("[role=dialog] [data-confirm]")
+    page.wait_for_selector("text=in the background (job")  # 202: the console follows the broker's job too
+    with db.cursor() as cursor:
+        cursor.execute("SELECT id FROM jobs WHERE broker_id = %s", (broker_id,))
+        (job_id,) = cursor.fetchone()
+    assert jobs.run_job(db, job_id).done
+    page.wait_for_selector("text=Broker “Doomed” deleted with 1 script(s) and 7 tick(s).")
+    assert doomed not in [s["id"] for s in api(server, "GET", "/scripts").json()["scripts"]]
+
     console.go("brokers")
     page.click("table[data-table=brokers] button:text('Delete…')")
     assert "no scripts" in page.locator("[role=dialog]").inner_text()

@@ -22,6 +22,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -427,7 +428,8 @@ def test_a_hole_deeper_than_1m_ids_is_found_by_the_audit(
         start_drill: StartDrill, stack: DrillStack, api_token: str, results: list[DrillResult]) -> None:
     """An earlier run stored ~1.06M ids of BTCUSDT; 10,000 of them, more than 1M ids below the newest, are
     deleted (tick_coverage shows the day incomplete). The producer subscribes at once, the audit finds the hole in
-    the background (the start-up scan of the newest 1M ids it replaces could not) and the backfill fills it."""
+    the background (the start-up scan of the newest 1M ids it replaces could not) and the backfill fills it: the
+    day's coverage, as GET /scripts/{id}/coverage shows it, goes from 10,000 missing to complete."""
     with start_drill("audit: hole > 1M ids deep", seed=110, sim_options={"history_limit": 2_000_000}) as d:
         d.sim.burst(BURST_SYMBOL, 1_700_000)
         stored = d.store_history(BURST_SYMBOL)
@@ -437,6 +439,7 @@ def test_a_hole_deeper_than_1m_ids_is_found_by_the_audit(
         d.db.query("DELETE FROM ticks WHERE script_id = %s AND trade_id BETWEEN %s AND %s",
                    (d.scripts[BURST_SYMBOL], *hole))
         d.recompute_coverage(BURST_SYMBOL)
+        (holed,) = [day for day in api_coverage(stack, api_token, d.scripts[BURST_SYMBOL]) if day["missing"]]
         started = time.monotonic()
         d.start()
         subscribed_in = time.monotonic() - started
@@ -446,11 +449,28 @@ def test_a_hole_deeper_than_1m_ids_is_found_by_the_audit(
         redriven = redrive_until_stored(d, stack, api_token, timeout=120)[0]
         result = d.finish(notes=f"{stored:,} rows stored beforehand, ids {hole[0]:,}..{hole[1]:,} deleted "
                                 f"({newest - hole[1]:,} ids below the newest); subscribed in {subscribed_in:.1f} s, "
-                                f"the audit found the hole and {filled['trades_filled']:,} trades were backfilled"
+                                f"the audit found the hole and {filled['trades_filled']:,} trades were backfilled; "
+                                f"GET /scripts/{{id}}/coverage: {holed['day']} missing {holed['missing']:,}, then 0"
                                 + _redriven_note(redriven))
+        days = api_coverage(stack, api_token, d.scripts[BURST_SYMBOL])
     record_and_check(results, result)
     assert (filled["first_trade_id"], filled["last_trade_id"]) == hole
     assert newest - hole[1] > 1_000_000
+    # What a user reads: the day of the hole was incomplete by exactly the deleted ids, and is complete now.
+    assert (holed["missing"], holed["complete"]) == (hole[1] - hole[0] + 1, False), holed
+    (healed,) = [day for day in days if day["day"] == holed["day"]]
+    assert (healed["missing"], healed["complete"], healed["stored"]) == (0, True, healed["expected"]), healed
+    assert all(day["complete"] and day["missing"] == 0 for day in days), days
+
+
+def api_coverage(stack: DrillStack, token: str, script_id: int) -> list[dict[str, Any]]:
+    """The script's per-day coverage of yesterday and today (UTC), through the deployed API."""
+    today = datetime.now(UTC).date()
+    reply = stack.api("GET", f"/scripts/{script_id}/coverage?from={today - timedelta(days=1)}&to={today}", token)
+    assert reply.status_code == 200, reply.text
+    days = reply.json()["days"]
+    assert days, "the script has coverage"
+    return days
 
 
 def test_no_secret_in_any_drill_log(stack: DrillStack, drill_db_user: DatabaseSettings, api_token: str,

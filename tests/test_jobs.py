@@ -44,6 +44,13 @@ def inactive_script(conn: pymysql.Connection, broker_id: int, symbol: str) -> in
     return script_id
 
 
+def inactive_broker(conn: pymysql.Connection, name: str) -> int:
+    broker_id = make_broker(conn, name)
+    with conn.cursor() as cursor:
+        cursor.execute("UPDATE brokers SET is_active = FALSE WHERE id = %s", (broker_id,))
+    return broker_id
+
+
 def add_side_rows(conn: pymysql.Connection, script_id: int, day: date, state: str = "filled",
                   finished: datetime = NOW) -> None:
     with conn.cursor() as cursor:
@@ -102,6 +109,48 @@ def test_purge_sweeps_ticks_stored_below_the_cursor_meanwhile(db: pymysql.Connec
     assert jobs.get_job(db, job.id).rows_deleted == 5_005
 
 
+def test_broker_purge_deletes_its_scripts_one_after_another_then_the_broker(db: pymysql.Connection) -> None:
+    doomed, kept = inactive_broker(db, "doomed"), make_broker(db, "kept")
+    # The scripts stay active: an inactive broker is what stops the producer collecting them.
+    scripts = [make_script(db, doomed, symbol) for symbol in ("BTCUSDT", "ETHUSDT", "SOLUSDT")]
+    other = make_script(db, kept, "BTCUSDT")
+    for number, script_id in enumerate(scripts[:2]):  # the third has no ticks, only coverage and a gap
+        add_ticks(db, script_id, 1, 2_500 * (number + 1), NOW, 1000)
+    add_ticks(db, other, 1, 3_000, NOW, 1000)
+    for script_id in (*scripts, other):
+        add_side_rows(db, script_id, NOW.date())
+    job = jobs.create_broker_purge_job(db, doomed)
+    assert (job.kind, job.state, job.broker_id, job.script_id) == ("purge_broker", "queued", doomed, None)
+    assert jobs.create_broker_purge_job(db, doomed).id == job.id  # asked twice: the same job
+
+    on: list[int | None] = []  # the script the job is on, before each chunk
+
+    def watch() -> bool:
+        on.append(jobs.get_job(db, job.id).script_id)
+        return False
+
+    result = jobs.run_job(db, job.id, chunk_rows=1_000, should_stop=watch)
+    assert (result.done, result.rows_deleted) == (True, 7_500)
+    assert [script_id for script_id in dict.fromkeys(on) if script_id is not None] == scripts  # one after another
+    done = jobs.get_job(db, job.id)
+    assert (done.state, done.rows_deleted, done.broker_id) == ("done", 7_500, doomed)
+    for table, column in (("ticks", "script_id"), ("tick_coverage", "script_id"), ("gaps", "script_id")):
+        assert scalar(db, f"SELECT COUNT(*) FROM {table} WHERE {column} IN %s", (scripts,)) == 0
+        assert scalar(db, f"SELECT COUNT(*) FROM {table} WHERE {column} = %s", (other,)) > 0
+    assert scalar(db, "SELECT COUNT(*) FROM scripts WHERE broker_id = %s", (doomed,)) == 0
+    assert scalar(db, "SELECT COUNT(*) FROM brokers WHERE id = %s", (doomed,)) == 0
+    assert scalar(db, "SELECT COUNT(*) FROM ticks WHERE script_id = %s", (other,)) == 3_000
+
+
+def test_broker_purge_of_an_active_broker_is_refused(db: pymysql.Connection) -> None:
+    broker_id = make_broker(db)
+    make_script(db, broker_id, "BTCUSDT")
+    with pytest.raises(jobs.NotInactive):
+        jobs.create_broker_purge_job(db, broker_id)
+    assert scalar(db, "SELECT COUNT(*) FROM jobs") == 0
+    assert jobs.create_broker_purge_job(db, 987_654) is None
+
+
 _WORKER = textwrap.dedent("""
     import sys, time
     from tickstream import jobs
@@ -116,11 +165,21 @@ _WORKER = textwrap.dedent("""
 """)
 
 
-def test_purge_killed_mid_way_resumes_from_its_cursor(db: pymysql.Connection,
-                                                      db_settings: DatabaseSettings) -> None:
-    script_id = inactive_script(db, make_broker(db), "BTCUSDT")
-    add_ticks(db, script_id, 1, 60_000, NOW, 1000)
-    job = jobs.create_purge_job(db, script_id)
+@pytest.mark.parametrize("kind", ["script", "broker"])
+def test_purge_killed_mid_way_resumes_from_its_cursor(db: pymysql.Connection, db_settings: DatabaseSettings,
+                                                      kind: str) -> None:
+    """A script's purge, or a broker's (two scripts of 30,000 ticks: the kill lands in the first, the resumed run
+    goes on into the second)."""
+    if kind == "script":
+        script_id = inactive_script(db, make_broker(db), "BTCUSDT")
+        add_ticks(db, script_id, 1, 60_000, NOW, 1000)
+        job = jobs.create_purge_job(db, script_id)
+    else:
+        broker_id = inactive_broker(db, "doomed")
+        script_id, second = make_script(db, broker_id, "BTCUSDT"), make_script(db, broker_id, "ETHUSDT")
+        add_ticks(db, script_id, 1, 30_000, NOW, 1000)
+        add_ticks(db, second, 1, 30_000, NOW, 1000)
+        job = jobs.create_broker_purge_job(db, broker_id)
     worker = subprocess.Popen([sys.executable, "-c", _WORKER, db_settings.host, str(db_settings.port),
                                db_settings.user, db_settings.password, db_settings.name, str(job.id)],
                               env={**os.environ, "PYTHONPATH": os.getcwd()})
@@ -132,8 +191,8 @@ def test_purge_killed_mid_way_resumes_from_its_cursor(db: pymysql.Connection,
     worker.wait()
 
     killed = jobs.get_job(db, job.id)
-    left = scalar(db, "SELECT COUNT(*) FROM ticks WHERE script_id = %s", (script_id,))
-    assert killed.state == "running" and 5_000 <= killed.rows_deleted < 60_000
+    left = scalar(db, "SELECT COUNT(*) FROM ticks")
+    assert killed.state == "running" and 5_000 <= killed.rows_deleted < 30_000 and killed.script_id == script_id
     assert left == 60_000 - killed.rows_deleted  # what the job says it deleted is exactly what is gone …
     assert scalar(db, "SELECT MIN(trade_id) FROM ticks WHERE script_id = %s", (script_id,)) == \
         killed.cursor_trade_id  # … and it is everything below the cursor
@@ -142,6 +201,8 @@ def test_purge_killed_mid_way_resumes_from_its_cursor(db: pymysql.Connection,
     finished = jobs.get_job(db, job.id)
     assert (finished.state, finished.rows_deleted) == ("done", 60_000)
     assert scalar(db, "SELECT COUNT(*) FROM ticks") == 0
+    assert scalar(db, "SELECT COUNT(*) FROM scripts") == 0
+    assert scalar(db, "SELECT COUNT(*) FROM brokers") == (0 if kind == "broker" else 1)
 
 
 # --- retention -----------------------------------------------------------------------------------------------

@@ -23,8 +23,6 @@ from typing import Any
 import pymysql
 
 DEFAULT_STREAM = "aggTrade"
-# Ticks deleted per statement when purging: keeps each transaction (and its undo log) small on big scripts.
-PURGE_CHUNK_ROWS = 10_000
 
 _ER_DUP_ENTRY = 1062
 _ER_ROW_IS_REFERENCED = 1451
@@ -148,10 +146,6 @@ def _decimal_text(text: str) -> str:
 
 def _error_code(error: pymysql.err.MySQLError) -> int | None:
     return error.args[0] if error.args and isinstance(error.args[0], int) else None
-
-
-def _in_list(values: Sequence[int]) -> str:
-    return "(" + ", ".join(["%s"] * len(values)) + ")"
 
 
 @contextmanager
@@ -280,24 +274,18 @@ def _locked_broker(cursor: pymysql.cursors.Cursor, broker_id: int) -> Broker:
     return _broker(row)
 
 
-def delete_broker(conn: pymysql.Connection, broker_id: int, *, purge: bool = False) -> DeleteResult | None:
-    """Delete a broker; with `purge` its scripts and their ticks too. None if it does not exist.
-
-    Raises InUse when the broker has scripts and `purge` is false: nothing is lost by accident.
-    """
+def delete_broker(conn: pymysql.Connection, broker_id: int) -> DeleteResult | None:
+    """Delete a broker that has no scripts. None if it does not exist; InUse if it has scripts (their purge, and
+    the broker's with them, is a background job: tickstream.jobs.create_broker_purge_job)."""
     if get_broker(conn, broker_id) is None:
         return None
     script_ids = [script.id for script in list_scripts(conn, broker_id)]
-    if script_ids and not purge:
+    if script_ids:
         raise InUse(f"broker {broker_id} has {len(script_ids)} script(s)")
-    ticks_deleted = sum(_purge_script(conn, script_id) for script_id in script_ids)
     with _constraint_errors(), _transaction(conn) as cursor:
-        scripts_deleted = 0
-        if script_ids:
-            scripts_deleted = cursor.execute(f"DELETE FROM scripts WHERE id IN {_in_list(script_ids)}", script_ids)
         # A script added meanwhile makes the foreign key refuse this delete (InUse): it is not swept away unseen.
         found = cursor.execute("DELETE FROM brokers WHERE id = %s", (broker_id,))
-    return DeleteResult(scripts_deleted, ticks_deleted) if found else None
+    return DeleteResult(0, 0) if found else None
 
 
 # --- scripts -------------------------------------------------------------------------------------------------
@@ -403,31 +391,16 @@ def script_has_ticks(conn: pymysql.Connection, script_id: int) -> bool:
         return _has_ticks(cursor, script_id)
 
 
-def delete_script(conn: pymysql.Connection, script_id: int, *, purge: bool = False) -> DeleteResult | None:
-    """Delete a script; with `purge` its ticks too. None if it does not exist; InUse if it has ticks and no purge."""
+def delete_script(conn: pymysql.Connection, script_id: int) -> DeleteResult | None:
+    """Delete a script that has no ticks. None if it does not exist; InUse if it has ticks (their purge is a
+    background job: tickstream.jobs.create_purge_job)."""
     if get_script(conn, script_id) is None:
         return None
-    if not purge and script_has_ticks(conn, script_id):
+    if script_has_ticks(conn, script_id):
         raise InUse(f"script {script_id} has ticks")
-    ticks_deleted = _purge_script(conn, script_id) if purge else 0
     with _transaction(conn) as cursor:
         found = cursor.execute("DELETE FROM scripts WHERE id = %s", (script_id,))
-    return DeleteResult(1, ticks_deleted) if found else None
-
-
-def _purge_script(conn: pymysql.Connection, script_id: int) -> int:
-    """Delete a script's ticks in chunks, each its own transaction, then what describes them; returns how many."""
-    deleted = 0
-    while True:
-        with _transaction(conn) as cursor:
-            chunk = cursor.execute("DELETE FROM ticks WHERE script_id = %s LIMIT %s", (script_id, PURGE_CHUNK_ROWS))
-        deleted += chunk
-        if chunk < PURGE_CHUNK_ROWS:
-            break
-    with _transaction(conn) as cursor:  # what describes those ticks: candle cache, coverage, ledger, status
-        for table in ("candles_1m", "tick_coverage", "gaps", "producer_status"):
-            cursor.execute(f"DELETE FROM {table} WHERE script_id = %s", (script_id,))
-    return deleted
+    return DeleteResult(1, 0) if found else None
 
 
 def active_scripts(conn: pymysql.Connection, broker_ids: list[int] | None = None) -> list[ActiveScript]:

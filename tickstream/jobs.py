@@ -1,4 +1,5 @@
-"""Background work on the ticks table: purging a deleted script's ticks, and retention (TICK_RETENTION_DAYS).
+"""Background work on the ticks table: purging a deleted script's ticks (or a deleted broker's: each of its
+scripts in turn), and retention (TICK_RETENTION_DAYS).
 
 Both delete in chunks of whole primary-key ranges (`script_id = s AND trade_id BETWEEN lo AND hi`), each chunk its
 own short transaction, so the ingest writing other scripts (or newer ids of the same one) never waits behind a
@@ -29,20 +30,22 @@ log = logging.getLogger(__name__)
 CHUNK_ROWS = 10_000  # per transaction: ~0.1 s of work here, and a few MB of undo log
 SCRIPTS_PER_STEP = 200  # retention passes at most this many scripts per transaction (two index dives each)
 PURGE_SCRIPT = "purge_script"
+PURGE_BROKER = "purge_broker"
 RETENTION = "retention"
 UNFINISHED = ("queued", "running")
 TERMINAL_GAP_STATES = ("filled", "unrecoverable")
 
 
 class NotInactive(Exception):
-    """A purge was asked for a script that is still collecting: deactivate it first."""
+    """A purge was asked for a script (or broker) that is still collecting: deactivate it first."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Job:
     id: int
     kind: str
-    script_id: int | None
+    broker_id: int | None  # a broker's purge: the broker
+    script_id: int | None  # a script's purge: the script; a broker's: the script it is on
     state: str
     cursor_trade_id: int | None
     rows_deleted: int
@@ -52,12 +55,12 @@ class Job:
     finished_at: datetime | None
 
 
-_JOB_COLUMNS = ("id, kind, script_id, state, cursor_trade_id, rows_deleted, error, created_at, updated_at,"
+_JOB_COLUMNS = ("id, kind, broker_id, script_id, state, cursor_trade_id, rows_deleted, error, created_at, updated_at,"
                 " finished_at")
 
 
 def _job(row: tuple[Any, ...]) -> Job:
-    return Job(row[0], row[1], row[2], row[3], row[4], row[5], row[6], _utc(row[7]), _utc(row[8]), _utc(row[9]))
+    return Job(*row[:8], _utc(row[8]), _utc(row[9]), _utc(row[10]))
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -75,21 +78,32 @@ def get_job(conn: pymysql.Connection, job_id: int) -> Job | None:
 def create_purge_job(conn: pymysql.Connection, script_id: int) -> Job | None:
     """Queue the purge of an inactive script (None if there is no such script; NotInactive if it is active).
     A purge already queued or running for the script is returned instead of a second one."""
+    return _create_purge(conn, PURGE_SCRIPT, "scripts", "script_id", script_id)
+
+
+def create_broker_purge_job(conn: pymysql.Connection, broker_id: int) -> Job | None:
+    """Queue the purge of an inactive broker: each of its scripts as a script's purge does it, then the broker
+    (None if there is no such broker; NotInactive if it is active). An unfinished one is returned instead."""
+    return _create_purge(conn, PURGE_BROKER, "brokers", "broker_id", broker_id)
+
+
+def _create_purge(conn: pymysql.Connection, kind: str, table: str, column: str, owner_id: int) -> Job | None:
+    """`table` and `column` are literals of the two callers above."""
     with _transaction(conn) as cursor:
-        cursor.execute("SELECT is_active FROM scripts WHERE id = %s FOR UPDATE", (script_id,))
+        cursor.execute(f"SELECT is_active FROM {table} WHERE id = %s FOR UPDATE", (owner_id,))
         row = cursor.fetchone()
         if row is None:
             return None
         if row[0]:
-            raise NotInactive(f"script {script_id} is active")
-        cursor.execute("SELECT id FROM jobs WHERE kind = %s AND script_id = %s AND state IN ('queued', 'running')"
-                       " ORDER BY id LIMIT 1", (PURGE_SCRIPT, script_id))
+            raise NotInactive(f"{table[:-1]} {owner_id} is active")
+        cursor.execute(f"SELECT id FROM jobs WHERE kind = %s AND {column} = %s AND state IN ('queued', 'running')"
+                       " ORDER BY id LIMIT 1", (kind, owner_id))
         existing = cursor.fetchone()
         if existing:
             job_id = existing[0]
         else:
-            cursor.execute("INSERT INTO jobs (kind, script_id, cursor_trade_id) VALUES (%s, %s, 0)",
-                           (PURGE_SCRIPT, script_id))
+            cursor.execute(f"INSERT INTO jobs (kind, {column}, cursor_trade_id) VALUES (%s, %s, 0)",
+                           (kind, owner_id))
             job_id = cursor.lastrowid
     return get_job(conn, job_id)
 
@@ -194,32 +208,57 @@ def _finish(cursor: pymysql.cursors.Cursor, job_id: int) -> None:
 
 
 def _purge_step(conn: pymysql.Connection, job_id: int, chunk_rows: int) -> int | None:
-    """Delete one chunk of the script's ticks; once none are left, its coverage, gaps, status and the script
-    itself, and mark the job done (returns None then)."""
+    """One chunk of a purge, in one transaction; None once the job is done. A script's purge deletes the script's
+    ticks chunk by chunk, then the script; a broker's does the same for each of the broker's scripts in turn
+    (lowest id first: the job's script_id and cursor say where it is), then deletes the broker."""
     with _transaction(conn) as cursor:
         job = _locked_job(cursor, job_id)
         if job is None:
             return None
-        script_id, start = job.script_id, job.cursor_trade_id or 0
-        end = _chunk_end(cursor, script_id, start, chunk_rows)
-        deleted = _delete_range(cursor, script_id, start, _MAX_TRADE_ID if end is None else end)
-        if end is not None:
-            _advance(cursor, job_id, script_id, end + 1, deleted)
+        script_id = job.script_id if job.kind == PURGE_SCRIPT else _next_script_of(cursor, job.broker_id)
+        if script_id is None:  # a broker's purge with no script left
+            cursor.execute("DELETE FROM brokers WHERE id = %s", (job.broker_id,))
+            _finish(cursor, job_id)
+            log.info("job %s: broker %s purged", job_id, job.broker_id)
+            return None
+        start = (job.cursor_trade_id or 0) if script_id == job.script_id else 0
+        deleted, next_start = _purge_script_chunk(cursor, script_id, start, chunk_rows)
+        if next_start is not None or job.kind == PURGE_BROKER:
+            _advance(cursor, job_id, script_id, next_start or 0, deleted)
             return deleted
-        # Nothing is left at or above the cursor. Ticks the ingest stored below it after their chunk went (in
-        # flight when the script was deactivated) are swept by going round again from the lowest one.
-        cursor.execute("SELECT MIN(trade_id) FROM ticks WHERE script_id = %s", (script_id,))
-        straggler = cursor.fetchone()[0]
-        if straggler is not None:
-            _advance(cursor, job_id, script_id, straggler, deleted)
-            return deleted
-        for table in ("tick_coverage", "gaps", "producer_status", "candles_1m"):
-            cursor.execute(f"DELETE FROM {table} WHERE script_id = %s", (script_id,))  # fixed table names
-        cursor.execute("DELETE FROM scripts WHERE id = %s", (script_id,))
         cursor.execute("UPDATE jobs SET rows_deleted = rows_deleted + %s WHERE id = %s", (deleted, job_id))
         _finish(cursor, job_id)
     log.info("job %s: script %s purged", job_id, script_id)
     return None
+
+
+def _next_script_of(cursor: pymysql.cursors.Cursor, broker_id: int) -> int | None:
+    """The broker's lowest script id, with the broker locked: a script being added meanwhile waits for this
+    transaction (and is refused by the foreign key once the broker is gone), so none is left behind."""
+    cursor.execute("SELECT id FROM brokers WHERE id = %s FOR UPDATE", (broker_id,))
+    cursor.execute("SELECT MIN(id) FROM scripts WHERE broker_id = %s", (broker_id,))
+    return cursor.fetchone()[0]
+
+
+def _purge_script_chunk(cursor: pymysql.cursors.Cursor, script_id: int, start: int,
+                        chunk_rows: int) -> tuple[int, int | None]:
+    """Delete one chunk of the script's ticks from `start`; once none are left, what describes them (coverage,
+    gaps, status, candles) and the script itself. Returns (ticks deleted, where the next chunk starts, or None
+    when the script is gone)."""
+    end = _chunk_end(cursor, script_id, start, chunk_rows)
+    deleted = _delete_range(cursor, script_id, start, _MAX_TRADE_ID if end is None else end)
+    if end is not None:
+        return deleted, end + 1
+    # Nothing is left at or above the cursor. Ticks the ingest stored below it after their chunk went (in
+    # flight when the script was deactivated) are swept by going round again from the lowest one.
+    cursor.execute("SELECT MIN(trade_id) FROM ticks WHERE script_id = %s", (script_id,))
+    straggler = cursor.fetchone()[0]
+    if straggler is not None:
+        return deleted, straggler
+    for table in ("tick_coverage", "gaps", "producer_status", "candles_1m"):
+        cursor.execute(f"DELETE FROM {table} WHERE script_id = %s", (script_id,))  # fixed table names
+    cursor.execute("DELETE FROM scripts WHERE id = %s", (script_id,))
+    return deleted, None
 
 
 # --- retention -----------------------------------------------------------------------------------------------

@@ -61,7 +61,10 @@ def update_broker(broker_id: str) -> Response:
 @app.route("/brokers/{broker_id}", methods=["DELETE"], content_types=ANY_CONTENT)
 def delete_broker(broker_id: str) -> Response:
     broker = path_id(broker_id, "broker")
-    return respond(service.delete_broker(broker, query(app.current_request, DeleteQuery).purge))
+    if not query(app.current_request, DeleteQuery).purge:
+        return respond(service.delete_broker(broker))
+    status, result = background.purge_broker(broker)
+    return respond(result, status, {"Location": f"/jobs/{result.id}"} if status == 202 else None)
 
 
 @app.route("/scripts", methods=["GET"], content_types=ANY_CONTENT)
@@ -90,7 +93,7 @@ def update_script(script_id: str) -> Response:
 def delete_script(script_id: str) -> Response:
     script = path_id(script_id, "script")
     if not query(app.current_request, DeleteQuery).purge:
-        return respond(service.delete_script(script, False))
+        return respond(service.delete_script(script))
     status, result = background.purge_script(script)
     return respond(result, status, {"Location": f"/jobs/{result.id}"} if status == 202 else None)
 

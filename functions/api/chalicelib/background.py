@@ -1,4 +1,5 @@
-"""Routes that hand work to the maintenance function: a script's purge (202 and a job to poll) and the job itself.
+"""Routes that hand work to the maintenance function: a script's or a broker's purge (202 and a job to poll) and
+the job itself.
 
 The work is in `tickstream.jobs`; this module maps it onto the API's answers.
 """
@@ -7,6 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Callable
+
+import pymysql
 
 from chalicelib.errors import conflict, not_found
 from chalicelib.models import Deleted, JobOut
@@ -37,12 +41,36 @@ def purge_script(script_id: int) -> tuple[int, Deleted | JobOut]:
                 if catalog.delete_script(conn, script_id) is None:
                     raise not_found(f"no script with id {script_id}")
                 return 200, Deleted(id=script_id, scripts_deleted=1, ticks_deleted=0)
-        try:
-            job = jobs.create_purge_job(conn, script_id)
-        except jobs.NotInactive:
-            raise conflict("script_active", f"script {script_id} is active: deactivate it first (PATCH"
-                                            " is_active: false), then purge") from None
+        job = _queue(jobs.create_purge_job, conn, "script", script_id)
+    return _accepted(job)
+
+
+def purge_broker(broker_id: int) -> tuple[int, Deleted | JobOut]:
+    """A broker without scripts is deleted at once (200); one with scripts must be inactive (409 otherwise) and
+    is purged in the background (202, a job): each of its scripts with its ticks, then the broker."""
+    with database.connection() as conn:
+        with contextlib.suppress(catalog.InUse):  # it has scripts (or one was added meanwhile): purge as below
+            if catalog.delete_broker(conn, broker_id) is None:
+                raise not_found(f"no broker with id {broker_id}")
+            return 200, Deleted(id=broker_id, scripts_deleted=0, ticks_deleted=0)
+        job = _queue(jobs.create_broker_purge_job, conn, "broker", broker_id)
+    return _accepted(job)
+
+
+def _queue(create: Callable[[pymysql.Connection, int], jobs.Job | None], conn: pymysql.Connection, what: str,
+           owner_id: int) -> jobs.Job:
+    """The purge job of a script or broker (`what`): 409 while it is active (the producer would keep adding what
+    the purge deletes), 404 if it is gone."""
+    try:
+        job = create(conn, owner_id)
+    except jobs.NotInactive:
+        raise conflict(f"{what}_active", f"{what} {owner_id} is active: deactivate it first (PATCH is_active:"
+                                         " false), then purge") from None
     if job is None:
-        raise not_found(f"no script with id {script_id}")
+        raise not_found(f"no {what} with id {owner_id}")
+    return job
+
+
+def _accepted(job: jobs.Job) -> tuple[int, JobOut]:
     job_queue.wake(job.id)  # outside the database lock: SQS may be slow to answer
     return 202, job_out(job)

@@ -607,11 +607,12 @@ class ErrorOut(Out):
 
 
 class JobOut(Out):
-    """Background work (a script's purge, retention): poll GET /jobs/{id} until state is done."""
+    """Background work (a script's or a broker's purge, retention): poll GET /jobs/{id} until state is done."""
 
     id: int
-    kind: Literal["purge_script", "retention"]
-    script_id: int | None
+    kind: Literal["purge_script", "purge_broker", "retention"]
+    broker_id: int | None = Field(description="a broker's purge: the broker")
+    script_id: int | None = Field(description="a script's purge: the script; a broker's: the script it is on")
     state: Literal["queued", "running", "done", "failed"]
     rows_deleted: int = Field(description="ticks deleted so far")
     cursor_trade_id: int | None = Field(description="the next trade id to delete (a purge: all below are gone)")

@@ -58,8 +58,10 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("/brokers/{broker_id}", "PATCH"): Operation("updateBroker", "Change a broker's fields", models.BrokerOut,
                                                  body=models.BrokerPatch, errors=(*BODY_ERRORS, 404, 409)),
     ("/brokers/{broker_id}", "DELETE"): Operation(
-        "deleteBroker", "Delete a broker (409 if it has scripts, unless ?purge=true)", models.Deleted,
-        query=models.DeleteQuery, errors=(404, 409, 422)),
+        "deleteBroker", "Delete a broker (409 if it has scripts, unless ?purge=true: then, if inactive, 202 and a"
+        " job that deletes its scripts and their ticks in the background; 409 while it is active)", models.Deleted,
+        query=models.DeleteQuery, errors=(404, 409, 422),
+        also=((202, models.JobOut, "Accepted: the purge runs in the background; poll GET /jobs/{id}"),)),
     ("/scripts", "GET"): Operation("listScripts", "Scripts, optionally of one broker", models.ScriptList,
                                    query=models.ScriptsQuery, errors=(422,)),
     ("/scripts", "POST"): Operation("createScript", "Add a script (trading symbol) to a broker", models.ScriptOut,
@@ -75,8 +77,8 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         " that deletes its ticks in the background; 409 while it is active)", models.Deleted,
         query=models.DeleteQuery, errors=(404, 409, 422),
         also=((202, models.JobOut, "Accepted: the purge runs in the background; poll GET /jobs/{id}"),)),
-    ("/jobs/{job_id}", "GET"): Operation("getJob", "A background job (a script's purge, retention)", models.JobOut,
-                                         errors=(404,)),
+    ("/jobs/{job_id}", "GET"): Operation("getJob", "A background job (a script's or a broker's purge, retention)",
+                                         models.JobOut, errors=(404,)),
     ("/scripts/{script_id}/ticks", "GET"): Operation(
         "listTicks", "A script's ticks in a time range, keyset-paginated by trade id", models.TickPage,
         query=models.TicksQuery, errors=(404, 422)),

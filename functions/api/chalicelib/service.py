@@ -137,9 +137,9 @@ def update_broker(broker_id: int, body: BrokerPatch) -> BrokerOut:
     return _broker_out(broker)
 
 
-def delete_broker(broker_id: int, purge: bool) -> Deleted:
+def delete_broker(broker_id: int) -> Deleted:
     with database.connection() as conn, _catalog_errors("broker"):
-        result = catalog.delete_broker(conn, broker_id, purge=purge)
+        result = catalog.delete_broker(conn, broker_id)
     if result is None:
         raise not_found(f"no broker with id {broker_id}")
     return Deleted(id=broker_id, scripts_deleted=result.scripts_deleted, ticks_deleted=result.ticks_deleted)
@@ -203,9 +203,9 @@ def update_script(script_id: int, body: ScriptPatch) -> ScriptOut:
     return _script_out(script)
 
 
-def delete_script(script_id: int, purge: bool) -> Deleted:
+def delete_script(script_id: int) -> Deleted:
     with database.connection() as conn, _catalog_errors("script"):
-        result = catalog.delete_script(conn, script_id, purge=purge)
+        result = catalog.delete_script(conn, script_id)
     if result is None:
         raise not_found(f"no script with id {script_id}")
     return Deleted(id=script_id, scripts_deleted=result.scripts_deleted, ticks_deleted=result.ticks_deleted)

@@ -306,13 +306,14 @@
       const scripts = data.scripts.filter((s) => s.broker_id === b.id).length;
       const purge = scripts > 0;
       const yes = await ask({ title: `Delete broker “${b.name}”?`, confirm: purge ? 'Delete and purge' : 'Delete',
-        message: purge ? `It has ${scripts} script(s). Deleting it also deletes them and every tick stored for them. This cannot be undone.`
+        message: purge ? `It has ${scripts} script(s). Deleting it also deletes them and every tick stored for them, in the background (deactivate it first). This cannot be undone.`
           : 'It has no scripts.' });
       if (!yes) return;
       setNotice(`Deleting “${b.name}”…`);
       try {
         const { data: done } = await call('DELETE', `/brokers/${b.id}${purge ? '?purge=true' : ''}`);
-        setNotice(`Broker “${b.name}” deleted with ${count(done.scripts_deleted)} script(s) and ${count(done.ticks_deleted)} tick(s).`);
+        const deleted = done.state ? await followPurge(call, done, `broker “${b.name}”`, setNotice) : done.ticks_deleted;
+        setNotice(`Broker “${b.name}” deleted with ${count(done.state ? scripts : done.scripts_deleted)} script(s) and ${count(deleted)} tick(s).`);
         reload();
       } catch (failure) { setError(failure.message); setNotice(''); }
     };
@@ -357,11 +358,12 @@
   const SCRIPT_COLUMNS = [['id', 'Id'], ['trading_symbol', 'Symbol'], ['name', 'Name'], ['broker', 'Broker'],
     ['stream', 'Stream'], ['is_active', 'Active'], ['ticks', 'Ticks'], ['created_at', 'Created']];
 
-  // A purge with ticks runs in the background (202 and a job): poll it, showing its progress, until it is done.
-async function followPurge(call, job, symbol, setNotice) {
+  // A purge with ticks (a script's, or a broker's with scripts) runs in the background (202 and a job): poll it,
+  // showing its progress, until it is done.
+async function followPurge(call, job, what, setNotice) {
   while (job.state !== 'done') {
-    if (job.state === 'failed') throw new Error(`Purging ${symbol} failed: ${job.error}`);
-    setNotice(`Purging ${symbol} in the background (job ${job.id}): ${count(job.rows_deleted)} tick(s) deleted so far…`);
+    if (job.state === 'failed') throw new Error(`Purging ${what} failed: ${job.error}`);
+    setNotice(`Purging ${what} in the background (job ${job.id}): ${count(job.rows_deleted)} tick(s) deleted so far…`);
     await new Promise((resolve) => setTimeout(resolve, 1000));
     ({ data: job } = await call('GET', `/jobs/${job.id}`));
   }
