@@ -1,9 +1,10 @@
 """Per-script trade-id tracking: drop duplicates, detect gaps.
 
-Binance ids are contiguous per symbol, so the stream alone tells us what we missed: after `last`, the next live id
-should be `last + 1`. Anything at or below `last` is a duplicate (a resend, or the overlap of two connections during
-a rotation); anything above `last + 1` opens a gap that the backfiller fetches from REST. Backfilled ids never pass
-through here: the gap range is exactly what is missing, so nothing is sent twice.
+A venue's trade ids are contiguous per stream (`Venue.contiguous_ids`), so the stream alone tells us what we
+missed: after `last`, the next live id should be `last + 1`. Anything at or below `last` is a duplicate (a resend,
+or the overlap of two connections during a rotation); anything above `last + 1` opens a gap that the backfiller
+fetches from REST. Backfilled ids never pass through here: the gap range is exactly what is missing, so nothing is
+sent twice.
 """
 
 from __future__ import annotations

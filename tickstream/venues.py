@@ -45,7 +45,15 @@ BINANCE = Venue(
     streams=("aggTrade", "trade"), contiguous_ids=True,
 )
 
-VENUES: dict[str, Venue] = {venue.type: venue for venue in (BINANCE,)}
+BINANCE_US = Venue(
+    type="binance_us", title="Binance.US",
+    ws_url="wss://stream.binance.us:9443", rest_url="https://api.binance.us",
+    ws_hosts=frozenset({"stream.binance.us"}), rest_hosts=frozenset({"api.binance.us"}),
+    symbol_pattern=_BINANCE_SYMBOL, symbol_example="BTCUSD",
+    streams=("aggTrade", "trade"), contiguous_ids=True,
+)
+
+VENUES: dict[str, Venue] = {venue.type: venue for venue in (BINANCE, BINANCE_US)}
 DEFAULT_TYPE = BINANCE.type
 
 
