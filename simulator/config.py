@@ -36,23 +36,31 @@ KNOWN_SPECS: dict[str, SymbolSpec] = {
 
 
 def spec_for(symbol: str) -> SymbolSpec:
-    """The spec of a known symbol, or a plausible generic one derived from its name."""
+    """The spec of a known symbol, or a plausible generic one derived from its name.
+
+    `symbol` is `BTCUSDT` or `BTC-USDT`; the spec's symbol is always the concatenated form (a venue renames it).
+    """
     symbol = symbol.upper()
+    base, dash, quote = symbol.partition("-")
+    symbol = base + quote
     if symbol in KNOWN_SPECS:
         return KNOWN_SPECS[symbol]
-    quote = next((q for q in QUOTE_ASSETS if symbol.endswith(q) and len(symbol) > len(q)), symbol[-4:])
-    base = symbol[: len(symbol) - len(quote)] or symbol
+    if not dash:
+        quote = next((q for q in QUOTE_ASSETS if symbol.endswith(q) and len(symbol) > len(q)), symbol[-4:])
+        base = symbol[: len(symbol) - len(quote)] or symbol
     return SymbolSpec(symbol, base, quote, 100 * SCALE, SCALE // 100, 5, SCALE // 1000, 100, 100_000)
 
 
 @dataclass
 class SimulatorConfig:
-    """Every knob of the simulator.
+    """Every knob of the simulator (of one venue of it).
 
     Fields marked "live" are read on every use, so changing them on a running simulator takes effect
-    (for connection-level values: on connections opened afterwards).
+    (for connection-level values: on connections opened afterwards). The defaults are Binance spot's;
+    simulator.venues.config_for(venue) starts from that venue's own (its limits, keepalive and REST budget).
     """
 
+    venue: str = "binance"  # the protocol spoken: a key of simulator.venues.VENUES
     symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT", "PEPEUSDT")
     rate: float = 50.0  # live: individual trades per second per symbol
     seed: int = 1
@@ -64,11 +72,13 @@ class SimulatorConfig:
     history_limit: int = 1_000_000  # trades remembered per symbol and kind
     tick_interval: float = 0.01  # seconds between emission batches
     # WebSocket connection behaviour
-    ping_interval: float = 20.0  # live
+    ping_interval: float | None = 20.0  # live; None: the server sends no pings
     pong_timeout: float = 60.0  # live
+    idle_timeout: float | None = None  # live: close a connection nothing was sent to for this long (OKX)
     max_lifetime: float = 24 * 3600.0  # live
     close_timeout: float = 5.0
-    max_incoming_per_sec: int | None = 5  # live; None disables the limit
+    max_incoming_per_sec: int | None = 5  # live; None disables the limit (frames the venue counts, Binance)
+    max_requests_per_hour: int | None = None  # live: subscribe/unsubscribe requests per connection (OKX)
     max_streams: int = 1024  # live
     max_client_queue: int = 200_000  # live; a client this far behind is cut off
     shutdown_delay: float = 2.0  # live: seconds between serverShutdown and the close
@@ -87,6 +97,7 @@ class SimulatorConfig:
     skip_fraction: float = 0.0  # live
     duplicate_fraction: float = 0.0  # live
     malformed_fraction: float = 0.0  # live
+    unaggregated_fraction: float = 0.0  # live: aggregates after trades no aggregate covers (f/l skip, a does not)
     # Periodic faults (seconds; None disables)
     drop_every: float | None = None
     pause_every: float | None = None

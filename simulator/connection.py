@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -19,7 +19,6 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import Event, State
 
 from simulator.market import Tape
-from simulator.protocol import Session, dumps, tape_texts, to_microseconds
 
 COUNTED_OPCODES = frozenset({Opcode.TEXT, Opcode.BINARY, Opcode.PING, Opcode.PONG})
 
@@ -75,6 +74,24 @@ class CountingConnection(ServerConnection):
             self.frame_hook(event)
 
 
+class Session(Protocol):
+    """A connection's protocol state, as each venue module keeps it."""
+
+    streams: dict[str, None]  # what the core publishes to this connection (ordered set)
+
+    @property
+    def flavour(self) -> Hashable:
+        """Sessions with equal flavours get byte-identical frames of a message."""
+        ...
+
+    def render(self, stream: str, payload: Any) -> str:
+        """The text of one message on `stream` for this session."""
+        ...
+
+
+TapeRenderer = Callable[[Tape, str | None, str | None, int, Any], list[str]]  # venue.tape_texts
+
+
 class Part(Protocol):
     """Something in an emission batch: frames for clients subscribed to (some of) its streams."""
 
@@ -85,56 +102,52 @@ class Part(Protocol):
 
 @dataclass(slots=True)
 class Outgoing:
-    """One message for a stream, rendered lazily per (combined, microseconds) flavour."""
+    """One message for a stream, rendered lazily once per session flavour."""
 
     stream: str
     payload: Any
     verbatim: str | None = None  # sent as-is on every kind of connection
-    cache: dict[tuple[bool, bool], bytes] = field(default_factory=dict)
+    cache: dict[Hashable, bytes] = field(default_factory=dict)
 
-    def render(self, combined: bool, micro: bool) -> str:
-        if self.verbatim is not None:
-            return self.verbatim
-        payload = self.payload
-        if micro and isinstance(payload, dict):
-            payload = to_microseconds(payload)
-        return dumps({"stream": self.stream, "data": payload} if combined else payload)
-
-    def frame(self, combined: bool, micro: bool) -> bytes:
-        encoded = self.cache.get((combined, micro))
+    def frame(self, session: Session) -> bytes:
+        flavour = session.flavour
+        encoded = self.cache.get(flavour)
         if encoded is None:
-            encoded = self.cache[(combined, micro)] = text_frame(self.render(combined, micro))
+            text = self.verbatim if self.verbatim is not None else session.render(self.stream, self.payload)
+            encoded = self.cache[flavour] = text_frame(text)
         return encoded
 
     def frames_for(self, session: Session) -> tuple[bytes, int] | None:
         if self.stream not in session.streams:
             return None
-        return self.frame(session.combined, session.microseconds), 1
+        return self.frame(session), 1
 
 
 class TapeOut:
-    """One symbol's whole tape of a tick on its aggTrade and trade streams, with no fault applied to it."""
+    """One symbol's whole tape of a tick on its two streams (None: the venue has no such stream), no fault applied."""
 
-    __slots__ = ("agg_stream", "cache", "event_ms", "tape", "trade_stream")
+    __slots__ = ("agg_stream", "cache", "event_ms", "render", "tape", "trade_stream")
 
-    def __init__(self, tape: Tape, agg_stream: str, trade_stream: str, event_ms: int) -> None:
+    def __init__(
+        self, tape: Tape, agg_stream: str | None, trade_stream: str | None, event_ms: int, render: TapeRenderer
+    ) -> None:
         self.tape = tape
         self.agg_stream = agg_stream
         self.trade_stream = trade_stream
         self.event_ms = event_ms
-        self.cache: dict[tuple[bool, bool, bool, bool], tuple[bytes, int]] = {}
+        self.render = render
+        self.cache: dict[tuple[bool, bool, Hashable], tuple[bytes, int]] = {}
 
     def frames_for(self, session: Session) -> tuple[bytes, int] | None:
         streams = session.streams
         agg, trade = self.agg_stream in streams, self.trade_stream in streams
         if not (agg or trade):
             return None
-        key = (agg, trade, session.combined, session.microseconds)
+        key = (agg, trade, session.flavour)
         encoded = self.cache.get(key)
         if encoded is None:
             agg_stream, trade_stream = self.agg_stream if agg else None, self.trade_stream if trade else None
-            combined, micro = session.combined, session.microseconds
-            texts = tape_texts(self.tape, agg_stream, trade_stream, self.event_ms, combined, micro)
+            texts = self.render(self.tape, agg_stream, trade_stream, self.event_ms, session.flavour)
             encoded = self.cache[key] = ascii_text_frames(texts), len(texts)
         return encoded
 
@@ -157,10 +170,7 @@ class Client:
         self.recent: deque[float] = deque()  # arrival times of counted incoming frames
         self.closing = False
         self.tasks: set[asyncio.Task[Any]] = set()  # close handshakes in flight
-
-    def send(self, out: Outgoing) -> None:
-        """Queue `out` whatever the subscriptions (notices such as serverShutdown)."""
-        self.deliver(out.frame(self.session.combined, self.session.microseconds), 1)
+        self.last_sent = time.monotonic()  # when something was last queued for the client
 
     def enqueue(self, text: str) -> None:
         self.deliver(text_frame(text), 1)
@@ -174,6 +184,7 @@ class Client:
             return
         self.pending.append(frames)
         self.queued += count
+        self.last_sent = time.monotonic()
         self.wake.set()
 
     async def writer(self) -> None:
@@ -216,6 +227,12 @@ class Client:
         self.pending.clear()
         self.queued = 0
         self.spawn(self.ws.close(code, reason))
+
+    def close_after_sending(self, code: int, reason: str) -> None:
+        """Hand what is queued to the transport, then close (an error answer that precedes a disconnect)."""
+        if self.pending and not self.closing and self.ws.protocol.state is State.OPEN:
+            self.ws.transport.write(b"".join(self.pending))
+        self.close(code, reason)
 
     def abort(self) -> None:
         """Cut the TCP connection with no close frame."""

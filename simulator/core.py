@@ -1,4 +1,8 @@
-"""The simulator's event-loop side: listeners, trade emission, clients and faults."""
+"""The simulator's event-loop side: listeners, trade emission, clients and faults, for one venue of it.
+
+Generic: what is venue-specific (wire formats, control messages, REST endpoints and errors) is asked of the
+venue's protocol module (simulator.venues).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import asyncio
 import logging
 import random
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable
 from email.utils import formatdate
@@ -25,7 +30,6 @@ from simulator.connection import (
     CLOSE_GOING_AWAY,
     CLOSE_NORMAL,
     CLOSE_POLICY,
-    COUNTED_OPCODES,
     Client,
     CountingConnection,
     Outgoing,
@@ -33,23 +37,15 @@ from simulator.connection import (
     TapeOut,
 )
 from simulator.market import AGG_TRADE, KINDS, TRADE, SymbolMarket, Tape
-from simulator.protocol import (
-    SHUTDOWN_STREAM,
-    Session,
-    agg_event,
-    dumps,
-    handle_control,
-    malformed_payload,
-    parse_ws_path,
-    shutdown_event,
-    stream_name,
-    trade_event,
-)
+from simulator.protocol import dumps
 from simulator.rest import RestApi, now_ms
+from simulator.venues import venue_of
+from simulator.venues.base import Refusal
 
 log = logging.getLogger("simulator")
 
 MAX_CATCH_UP = 1.0  # seconds of trades generated at most after a stalled tick
+IDLE_CLOSE = (4004, "No data received in 30s")  # OKX's close for an idle connection (the only venue with one)
 
 
 class Endpoints(NamedTuple):
@@ -68,17 +64,24 @@ class FaultDice:
 
 
 class SimulatorCore:
-    """Everything that runs inside the simulator's event loop."""
+    """Everything of one venue that runs inside the simulator's event loop (several cores may share a loop)."""
 
     def __init__(self, config: SimulatorConfig) -> None:
         self.config = config
+        self.venue = venue_of(config.venue)
         self.markets = {
             spec.symbol: SymbolMarket(
                 spec, config.seed, config.agg_start_id, config.trade_start_id, config.history_limit
             )
-            for spec in config.specs()
+            for spec in map(self.venue.instrument, config.specs())
         }
-        self.rest = RestApi(config, self.markets)
+        self.symbols = frozenset(self.markets)
+        self.streams = {
+            (symbol, kind): self.venue.stream_name(symbol, kind) if kind in self.venue.stream_kinds else None
+            for symbol in self.markets
+            for kind in KINDS
+        }  # None: the venue has no such stream
+        self.rest = RestApi(config, self.markets, self.venue)
         self.dice = FaultDice(config.seed)
         self.clients: set[Client] = set()
         self.paused_until = 0.0  # time.monotonic() deadline
@@ -87,6 +90,8 @@ class SimulatorCore:
         }
         self.skipped: dict[tuple[str, str], set[int]] = {key: set() for key in self.counts}
         self.background: set[asyncio.Task[Any]] = set()
+        # the session of each accepted handshake, until served (weak: a handshake may fail after being accepted)
+        self.handshakes: weakref.WeakKeyDictionary[ServerConnection, Any] = weakref.WeakKeyDictionary()
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -130,41 +135,41 @@ class SimulatorCore:
     # --- HTTP and WebSocket handshake ------------------------------------------------------------
 
     async def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
-        if urlsplit(request.path).path.startswith("/api/"):
+        venue = self.venue
+        if venue.is_rest(urlsplit(request.path).path):
             fault = self.rest.next_fault()
             if fault == "reset":
                 conn.transport.abort()  # the client sees a connection reset
                 return _json_response(500, b"{}")
             if fault == "hang":
                 await asyncio.sleep(self.config.rest_hang_seconds)  # past the client's timeout
-                return _json_response(503, b'{"code":-1001,"msg":"Internal error; unable to process."}')
-            if fault in ("500", "502", "503", "504"):
-                return _json_response(int(fault), b'{"code":-1001,"msg":"Internal error; unable to process."}')
-            if fault == "429":
-                return _json_response(429, b'{"code":-1003,"msg":"Too many requests."}', {"Retry-After": "1"})
-            answer = self.rest.handle(request.path, str(conn.remote_address[0]))
+                fault = "503"
+            answer = self.rest.handle(request.path, str(conn.remote_address[0])) if fault is None else (
+                venue.rest_fault(int(fault)))  # fmt: skip
             return _json_response(answer.status, answer.encoded(), answer.headers)
-        wanted = parse_ws_path(request.path)
-        if wanted is None:
+        session = venue.open_session(request.path, self.config, self.symbols)
+        if session is None:
             return _json_response(404, dumps({"code": -1, "msg": "Unknown path."}).encode())
-        if len(set(wanted.streams)) > self.config.max_streams:
-            msg = f"Too many streams; at most {self.config.max_streams} per connection."
-            return _json_response(400, dumps({"code": -1, "msg": msg}).encode())
+        if isinstance(session, Refusal):
+            return _json_response(session.status, dumps(session.body).encode())
+        self.handshakes[conn] = session
         return None
 
     async def _serve_client(self, ws: ServerConnection) -> None:
-        assert isinstance(ws, CountingConnection) and ws.request is not None
-        wanted = parse_ws_path(ws.request.path)
-        assert wanted is not None
-        session = Session(wanted.combined, dict.fromkeys(wanted.streams), wanted.microseconds)
+        assert isinstance(ws, CountingConnection)
+        session = self.handshakes.pop(ws)
         client = Client(ws, session, self.config.max_client_queue)
         ws.frame_hook = lambda frame: self._count_frame(client, frame)
         self.clients.add(client)
-        jobs = (client.writer(), self._keepalive(client), self._expire(client))
+        jobs = (client.writer(), self._keepalive(client), self._expire(client), self._idle_watch(client))
         helpers = [asyncio.create_task(job) for job in jobs]
         try:
             async for message in ws:
-                client.enqueue(dumps(handle_control(message, session, self.config.max_streams)))
+                reply = self.venue.on_message(message, session, self.config)
+                for text in reply.texts:
+                    client.enqueue(text)
+                if reply.close is not None:
+                    client.close_after_sending(*reply.close)
         except ConnectionClosed:
             pass
         finally:
@@ -173,12 +178,28 @@ class SimulatorCore:
                 task.cancel()
 
     def _count_frame(self, client: Client, frame: Frame) -> None:
-        if frame.opcode in COUNTED_OPCODES and client.count_incoming(self.config.max_incoming_per_sec):
-            client.close(CLOSE_POLICY, "Too many requests")
+        if self.venue.counts_frame(frame.opcode) and client.count_incoming(self.config.max_incoming_per_sec):
+            close = self.venue.over_limit().close
+            if close is not None:
+                client.close(*close)
+
+    async def _idle_watch(self, client: Client) -> None:
+        """Close a connection nothing was sent to for idle_timeout (OKX: 30 s, code 4004)."""
+        timeout = self.config.idle_timeout
+        if timeout is None:
+            return
+        while True:
+            wait = client.last_sent + timeout - time.monotonic()
+            if wait <= 0:
+                client.close(*IDLE_CLOSE)
+                return
+            await asyncio.sleep(wait)
 
     async def _keepalive(self, client: Client) -> None:
         """Ping every ping_interval; close if the oldest unanswered ping is older than pong_timeout."""
         interval, timeout = self.config.ping_interval, self.config.pong_timeout
+        if interval is None:
+            return
         pending: list[tuple[float, asyncio.Future[float]]] = []
         next_ping, last_payload = time.monotonic() + interval, 0
         try:
@@ -221,7 +242,7 @@ class SimulatorCore:
         cfg = self.config
         faulty = cfg.skip_fraction > 0 or cfg.malformed_fraction > 0 or cfg.duplicate_fraction > 0
         for market in self.markets.values():
-            tape = market.generate(elapsed, cfg.rate, ms)
+            tape = market.generate(elapsed, cfg.rate, ms, cfg.unaggregated_fraction)
             if not tape:
                 continue
             if faulty:
@@ -233,7 +254,7 @@ class SimulatorCore:
     def _emit_whole(self, batch: list[Part], tape: Tape, ms: int, active: set[str], paused: bool) -> None:
         """No fault knob is set: the whole tape goes out as one part, counted in bulk."""
         symbol, sizes = tape.symbol, {AGG_TRADE: len(tape.prices), TRADE: len(tape)}
-        streams = {kind: stream_name(symbol, kind) for kind in KINDS}
+        streams = {kind: self.streams[(symbol, kind)] for kind in KINDS}
         for kind, size in sizes.items():
             counts = self.counts[(symbol, kind)]
             counts["generated"] += size
@@ -242,16 +263,16 @@ class SimulatorCore:
             elif streams[kind] in active:
                 counts["published"] += size
         if not paused and not active.isdisjoint(streams.values()):
-            batch.append(TapeOut(tape, streams[AGG_TRADE], streams[TRADE], ms))
+            batch.append(TapeOut(tape, streams[AGG_TRADE], streams[TRADE], ms, self.venue.tape_texts))
 
     def _emit_each(self, batch: list[Part], tape: Tape, ms: int, active: set[str], paused: bool) -> None:
         """Some fault knob is set: decide event by event, in emission order."""
-        symbol = tape.symbol
+        symbol, event = tape.symbol, self.venue.event
         for agg, trades in tape.aggregates():
-            make = partial(agg_event, symbol, agg, ms)
+            make = partial(event, symbol, AGG_TRADE, agg, ms)
             self._offer(batch, symbol, AGG_TRADE, agg.id, make, active, paused)
             for trade in trades:
-                make = partial(trade_event, symbol, trade, ms)
+                make = partial(event, symbol, TRADE, trade, ms)
                 self._offer(batch, symbol, TRADE, trade.id, make, active, paused)
 
     def _offer(
@@ -271,7 +292,7 @@ class SimulatorCore:
         if paused:
             counts["paused"] += 1
             return
-        stream = stream_name(symbol, kind)
+        stream = self.streams[(symbol, kind)]
         if stream not in active:
             return
         if bad:
@@ -283,7 +304,7 @@ class SimulatorCore:
         counts["duplicated"] += dup
 
     def _malformed(self, stream: str, symbol: str, kind: str) -> Outgoing:
-        sort, value = malformed_payload(self.dice.rng, symbol, kind, now_ms())
+        sort, value = self.venue.malformed(self.dice.rng, symbol, kind, now_ms())
         return Outgoing(stream, None, verbatim=value) if sort == "text" else Outgoing(stream, value)
 
     def _publish(self, batch: list[Part]) -> None:
@@ -319,16 +340,16 @@ class SimulatorCore:
         log.info("fault: data paused for %.1f s", seconds)
 
     def announce_shutdown(self, delay: float | None) -> int:
-        """Send serverShutdown to every client, then close them after `delay` seconds."""
+        """Send the venue's shutdown notice to every client, then close them after `delay` seconds."""
         delay = self.config.shutdown_delay if delay is None else delay
         clients = list(self.clients)
-        notice = Outgoing(SHUTDOWN_STREAM, shutdown_event(now_ms()))
+        ms = now_ms()
         for client in clients:
-            client.send(notice)
+            client.enqueue(self.venue.shutdown_text(client.session, ms))
         task = asyncio.create_task(self._close_later(clients, delay))
         self.background.add(task)
         task.add_done_callback(self.background.discard)
-        log.info("fault: serverShutdown sent to %d connections, closing in %.1f s", len(clients), delay)
+        log.info("fault: shutdown notice sent to %d connections, closing in %.1f s", len(clients), delay)
         return len(clients)
 
     @staticmethod

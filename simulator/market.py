@@ -103,6 +103,10 @@ class Tape:
 
     Aggregate i has id agg_start + i and covers the next sizes[i] trades; trade j has id trade_start + j and
     the price and maker side of its aggregate. Every row of a tape has the same time.
+
+    `gaps` is empty, or holds per aggregate how many trades just before it no aggregate covers (USD-M futures
+    does not aggregate insurance-fund and ADL trades: their ids are in the trade ledger, and an aggregate's
+    first trade id then skips them while aggregate ids stay contiguous). Their quantities are in `qtys` too.
     """
 
     symbol: str
@@ -114,14 +118,19 @@ class Tape:
     sizes: list[int] = field(default_factory=list)
     makers: list[int] = field(default_factory=list)  # True (1) when the buyer is the maker
     qtys: list[int] = field(default_factory=list)  # per trade
+    gaps: list[int] = field(default_factory=list)  # per aggregate, or empty: no unaggregated trades
 
     def __len__(self) -> int:
         """The number of individual trades."""
         return len(self.qtys)
 
+    def spans(self) -> list[int]:
+        """How many trade ids each aggregate accounts for: its own trades and the unaggregated ones before it."""
+        return [gap + size for gap, size in zip(self.gaps, self.sizes, strict=True)] if self.gaps else self.sizes
+
     def lasts(self) -> list[int]:
         """The id of each aggregate's last trade."""
-        return list(accumulate(self.sizes, initial=self.trade_start - 1))[1:]
+        return list(accumulate(self.spans(), initial=self.trade_start - 1))[1:]
 
     def agg_columns(self) -> list[list[int]]:
         lasts = self.lasts()
@@ -130,17 +139,21 @@ class Tape:
         return [self.prices, self.agg_qtys, firsts, lasts, times, self.makers]
 
     def trade_columns(self) -> list[list[int]]:
-        prices = list(chain.from_iterable(map(repeat, self.prices, self.sizes)))
-        makers = list(chain.from_iterable(map(repeat, self.makers, self.sizes)))
+        spans = self.spans()
+        prices = list(chain.from_iterable(map(repeat, self.prices, spans)))
+        makers = list(chain.from_iterable(map(repeat, self.makers, spans)))
         return [prices, self.qtys, [self.time] * len(self.qtys), makers]
 
     def aggregates(self) -> Iterator[tuple[AggTrade, list[Trade]]]:
-        """The tape as row objects: each aggregate with the trades it covers."""
-        time, first, qtys = self.time, self.trade_start, iter(self.qtys)
-        columns = zip(self.prices, self.agg_qtys, self.sizes, self.makers, strict=True)
-        for i, (price, qty, size, maker) in enumerate(columns):
+        """The tape as row objects: each aggregate with the trades it covers (unaggregated trades left out)."""
+        time, first, qtys = self.time, self.trade_start, self.qtys
+        gaps = self.gaps or [0] * len(self.sizes)
+        columns = zip(self.prices, self.agg_qtys, self.sizes, self.makers, gaps, strict=True)
+        for i, (price, qty, size, maker, gap) in enumerate(columns):
+            first += gap
             agg = AggTrade(self.agg_start + i, price, qty, first, first + size - 1, time, int(maker))
-            yield agg, [Trade(first + j, price, next(qtys), time, int(maker)) for j in range(size)]
+            offset = first - self.trade_start
+            yield agg, [Trade(first + j, price, qtys[offset + j], time, int(maker)) for j in range(size)]
             first += size
 
 
@@ -159,22 +172,26 @@ class SymbolMarket:
     def ledger(self, kind: str) -> Ledger[AggTrade] | Ledger[Trade]:
         return self.aggs if kind == AGG_TRADE else self.trades
 
-    def generate(self, elapsed: float, rate: float, time_ms: int) -> Tape:
-        """All aggregates due after `elapsed` seconds at `rate` trades per second, recorded in the ledgers."""
+    def generate(self, elapsed: float, rate: float, time_ms: int, unaggregated: float = 0.0) -> Tape:
+        """All aggregates due after `elapsed` seconds at `rate` trades per second, recorded in the ledgers.
+
+        `unaggregated`: the fraction of aggregates preceded by 1-3 trades no aggregate covers (see Tape.gaps).
+        """
         self.budget += elapsed * rate
         tape = Tape(self.symbol, time_ms, self.aggs.next_id, self.trades.next_id)
         if self.budget > 0:
-            self._fill(tape)
+            self._fill(tape, unaggregated)
             self.aggs.extend(tape.agg_columns())
             self.trades.extend(tape.trade_columns())
         return tape
 
-    def _fill(self, tape: Tape) -> None:
+    def _fill(self, tape: Tape, unaggregated: float) -> None:
         """Generate aggregates into `tape` until the budget is spent.
 
         One aggregate: a price step, the maker side, how many trades, then each trade's lots. The draws (and
         so the tape of a seed) are exactly those of rng.randint(-steps, steps), rng.choices(LOT_COUNTS,
         LOT_WEIGHTS) and rng.expovariate(1 / mean_lots), spelled out: the calls cost more than the arithmetic.
+        Unaggregated trades draw only when `unaggregated` is set, so a seed's tape without them is unchanged.
         """
         spec, rng = self.spec, self.rng
         randrange, uniform = rng.randrange, rng.random
@@ -182,7 +199,13 @@ class SymbolMarket:
         lambd = 1 / spec.mean_lots
         price, budget = self.price, self.budget
         prices, agg_qtys, sizes, makers, qtys = tape.prices, tape.agg_qtys, tape.sizes, tape.makers, tape.qtys
+        gaps = tape.gaps
         while budget > 0:
+            if unaggregated:
+                gap = 1 + randrange(3) if uniform() < unaggregated else 0
+                qtys += [lot] * gap  # small insurance-fund / ADL fills
+                gaps.append(gap)
+                budget -= gap
             price = max(tick, price + randrange(-steps, steps + 1) * tick)
             makers.append(uniform() < 0.5)
             count = LOT_COUNTS[bisect.bisect(LOT_CUMULATIVE, uniform() * LOT_TOTAL, 0, LOT_HI)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,11 +53,24 @@ def parse_ws_path(path: str) -> StreamRequest | None:
 
 @dataclass
 class Session:
-    """Per-connection protocol state."""
+    """Per-connection protocol state.
+
+    Every venue's session has `streams` (what the core publishes to it), `flavour` (a key: sessions with equal
+    flavours get byte-identical frames, so a message is rendered once per flavour) and render().
+    """
 
     combined: bool
     streams: dict[str, None] = field(default_factory=dict)  # ordered set
     microseconds: bool = False
+
+    @property
+    def flavour(self) -> tuple[bool, bool]:
+        return self.combined, self.microseconds
+
+    def render(self, stream: str, payload: Any) -> str:
+        if self.microseconds and isinstance(payload, dict):
+            payload = to_microseconds(payload)
+        return dumps({"stream": stream, "data": payload} if self.combined else payload)
 
 
 class ControlError(Exception):
@@ -196,24 +208,29 @@ def _event_head(kind: str, stream: str | None, event_time: int, symbol: str, id_
     return f'{envelope}{{"e":{dumps(kind)},"E":{event_time},"s":{dumps(symbol)},"{id_key}":'
 
 
-def _event_tails(combined: bool, trade_time: int) -> tuple[str, str]:
+def _event_tails(combined: bool, trade_time: int, best_match: bool) -> tuple[str, str]:
     """An event's text from its trade time on, for maker false and true (the same for both kinds)."""
-    close = "}}" if combined else "}"
-    return f',"T":{trade_time},"m":false,"M":true{close}', f',"T":{trade_time},"m":true,"M":true{close}'
+    close = ',"M":true}' if best_match else "}"
+    close += "}" if combined else ""
+    return f',"T":{trade_time},"m":false{close}', f',"T":{trade_time},"m":true{close}'
 
 
 def tape_texts(
-    tape: Tape, agg_stream: str | None, trade_stream: str | None, event_ms: int, combined: bool, micro: bool
-) -> list[str]:
+    tape: Tape, agg_stream: str | None, trade_stream: str | None, event_ms: int, combined: bool, micro: bool,
+    best_match: bool = True,
+) -> list[str]:  # fmt: skip
     """The JSON text of every event of `tape` on the given streams (None: not wanted), in emission order.
 
     Emission order is each aggregate followed by its trades. Each text is exactly what dumps() makes of
-    agg_event() / trade_event() (in a {"stream","data"} envelope when `combined`, times in µs when `micro`),
-    made from templates instead of dicts and json because this runs for every streamed trade. Like dumps(),
-    the texts are pure ASCII.
+    agg_event() / trade_event() (in a {"stream","data"} envelope when `combined`, times in µs when `micro`,
+    without the "M" field unless `best_match`), made from templates instead of dicts and json because this runs
+    for every streamed trade. Like dumps(), the texts are pure ASCII. Trades no aggregate covers (tape.gaps)
+    are not sent.
     """
+    if tape.gaps:
+        return _gapped_tape_texts(tape, agg_stream, trade_stream, event_ms, combined, micro, best_match)
     scale, symbol = 1000 if micro else 1, tape.symbol
-    tails = _event_tails(combined, tape.time * scale)
+    tails = _event_tails(combined, tape.time * scale, best_match)
     if agg_stream is not None:
         agg_head = _event_head(AGG_TRADE, agg_stream if combined else None, event_ms * scale, symbol, "a")
     if trade_stream is not None:
@@ -231,21 +248,23 @@ def tape_texts(
     return out
 
 
+def _gapped_tape_texts(
+    tape: Tape, agg_stream: str | None, trade_stream: str | None, event_ms: int, combined: bool, micro: bool,
+    best_match: bool,
+) -> list[str]:  # fmt: skip
+    """tape_texts() of a tape with unaggregated trades, from the row objects (rare: no need for templates)."""
+    out: list[str] = []
+    session = Session(combined, {}, micro)
+    for agg, trades in tape.aggregates():
+        events = [(agg_stream, agg_event(tape.symbol, agg, event_ms))] if agg_stream is not None else []
+        if trade_stream is not None:
+            events += [(trade_stream, trade_event(tape.symbol, trade, event_ms)) for trade in trades]
+        for stream, payload in events:
+            if not best_match:
+                del payload["M"]
+            out.append(session.render(stream, payload))
+    return out
+
+
 def to_microseconds(payload: dict[str, Any]) -> dict[str, Any]:
     return {k: v * 1000 if k in ("E", "T") and isinstance(v, int) else v for k, v in payload.items()}
-
-
-def malformed_payload(rng: random.Random, symbol: str, kind: str, event_ms: int) -> tuple[str, Any]:
-    """A bad frame: ("text", str) to send verbatim, or ("json", data) to send as if it were a payload."""
-    sort = rng.randrange(4)
-    if sort == 0:
-        return "text", rng.choice(['{"e":"aggTrade","E":', "<<garbage>>", "", '{"stream":"x","data":{'])
-    if sort == 1:
-        return "json", rng.choice([[1, 2, 3], "aggTrade", 42, None, {"unexpected": True}])
-    if sort == 2:
-        return "json", {"e": "mysteryEvent", "E": event_ms, "s": symbol, "x": rng.random()}
-    id_key = "a" if kind == AGG_TRADE else "t"
-    return "json", {
-        "e": kind, "E": -1, "s": symbol, id_key: -rng.randint(1, 10**6), "p": "-42.00000000", "q": "1e999",
-        "f": 10**30, "l": -1, "T": 2**70, "m": "maybe", "M": True,
-    }  # fmt: skip
