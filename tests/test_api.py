@@ -379,7 +379,8 @@ def test_invalid_broker_fields_are_422_and_named(api: InProcessApi, body: dict[s
     ({"broker_id": -1, "name": "x", "trading_symbol": "BTCUSDT"}, "broker_id"),
     ({"broker_id": "1", "name": "x", "trading_symbol": "BTCUSDT"}, "broker_id"),
     ({"broker_id": 1, "name": "x", "trading_symbol": "B"}, "trading_symbol"),
-    ({"broker_id": 1, "name": "x", "trading_symbol": "BTC-USDT"}, "trading_symbol"),
+    ({"broker_id": 1, "name": "x", "trading_symbol": "BTC/USDT"}, "trading_symbol"),  # no venue's format
+    ({"broker_id": 1, "name": "x", "trading_symbol": "-BTCUSDT"}, "trading_symbol"),  # (tests/test_api_venues.py)
     ({"broker_id": 1, "name": "x", "trading_symbol": "A" * 21}, "trading_symbol"),
     ({"broker_id": 1, "name": "x", "trading_symbol": "btcusdtı"}, "trading_symbol"),  # ı.upper() == "I"
     ({"broker_id": 1, "name": "x", "trading_symbol": "BTCUSDT", "additional_data": {"stream": "depth"}},
@@ -617,7 +618,7 @@ def test_openapi_refuses_a_route_it_does_not_describe(monkeypatch: pytest.Monkey
 def test_openapi_schemas_are_the_models() -> None:
     document = openapi.build(APP.routes)
     schemas = document["components"]["schemas"]
-    assert schemas["BrokerCreate"]["properties"]["name"]["maxLength"] == 100
+    assert schemas["BinanceBrokerCreate"]["properties"]["name"]["maxLength"] == 100  # BrokerCreate: one per venue
     assert schemas["TickOut"]["properties"]["price"]["type"] == "string"  # decimal strings, never numbers
     assert set(schemas["ScriptCreate"]["required"]) == set(models.ScriptCreate.model_json_schema()["required"])
 

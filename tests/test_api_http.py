@@ -73,6 +73,38 @@ def test_crud_conflicts_and_purge_over_http(http_api: HttpApi, db: pymysql.Conne
     assert http_api.get("/brokers").json() == {"brokers": []}
 
 
+def test_every_venue_over_http(http_api: HttpApi) -> None:
+    """A broker and a script of each type (201), and over the wire the 422s name the field: a symbol in another
+    venue's format, a stream the venue does not have, an endpoint on another venue's host, an unknown type."""
+    from tickstream.venues import VENUES
+
+    okx_host = {"ws_url": VENUES["okx"].ws_url}
+    for number, venue in enumerate(VENUES.values()):
+        broker = http_api.post("/brokers", json={"name": venue.title, "type": venue.type,
+                                                 "api_config": {"rest_url": venue.rest_url}})
+        assert (broker.status_code, broker.json()["type"]) == (201, venue.type), broker.text
+        body = {"broker_id": broker.json()["id"], "name": venue.symbol_example,
+                "trading_symbol": venue.symbol_example.lower(), "additional_data": {"stream": venue.streams[0]}}
+        script = http_api.post("/scripts", json=body)
+        assert (script.status_code, script.json()["trading_symbol"]) == (201, venue.symbol_example), script.text
+        other = "BTC-USDT" if venue.type != "okx" else "BTCUSDT"
+        cases = [("/scripts", {**body, "trading_symbol": other}, "trading_symbol"),
+                 ("/scripts", {**body, "trading_symbol": f"X{number}", "additional_data": {"stream": "depth"}},
+                  "additional_data.stream")]
+        if venue.type != "okx":
+            cases.append(("/brokers", {"name": f"bad {number}", "type": venue.type, "api_config": okx_host},
+                          "api_config.ws_url"))
+        for path, bad, field in cases:
+            reply = http_api.post(path, json=bad)
+            assert reply.status_code == 422, reply.text
+            assert [f["field"] for f in reply.json()["error"]["fields"]] == [field], reply.text
+    reply = http_api.post("/brokers", json={"name": "kraken", "type": "kraken"})
+    assert (reply.status_code, [f["field"] for f in reply.json()["error"]["fields"]]) == (422, ["type"])
+    assert sorted(b["type"] for b in http_api.get("/brokers").json()["brokers"]) == sorted(VENUES)
+    schemas = http_api.get("/openapi.json").json()["components"]["schemas"]
+    assert set(schemas["BrokerCreate"]["discriminator"]["mapping"]) == set(VENUES)
+
+
 def test_error_codes_over_http(http_api: HttpApi) -> None:
     def status_and_code(method: str, path: str, **kwargs: object) -> tuple[int, str]:
         reply = http_api.request(method, path, **kwargs)

@@ -27,6 +27,7 @@ from tests.api_fixtures import TOKEN, LocalServer, start_chalice_local, stop_cha
 from tickstream import coverage, jobs
 from tickstream.tick_store import insert_ticks_ignore
 from tickstream.ticks import Tick
+from tickstream.venues import VENUES
 
 pytest_plugins = ["tests.api_fixtures"]
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -229,6 +230,51 @@ def test_broker_and_script_through_the_forms_with_422s_inline_and_names_as_text(
     assert XSS_NAME in page.locator("table[data-table=overview]").inner_text()
     assert page.locator("img").count() == 0
     assert page.evaluate("typeof window.alert") == "function" and console.dialogs == []
+
+
+def test_the_forms_offer_every_venue_and_each_brokers_own_streams(console: Console, server: LocalServer) -> None:
+    """The broker type is a select of tickstream.venues' types, its default endpoints as placeholders; a script's
+    stream select offers its broker's venue's streams, and a symbol in another venue's format is refused inline."""
+    page = console.page
+    console.sign_in()
+    console.go("brokers")
+    form = page.locator("form[data-form=broker]")
+    form.locator("#f-type option[value=okx]").wait_for(state="attached")
+    assert form.locator("#f-type option").evaluate_all("options => options.map(o => o.value)") == list(VENUES)
+    form.locator("#f-name").fill("OKX main")
+    form.locator("#f-type").select_option("okx")
+    assert form.locator("#f-ws_url").get_attribute("placeholder") == VENUES["okx"].ws_url
+    form.locator("#f-ws_url").fill("wss://stream.binance.com:9443")  # a Binance host, for an OKX broker
+    form.locator("button[type=submit]").click()
+    error = form.locator("[data-field-error=ws_url]")
+    error.wait_for()
+    assert "OKX" in error.inner_text()
+    console.expect_http_errors(422)
+    form.locator("#f-ws_url").fill("")
+    form.locator("button[type=submit]").click()
+    page.wait_for_selector("table[data-table=brokers] [data-col=name]:text('OKX main')")
+    assert [(b["name"], b["type"]) for b in api(server, "GET", "/brokers").json()["brokers"]] == [("OKX main", "okx")]
+
+    console.go("scripts")
+    form = page.locator("form[data-form=script]")
+    form.locator("#f-broker_id option").filter(has_text="OKX main").wait_for(state="attached")
+    form.locator("#f-broker_id").select_option(label="OKX main")
+    assert form.locator("#f-stream option").evaluate_all("options => options.map(o => o.value)") == ["", "trades-all"]
+    assert form.locator("#f-trading_symbol").get_attribute("placeholder") == "BTC-USDT"
+    form.locator("#f-name").fill("Bitcoin")
+    form.locator("#f-trading_symbol").fill("BTCUSDT")  # Binance's format
+    form.locator("button[type=submit]").click()
+    assert "okx" in form.locator("[data-field-error=trading_symbol]").inner_text()
+    console.expect_http_errors(422)
+    form.locator("#f-trading_symbol").fill("btc-usdt-swap")
+    form.locator("#f-stream").select_option("trades-all")
+    form.locator("button[type=submit]").click()
+    row = page.locator("table[data-table=scripts] tr", has=page.locator("[data-col=symbol]:text('BTC-USDT-SWAP')"))
+    row.wait_for()
+    assert "trades-all" in row.inner_text()
+    scripts = api(server, "GET", "/scripts").json()["scripts"]
+    assert [(s["trading_symbol"], s["additional_data"]) for s in scripts] == [
+        ("BTC-USDT-SWAP", {"stream": "trades-all"})]
 
 
 def test_scripts_filter_sort_page_and_bulk_deactivate(console: Console, server: LocalServer) -> None:

@@ -65,6 +65,23 @@ def test_the_allowlist_rule(url: str, kind: Any, allowed: frozenset[str], ok: bo
     assert (problem is None) == ok, problem
 
 
+def test_official_hosts_are_the_brokers_venues_own() -> None:
+    """A venue's official hosts are allowed for it alone; EXCHANGE_HOST_ALLOWLIST applies to every venue."""
+    from tickstream.venues import VENUES
+
+    for venue in VENUES.values():
+        assert endpoint_problem(venue.ws_url, "ws", frozenset(), venue) is None
+        assert endpoint_problem(venue.rest_url, "rest", frozenset(), venue) is None
+        assert endpoint_problem("ws://127.0.0.1:9000", "ws", EXTRA, venue) is None
+        for other in VENUES.values():
+            if not other.ws_hosts & venue.ws_hosts:
+                problem = endpoint_problem(other.ws_url, "ws", frozenset(), venue)
+                assert problem and venue.title in problem and min(venue.ws_hosts) in problem, problem
+            if not other.rest_hosts & venue.rest_hosts:
+                assert endpoint_problem(other.rest_url, "rest", frozenset(), venue)
+    assert endpoint_problem("wss://ws.okx.com:8443", "ws", frozenset()), "naming no venue is Binance spot, not all"
+
+
 def test_the_allowlist_setting_is_host_names_or_ip_literals() -> None:
     assert parse_host_allowlist(" 127.0.0.1, MD.example.net ,,::1") == {"127.0.0.1", "md.example.net", "::1"}
     assert parse_host_allowlist(None) == frozenset()

@@ -12,8 +12,9 @@ quantities as decimal strings, never floats.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -49,8 +50,9 @@ class UnknownBroker(CatalogError):
 
 
 class IdentityLocked(CatalogError):
-    """A change of a script's broker, trading symbol or stream once it has ticks: the stored trade ids belong to
-    one market, and the next market's ids would collide with them (IGNORE would drop every colliding trade)."""
+    """A change of a script's broker, trading symbol or stream once it has ticks (or of the type of a broker whose
+    scripts have ticks): the stored trade ids belong to one market, and the next market's ids would collide with
+    them (IGNORE would drop every colliding trade)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +113,13 @@ class TickPage:
 class DeleteResult:
     scripts_deleted: int
     ticks_deleted: int
+
+
+# A caller's rule for what a broker's scripts may name (the API: the venue's symbol format and streams), applied
+# inside the write's transaction with the broker row locked, so a concurrent change of the broker's type cannot
+# slip between the check and the write. It raises to refuse.
+MarketCheck = Callable[["Broker", str, Mapping[str, Any]], None]  # (broker, trading_symbol, additional_data)
+BrokerCheck = Callable[["Broker", list["Script"]], None]  # (the broker as changed, its scripts)
 
 
 # --- helpers -------------------------------------------------------------------------------------------------
@@ -225,13 +234,45 @@ def create_broker(conn: pymysql.Connection, *, name: str, type: str = "binance",
     return get_broker(conn, broker_id)
 
 
-def update_broker(conn: pymysql.Connection, broker_id: int, changes: Mapping[str, Any]) -> Broker | None:
-    """Apply `changes` (any of type, name, api_config, is_active); None if there is no such broker."""
+def update_broker(conn: pymysql.Connection, broker_id: int, changes: Mapping[str, Any], *,
+                  check: BrokerCheck | None = None) -> Broker | None:
+    """Apply `changes` (any of type, name, api_config, is_active); None if there is no such broker.
+
+    A change of type or api_config first passes `check`, given the broker as changed and its scripts. A change of
+    type raises IdentityLocked while any of its scripts has ticks. The broker row is locked meanwhile, and script
+    writes lock it too (create_script, update_script), so no script changes between the check and the update.
+    """
     if changes:
         assignments, values = _set_clause(changes, _BROKER_UPDATABLE)
         with _constraint_errors(), _transaction(conn) as cursor:
+            if "type" in changes or (check is not None and "api_config" in changes):
+                cursor.execute(f"SELECT {_BROKER_COLUMNS} FROM brokers WHERE id = %s FOR UPDATE", (broker_id,))
+                row = cursor.fetchone()
+                if row is None:
+                    return None
+                current = _broker(row)
+                # A plain read, taken once the broker is locked: every script write that checked against the
+                # broker (and share-locked it) has committed by now. Locking the scripts here could deadlock with
+                # update_script, which locks its script and then the broker.
+                cursor.execute(f"SELECT {_SCRIPT_COLUMNS} FROM scripts WHERE broker_id = %s ORDER BY id",
+                               (broker_id,))
+                scripts = [_script(script_row) for script_row in cursor.fetchall()]
+                if changes.get("type", current.type) != current.type and any(
+                        _has_ticks(cursor, script.id, lock=True) for script in scripts):
+                    raise IdentityLocked(f"broker {broker_id} has scripts with ticks, so its type cannot change")
+                if check is not None:
+                    check(dataclasses.replace(current, **changes), scripts)
             cursor.execute(f"UPDATE brokers SET {assignments} WHERE id = %s", (*values, broker_id))
     return get_broker(conn, broker_id)
+
+
+def _locked_broker(cursor: pymysql.cursors.Cursor, broker_id: int) -> Broker:
+    """The broker, share-locked until the transaction ends (its type cannot change meanwhile); UnknownBroker."""
+    cursor.execute(f"SELECT {_BROKER_COLUMNS} FROM brokers WHERE id = %s LOCK IN SHARE MODE", (broker_id,))
+    row = cursor.fetchone()
+    if row is None:
+        raise UnknownBroker("the broker does not exist")
+    return _broker(row)
 
 
 def delete_broker(conn: pymysql.Connection, broker_id: int, *, purge: bool = False) -> DeleteResult | None:
@@ -282,24 +323,34 @@ def get_script(conn: pymysql.Connection, script_id: int) -> Script | None:
 
 
 def create_script(conn: pymysql.Connection, *, broker_id: int, name: str, trading_symbol: str,
-                  additional_data: Mapping[str, Any] | None = None, is_active: bool = True) -> Script:
-    """Raises UnknownBroker, or Duplicate when the broker already has this symbol."""
+                  additional_data: Mapping[str, Any] | None = None, is_active: bool = True,
+                  check: MarketCheck | None = None) -> Script:
+    """Raises UnknownBroker, or Duplicate when the broker already has this symbol; `check` may refuse the symbol
+    and additional_data for the broker."""
+    additional_data = dict(additional_data or {})
     with _constraint_errors(), _transaction(conn) as cursor:
+        if check is not None:
+            check(_locked_broker(cursor, broker_id), trading_symbol, additional_data)
         cursor.execute(
             "INSERT INTO scripts (broker_id, name, trading_symbol, additional_data, is_active)"
             " VALUES (%s, %s, %s, %s, %s)",
-            (broker_id, name, trading_symbol, json.dumps(dict(additional_data or {})), is_active),
+            (broker_id, name, trading_symbol, json.dumps(additional_data), is_active),
         )
         script_id = cursor.lastrowid
     return get_script(conn, script_id)
 
 
-def update_script(conn: pymysql.Connection, script_id: int, changes: Mapping[str, Any]) -> Script | None:
+_MARKET_FIELDS = frozenset({"broker_id", "trading_symbol", "additional_data"})
+
+
+def update_script(conn: pymysql.Connection, script_id: int, changes: Mapping[str, Any], *,
+                  check: MarketCheck | None = None) -> Script | None:
     """Apply `changes` (any of broker_id, name, trading_symbol, additional_data, is_active); None if missing.
 
     Raises IdentityLocked when the change moves the script to another market (broker, symbol or stream) while it
     has ticks. The script row is locked and the tick probe is a locking read, so a tick stored meanwhile either
-    comes first (and the change is refused) or waits for this transaction.
+    comes first (and the change is refused) or waits for this transaction. A change of broker, symbol or
+    additional_data first passes `check` with the script's broker (share-locked) as it will be.
     """
     if changes:
         assignments, values = _set_clause(changes, _SCRIPT_UPDATABLE)
@@ -308,9 +359,14 @@ def update_script(conn: pymysql.Connection, script_id: int, changes: Mapping[str
             row = cursor.fetchone()
             if row is None:
                 return None
-            moved = _identity_changes(_script(row), changes)
+            script = _script(row)
+            moved = _identity_changes(script, changes)
             if moved and _has_ticks(cursor, script_id, lock=True):
                 raise IdentityLocked(f"script {script_id} has ticks, so its {' and '.join(moved)} cannot change")
+            if check is not None and _MARKET_FIELDS & changes.keys():
+                check(_locked_broker(cursor, changes.get("broker_id", script.broker_id)),
+                      changes.get("trading_symbol", script.trading_symbol),
+                      changes.get("additional_data", script.additional_data))
             cursor.execute(f"UPDATE scripts SET {assignments} WHERE id = %s", (*values, script_id))
     return get_script(conn, script_id)
 

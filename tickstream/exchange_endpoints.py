@@ -4,7 +4,8 @@ A broker's `api_config.ws_url` / `rest_url` name the exchange's WebSocket and RE
 catalog could otherwise point the producer, which runs inside the VPC with an AWS role, at any address: the
 instance metadata service (169.254.169.254), internal hosts, plain-text endpoints a man in the middle can rewrite.
 So an endpoint is allowed only if it is
-- wss:// (WebSocket) or https:// (REST) to one of the venue's official hosts below, on any port; or
+- wss:// (WebSocket) or https:// (REST) to one of *the broker's venue's* official hosts (tickstream.venues), on
+  any port: an OKX broker may not point at a Binance host, nor the reverse; or
 - wss:// or https:// to a host named in EXCHANGE_HOST_ALLOWLIST (host names or IP literals, matched exactly); or
 - ws:// or http:// to a *loopback IP literal* named in EXCHANGE_HOST_ALLOWLIST: the exchange simulator of local
   stacks and tests (127.0.0.1). Plain text to anything else is refused.
@@ -18,15 +19,9 @@ import ipaddress
 from typing import Literal
 from urllib.parse import urlsplit
 
-from tickstream.venues import VENUES
+from tickstream.venues import BINANCE, Venue
 
 EndpointKind = Literal["ws", "rest"]
-
-# Every venue's documented market-data hosts (tickstream.venues), on any port.
-OFFICIAL_HOSTS: dict[EndpointKind, frozenset[str]] = {
-    "ws": frozenset().union(*(venue.ws_hosts for venue in VENUES.values())),
-    "rest": frozenset().union(*(venue.rest_hosts for venue in VENUES.values())),
-}
 _SCHEMES: dict[EndpointKind, tuple[str, str]] = {"ws": ("wss", "ws"), "rest": ("https", "http")}
 
 
@@ -44,8 +39,14 @@ def parse_host_allowlist(text: str | None) -> frozenset[str]:
     return hosts
 
 
-def endpoint_problem(url: str, kind: EndpointKind, allowed_hosts: frozenset[str]) -> str | None:
-    """Why `url` may not be used as a `kind` endpoint, or None if it may."""
+def official_hosts(venue: Venue, kind: EndpointKind) -> frozenset[str]:
+    return venue.ws_hosts if kind == "ws" else venue.rest_hosts
+
+
+def endpoint_problem(url: str, kind: EndpointKind, allowed_hosts: frozenset[str],
+                     venue: Venue = BINANCE) -> str | None:
+    """Why `url` may not be used as a `kind` endpoint of a `venue` broker, or None if it may. A caller that names
+    no venue gets Binance spot's hosts (the only venue before the exchange seam), never the union of all venues'."""
     secure, plain = _SCHEMES[kind]
     try:
         parts = urlsplit(url)
@@ -61,21 +62,21 @@ def endpoint_problem(url: str, kind: EndpointKind, allowed_hosts: frozenset[str]
         return "must not contain user info (user@host)"
     if parts.query or parts.fragment:
         return "must not have a query or fragment"
-    if host in OFFICIAL_HOSTS[kind] and parts.scheme == secure:
+    official = official_hosts(venue, kind)
+    if host in official and parts.scheme == secure:
         return None
     if host not in allowed_hosts:
-        official = ", ".join(sorted(OFFICIAL_HOSTS[kind]))
-        return (f"host {host!r} is not allowed: use {secure}:// to an official host ({official}) or add the host to"
-                " EXCHANGE_HOST_ALLOWLIST")
+        return (f"host {host!r} is not allowed: use {secure}:// to an official {venue.title} host"
+                f" ({', '.join(sorted(official))}) or add the host to EXCHANGE_HOST_ALLOWLIST")
     if parts.scheme == plain and not _is_loopback(host):
         return (f"{plain}:// is unencrypted: allowed only to a loopback address named in EXCHANGE_HOST_ALLOWLIST"
                 f" (the simulator); use {secure}://")
     return None
 
 
-def check_endpoint(url: str, kind: EndpointKind, allowed_hosts: frozenset[str]) -> str:
+def check_endpoint(url: str, kind: EndpointKind, allowed_hosts: frozenset[str], venue: Venue = BINANCE) -> str:
     """`url` itself, or EndpointRefused saying why not."""
-    problem = endpoint_problem(url, kind, allowed_hosts)
+    problem = endpoint_problem(url, kind, allowed_hosts, venue)
     if problem is not None:
         raise EndpointRefused(f"exchange {kind} URL {url!r} {problem}")
     return url

@@ -45,15 +45,40 @@ BINANCE = Venue(
     streams=("aggTrade", "trade"), contiguous_ids=True,
 )
 
+# Binance.US speaks spot's protocol on its own hosts.
 BINANCE_US = Venue(
     type="binance_us", title="Binance.US",
     ws_url="wss://stream.binance.us:9443", rest_url="https://api.binance.us",
     ws_hosts=frozenset({"stream.binance.us"}), rest_hosts=frozenset({"api.binance.us"}),
-    symbol_pattern=_BINANCE_SYMBOL, symbol_example="BTCUSD",
+    symbol_pattern=_BINANCE_SYMBOL, symbol_example="BTCUSDT",
     streams=("aggTrade", "trade"), contiguous_ids=True,
 )
 
-VENUES: dict[str, Venue] = {venue.type: venue for venue in (BINANCE, BINANCE_US)}
+# USD-M futures: aggTrade only, sequenced on `a` (contiguous; `f`/`l` skip the insurance-fund and ADL trades, which
+# are not aggregated). Perpetuals are BTCUSDT, delivery contracts BTCUSDT_250627.
+BINANCE_USDM = Venue(
+    type="binance_usdm", title="Binance USD-M futures",
+    ws_url="wss://fstream.binance.com", rest_url="https://fapi.binance.com",
+    ws_hosts=frozenset({"fstream.binance.com", "fstream.binancefuture.com"}),
+    rest_hosts=frozenset({"fapi.binance.com", "testnet.binancefuture.com"}),
+    symbol_pattern=r"(?=.{2,20}$)[A-Z0-9]{2,20}(_[0-9]{6})?", symbol_example="BTCUSDT",
+    streams=("aggTrade",), contiguous_ids=True,
+)
+
+# OKX v5: trades-all on the business WebSocket path (the adapter adds /ws/v5/business to ws_url). Instrument ids
+# are spot BTC-USDT, swaps BTC-USDT-SWAP, futures BTC-USD-250627; options (BTC-USD-250627-50000-C) do not fit the
+# 20 characters of scripts.trading_symbol. OKX documents trade ids as increasing per instrument, never as
+# contiguous, so an id jump is not a gap (README: Venues).
+OKX = Venue(
+    type="okx", title="OKX",
+    ws_url="wss://ws.okx.com:8443", rest_url="https://www.okx.com",
+    ws_hosts=frozenset({"ws.okx.com", "wsaws.okx.com", "wspap.okx.com"}),
+    rest_hosts=frozenset({"www.okx.com", "aws.okx.com"}),
+    symbol_pattern=r"(?=.{3,20}$)[A-Z0-9]{1,12}-[A-Z0-9]{1,12}(-SWAP|-[0-9]{6})?", symbol_example="BTC-USDT",
+    streams=("trades-all",), contiguous_ids=False,
+)
+
+VENUES: dict[str, Venue] = {venue.type: venue for venue in (BINANCE, BINANCE_US, BINANCE_USDM, OKX)}
 DEFAULT_TYPE = BINANCE.type
 
 

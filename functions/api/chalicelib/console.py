@@ -9,11 +9,13 @@ Content-Security-Policy allows scripts, styles, images and requests from this or
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from chalice import Response
 
 from chalicelib.errors import not_found
+from tickstream.venues import VENUES
 
 SHELL_ROUTE = "/console"
 ASSET_ROUTE = "/console/{asset}"
@@ -21,7 +23,8 @@ ROUTES = frozenset({SHELL_ROUTE, ASSET_ROUTE})
 SHELL = "index.html"
 ASSETS_DIR = Path(__file__).resolve().parent / "console_assets"
 _CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-                  ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
+                  ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".json": "application/json"}
+VENUES_ASSET = "venues.json"  # what the forms offer per broker type, from tickstream.venues (not a file)
 CONTENT_SECURITY_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self';"
                            " connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 SECURITY_HEADERS = {
@@ -40,6 +43,9 @@ def _load_assets() -> dict[str, tuple[str, str]]:
         content_type = _CONTENT_TYPES.get(path.suffix)
         if path.is_file() and content_type:
             assets[path.name] = (path.read_text(encoding="utf-8"), content_type)
+    venues = [{"type": venue.type, "title": venue.title, "ws_url": venue.ws_url, "rest_url": venue.rest_url,
+               "streams": list(venue.streams), "symbol_example": venue.symbol_example} for venue in VENUES.values()]
+    assets[VENUES_ASSET] = (json.dumps(venues), _CONTENT_TYPES[".json"])
     return assets
 
 

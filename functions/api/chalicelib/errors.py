@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from chalice import ChaliceUnhandledError, Response
+from pydantic import BaseModel, ValidationError
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 # Chalice's built-in error codes (405, 415, its 500) in our vocabulary.
@@ -59,6 +60,31 @@ def conflict(code: str, message: str) -> ApiError:
 def invalid(fields: Sequence[Mapping[str, str]]) -> ApiError:
     names = ", ".join(dict.fromkeys(field["field"] for field in fields))
     return ApiError(422, "invalid_fields", f"invalid fields: {names}", fields=fields)
+
+
+_TAG_ERRORS = frozenset({"union_tag_invalid", "union_tag_not_found"})
+
+
+def field_errors(error: ValidationError, discriminator: str | None = None) -> list[dict[str, str]]:
+    """Pydantic's errors as `{"field", "message"}`, fields dotted (`api_config.ws_url`). For a discriminated union
+    (`discriminator` names its tag field), the chosen model that pydantic puts first in each location is dropped and
+    an unknown tag is an error of the tag field."""
+    fields = []
+    for item in error.errors(include_url=False, include_input=False, include_context=False):
+        location = item["loc"]
+        if discriminator is not None:
+            location = (discriminator,) if item["type"] in _TAG_ERRORS else location[1:]
+        fields.append({"field": ".".join(str(part) for part in location) or "body",
+                       "message": item["msg"].removeprefix("Value error, ")})
+    return fields
+
+
+def validated[M: BaseModel](model: type[M], data: Any) -> M:
+    """`data` as `model`, or a 422 naming each invalid field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise invalid(field_errors(error, getattr(model, "DISCRIMINATOR", None))) from None
 
 
 def unavailable(code: str, message: str) -> ApiError:

@@ -12,10 +12,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from chalice.app import Request, Response
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from chalicelib.auth import PUBLIC_ROUTES, TokenSource, authenticate
-from chalicelib.errors import JSON_HEADERS, ApiError, bad_request, invalid, normalise, not_found
+from chalicelib.errors import JSON_HEADERS, ApiError, bad_request, invalid, normalise, not_found, validated
 from chalicelib.models import MAX_ID
 
 MAX_BODY_BYTES = 1024 * 1024  # far above any real request; keeps a 10 MB API Gateway body from costing memory
@@ -59,21 +59,6 @@ def path_id(value: str, what: str) -> int:
     if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_ID:
         raise not_found(f"no {what} with id {value[:40]!r}")
     return int(value)
-
-
-def _field_errors(error: ValidationError) -> list[dict[str, str]]:
-    fields = []
-    for item in error.errors(include_url=False, include_input=False, include_context=False):
-        location = ".".join(str(part) for part in item["loc"]) or "body"
-        fields.append({"field": location, "message": item["msg"].removeprefix("Value error, ")})
-    return fields
-
-
-def validated[M: BaseModel](model: type[M], data: Any) -> M:
-    try:
-        return model.model_validate(data)
-    except ValidationError as error:
-        raise invalid(_field_errors(error)) from None
 
 
 def query[M: BaseModel](request: Request, model: type[M]) -> M:

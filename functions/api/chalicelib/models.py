@@ -4,13 +4,18 @@ output and are the source of the OpenAPI document's schemas, so the three cannot
 Request bodies are strict (no "5" for 5, no 1 for true) and refuse unknown fields, so a typo is a 422 that names
 the field, not a silently ignored change. Every string must also be storable as it is: no lone surrogates (utf8mb4
 cannot hold them) and, in names, no control characters.
+
+What a broker and its scripts may hold depends on the broker's `type`, a venue of `tickstream.venues`: each venue
+gets its own models here, built from its declaration, and a body that depends on the type is pydantic's
+discriminated union of them (`BrokerCreate`; `ScriptMarket`, which the service applies once it knows the broker).
+Adding a venue to tickstream.venues adds its models, its OpenAPI schemas and its checks, with no edit here.
 """
 
 from __future__ import annotations
 
 import math
 from datetime import UTC, date, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -19,12 +24,16 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    RootModel,
     StrictBool,
     StrictInt,
     StringConstraints,
     WithJsonSchema,
+    create_model,
     model_validator,
 )
+
+from tickstream.venues import DEFAULT_TYPE, VENUES, Venue
 
 MAX_ID = 2**32 - 1  # INT UNSIGNED
 MAX_TRADE_ID = 2**64 - 1  # BIGINT UNSIGNED
@@ -97,8 +106,15 @@ WsUrl = Annotated[str, StringConstraints(max_length=2048, pattern=r"^wss?://[^\s
 HttpUrl = Annotated[str, StringConstraints(max_length=2048, pattern=r"^https?://[^\s\x00-\x1f\x7f/?#]+[^\s]*$"),
                     _url_check("http", "https")]
 # Lower case is accepted and upper-cased; checked before upper-casing, since str.upper() maps some non-ASCII
-# letters (ı, ſ) onto ASCII ones.
-TradingSymbol = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9]{2,20}$"), AfterValidator(str.upper)]
+# letters (ı, ſ) onto ASCII ones. This is what every venue's format has in common; the broker's venue's own format
+# (ScriptMarket) is checked once the broker is known.
+TradingSymbol = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{1,19}$"), AfterValidator(str.upper),
+    Field(description="in the broker's venue's format: " + "; ".join(
+        f"{venue.type}: like {venue.symbol_example}" for venue in VENUES.values()) + " (422 otherwise; the"
+        " formats: components.schemas.ScriptMarket)")]
+VenueType = Literal[tuple(VENUES)]  # type: ignore[valid-type]
+STREAMS = tuple(dict.fromkeys(stream for venue in VENUES.values() for stream in venue.streams))
 
 
 class Body(BaseModel):
@@ -125,30 +141,113 @@ class _Extensible(BaseModel):
 
 class ApiConfig(_Extensible):
     # The allowlist itself is a setting (EXCHANGE_HOST_ALLOWLIST), so the service applies it, not the schema.
-    ws_url: WsUrl | None = Field(default=None, description="WebSocket base URL; Binance's by default. wss:// to an"
-                                 " official Binance host or one in EXCHANGE_HOST_ALLOWLIST, else 422 (README:"
-                                 " Security)")
-    rest_url: HttpUrl | None = Field(default=None, description="REST base URL; Binance's by default. https:// to an"
-                                     " official Binance host or one in EXCHANGE_HOST_ALLOWLIST, else 422 (README:"
-                                     " Security)")
+    ws_url: WsUrl | None = Field(default=None, description="WebSocket base URL; the venue's by default. wss:// to"
+                                 " an official host of the broker's venue or one in EXCHANGE_HOST_ALLOWLIST, else"
+                                 " 422 (README: Security)")
+    rest_url: HttpUrl | None = Field(default=None, description="REST base URL; the venue's by default. https:// to"
+                                     " an official host of the broker's venue or one in EXCHANGE_HOST_ALLOWLIST,"
+                                     " else 422 (README: Security)")
 
 
 class AdditionalData(_Extensible):
-    stream: Literal["aggTrade", "trade"] | None = Field(default=None, description="Binance stream; aggTrade if unset")
+    stream: Literal[STREAMS] | None = Field(  # type: ignore[valid-type]
+        default=None, description="the venue's stream, its first if unset: " + "; ".join(
+            f"{venue.type}: {' | '.join(venue.streams)}" for venue in VENUES.values()))
 
 
-class BrokerCreate(Body):
-    name: Name
-    type: Literal["binance"] = "binance"
-    api_config: ApiConfig = Field(default_factory=ApiConfig)
-    is_active: StrictBool = True
+# --- per venue: the discriminated unions ---------------------------------------------------------------------------
+
+def _model_name(venue: Venue, suffix: str) -> str:
+    return "".join(part.capitalize() for part in venue.type.split("_")) + suffix
+
+
+def _hosts(hosts: frozenset[str]) -> str:
+    return ", ".join(sorted(hosts))
+
+
+def _venue_api_config(venue: Venue) -> type[ApiConfig]:
+    return create_model(
+        _model_name(venue, "ApiConfig"), __base__=ApiConfig, __doc__=f"api_config of a broker on {venue.title}",
+        ws_url=(WsUrl | None, Field(default=None, examples=[venue.ws_url], description=(
+            f"WebSocket base URL, {venue.ws_url} if unset: wss:// to {_hosts(venue.ws_hosts)} or a host in"
+            " EXCHANGE_HOST_ALLOWLIST, else 422"))),
+        rest_url=(HttpUrl | None, Field(default=None, examples=[venue.rest_url], description=(
+            f"REST base URL, {venue.rest_url} if unset: https:// to {_hosts(venue.rest_hosts)} or a host in"
+            " EXCHANGE_HOST_ALLOWLIST, else 422"))))
+
+
+def _venue_additional_data(venue: Venue) -> type[_Extensible]:
+    return create_model(
+        _model_name(venue, "AdditionalData"), __base__=_Extensible,
+        __doc__=f"additional_data of a script on {venue.title}",
+        stream=(Literal[venue.streams] | None,  # type: ignore[valid-type]
+                Field(default=None, description=f"{venue.streams[0]} if unset")))
+
+
+def _venue_symbol(venue: Venue) -> AfterValidator:
+    def check(symbol: str) -> str:
+        problem = venue.symbol_problem(symbol)
+        if problem is not None:
+            raise ValueError(f"{symbol!r} {problem}")
+        return symbol
+
+    return AfterValidator(check)
+
+
+def _venue_broker_create(venue: Venue) -> type[Body]:
+    api_config = _venue_api_config(venue)
+    return create_model(
+        _model_name(venue, "BrokerCreate"), __base__=Body, __doc__=f"A broker on {venue.title}",
+        name=(Name, ...),
+        type=(Literal[venue.type], venue.type if venue.type == DEFAULT_TYPE else ...),
+        api_config=(api_config, Field(default_factory=api_config)),
+        is_active=(StrictBool, True))
+
+
+def _venue_market(venue: Venue) -> type[Body]:
+    additional_data = _venue_additional_data(venue)
+    return create_model(
+        _model_name(venue, "Market"), __base__=Body,
+        __doc__=f"What a script on {venue.title} names: its symbol and stream",
+        type=(Literal[venue.type], ...),
+        trading_symbol=(Annotated[str, _venue_symbol(venue), Field(
+            examples=[venue.symbol_example], json_schema_extra={"pattern": f"^(?:{venue.symbol_pattern})$"},
+            description="upper case (the API upper-cases what it is sent)")], ...),
+        additional_data=(additional_data, Field(default_factory=additional_data)))
+
+
+class _Tagged:
+    """A body that is one of several models told apart by `type` (pydantic's discriminated union). Pydantic names
+    the chosen model in an error's location; `field_errors` drops it, so a field is named as the client sent it."""
+
+    DISCRIMINATOR: ClassVar[str] = "type"
+
+
+_BROKER_CREATES = tuple(_venue_broker_create(venue) for venue in VENUES.values())
+_MARKETS = tuple(_venue_market(venue) for venue in VENUES.values())
+
+
+class BrokerCreate(_Tagged, RootModel[Annotated[Union[_BROKER_CREATES], Field(discriminator="type")]]):  # noqa: UP007
+    """A broker of one venue: `type` picks the venue (binance if left out), which decides api_config's hosts."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_type(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "type" not in data:
+            return {**data, "type": DEFAULT_TYPE}
+        return data
+
+
+class ScriptMarket(_Tagged, RootModel[Annotated[Union[_MARKETS], Field(discriminator="type")]]):  # noqa: UP007
+    """A script's symbol and stream in the format of its broker's venue (the service adds the broker's type)."""
 
 
 class BrokerPatch(Body):
     name: Name = optional()
-    type: Literal["binance"] = optional()
+    type: VenueType = optional()
     api_config: ApiConfig = Field(default=None, json_schema_extra=_omit_default,
-                                  description="replaces the whole object")
+                                  description="replaces the whole object; checked against the broker's type (the one"
+                                              " sent, else the stored one)")
     is_active: StrictBool = optional()
 
 
@@ -307,7 +406,7 @@ class Out(BaseModel):
 
 class BrokerOut(Out):
     id: int
-    type: str
+    type: str = Field(description="the venue: " + ", ".join(VENUES))
     name: str
     api_config: dict[str, Any]
     is_active: bool

@@ -131,7 +131,10 @@ def build(routes: dict[str, dict[str, Any]], title: str = "tickstream API", vers
 
 
 def _component_schemas() -> tuple[dict[str, Any], dict[tuple[type[BaseModel], str], dict[str, str]]]:
-    wanted: list[tuple[type[BaseModel], str]] = [(models.ErrorOut, "serialization")]
+    # ScriptMarket is no body of its own: it shows, per broker type, the symbol format and streams a script's body
+    # must have (the service checks it once the broker is known).
+    wanted: list[tuple[type[BaseModel], str]] = [(models.ErrorOut, "serialization"),
+                                                 (models.ScriptMarket, "validation")]
     for operation in OPERATIONS.values():
         if operation.response:
             wanted.append((operation.response, "serialization"))

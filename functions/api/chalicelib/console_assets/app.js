@@ -121,6 +121,10 @@
     return [state.data, state.error, reload];
   }
 
+  // The broker types and what each offers (default endpoints, streams, symbol format), from tickstream.venues.
+  const venuesOf = async (call) => (await call('GET', '/console/venues.json')).data;
+  const venueOf = (venues, type) => venues.find((v) => v.type === type) || { type, title: type, ws_url: '', rest_url: '', streams: [], symbol_example: '' };
+
   // --- sign-in -----------------------------------------------------------------------------------------------
   function SignIn({ onSignedIn, message }) {
     const [token, setToken] = useState('');
@@ -262,8 +266,8 @@
 
   function Brokers({ call }) {
     const [data, loadError, reload] = useLoader(async () => {
-      const [brokers, scripts] = await Promise.all([call('GET', '/brokers'), call('GET', '/scripts')]);
-      return { brokers: brokers.data.brokers, scripts: scripts.data.scripts };
+      const [brokers, scripts, venues] = await Promise.all([call('GET', '/brokers'), call('GET', '/scripts'), venuesOf(call)]);
+      return { brokers: brokers.data.brokers, scripts: scripts.data.scripts, venues };
     }, [call]);
     const [form, setForm] = useState(emptyBroker);
     const [errors, setErrors] = useState({});
@@ -312,6 +316,8 @@
         reload();
       } catch (failure) { setError(failure.message); setNotice(''); }
     };
+    const venues = data ? data.venues : [];
+    const chosen = venueOf(venues, form.type);
     return html`<h1>Brokers</h1>
       <${Notice} notice=${notice} error=${loadError} />
       <table data-table="brokers">
@@ -319,7 +325,7 @@
           <th class="num">Scripts</th><th></th></tr></thead>
         <tbody>${(data ? data.brokers : []).map((b) => html`<tr key=${b.id} data-broker=${b.id}>
           <td>${b.id}</td><td data-col="name">${b.name}</td><td>${b.type}</td><td>${b.is_active ? 'yes' : 'no'}</td>
-          <td class="break">${b.api_config.ws_url || 'Binance'}</td><td class="break">${b.api_config.rest_url || 'Binance'}</td>
+          <td class="break">${b.api_config.ws_url || venueOf(venues, b.type).title}</td><td class="break">${b.api_config.rest_url || venueOf(venues, b.type).title}</td>
           <td class="num">${data.scripts.filter((s) => s.broker_id === b.id).length}</td>
           <td><button onClick=${() => edit(b)}>Edit</button> <button onClick=${() => toggle(b)}>${b.is_active ? 'Deactivate' : 'Activate'}</button>
             <button class="danger" onClick=${() => remove(b)}>Delete…</button></td></tr>`)}
@@ -330,11 +336,12 @@
         <div class="fields">
           <${Field} label="Name" name="name" errors=${errors}><input id="f-name" value=${form.name} onInput=${set('name')} /></${Field}>
           <${Field} label="Type" name="type" errors=${errors}>
-            <select id="f-type" value=${form.type} onChange=${set('type')}><option value="binance">binance</option></select></${Field}>
-          <${Field} label="WebSocket URL (empty: Binance)" name="ws_url" errors=${errors}>
-            <input id="f-ws_url" size="32" value=${form.ws_url} onInput=${set('ws_url')} placeholder="wss://stream.binance.com:9443" /></${Field}>
-          <${Field} label="REST URL (empty: Binance)" name="rest_url" errors=${errors}>
-            <input id="f-rest_url" size="32" value=${form.rest_url} onInput=${set('rest_url')} placeholder="https://api.binance.com" /></${Field}>
+            <select id="f-type" value=${form.type} onChange=${set('type')}>
+              ${venues.map((v) => html`<option value=${v.type}>${v.title} (${v.type})</option>`)}</select></${Field}>
+          <${Field} label=${`WebSocket URL (empty: ${chosen.title})`} name="ws_url" errors=${errors}>
+            <input id="f-ws_url" size="32" value=${form.ws_url} onInput=${set('ws_url')} placeholder=${chosen.ws_url} /></${Field}>
+          <${Field} label=${`REST URL (empty: ${chosen.title})`} name="rest_url" errors=${errors}>
+            <input id="f-rest_url" size="32" value=${form.rest_url} onInput=${set('rest_url')} placeholder=${chosen.rest_url} /></${Field}>
           <${Field} label="Active" name="is_active" errors=${errors}>
             <input id="f-is_active" type="checkbox" checked=${form.is_active} onChange=${set('is_active')} /></${Field}>
         </div>
@@ -346,7 +353,7 @@
   }
 
   // --- scripts -----------------------------------------------------------------------------------------------
-  const emptyScript = { id: null, broker_id: '', name: '', trading_symbol: '', stream: 'aggTrade', is_active: true, extra: {} };
+  const emptyScript = { id: null, broker_id: '', name: '', trading_symbol: '', stream: '', is_active: true, extra: {} };
   const SCRIPT_COLUMNS = [['id', 'Id'], ['trading_symbol', 'Symbol'], ['name', 'Name'], ['broker', 'Broker'],
     ['stream', 'Stream'], ['is_active', 'Active'], ['ticks', 'Ticks'], ['created_at', 'Created']];
 
@@ -363,8 +370,9 @@ async function followPurge(call, job, symbol, setNotice) {
 
 function Scripts({ call }) {
     const [data, loadError, reload] = useLoader(async () => {
-      const [brokers, scripts, stats] = await Promise.all([call('GET', '/brokers'), call('GET', '/scripts'), call('GET', '/stats')]);
-      return { brokers: brokers.data.brokers, scripts: scripts.data.scripts,
+      const [brokers, scripts, stats, venues] = await Promise.all([call('GET', '/brokers'), call('GET', '/scripts'),
+        call('GET', '/stats'), venuesOf(call)]);
+      return { brokers: brokers.data.brokers, scripts: scripts.data.scripts, venues,
         ticks: Object.fromEntries(stats.data.scripts.map((s) => [s.script_id, s.tick_count])) };
     }, [call]);
     const [filter, setFilter] = useState({ broker: '', active: '', search: '' });
@@ -377,10 +385,16 @@ function Scripts({ call }) {
     const [notice, setNotice] = useState('');
     const [dialog, ask] = useConfirm();
     const brokerName = (id) => ((data && data.brokers.find((b) => b.id === id)) || { name: String(id) }).name;
+    // The venue of a broker id (a form's string or a script's number): its streams and symbol format.
+    const brokerVenue = (id) => {
+      const broker = data && data.brokers.find((b) => b.id === Number(id));
+      return venueOf(data ? data.venues : [], broker ? broker.type : '');
+    };
+    const streamOf = (s) => s.additional_data.stream || brokerVenue(s.broker_id).streams[0] || '';
     const rows = useMemo(() => {
       if (!data) return [];
       const search = filter.search.trim().toLowerCase();
-      const value = (s) => ({ broker: brokerName(s.broker_id), stream: s.additional_data.stream || 'aggTrade',
+      const value = (s) => ({ broker: brokerName(s.broker_id), stream: streamOf(s),
         ticks: data.ticks[s.id] || 0 }[sort.key] ?? s[sort.key]);
       return data.scripts
         .filter((s) => !filter.broker || s.broker_id === Number(filter.broker))
@@ -413,13 +427,15 @@ function Scripts({ call }) {
     const edit = (s) => {
       const { stream, ...extra } = s.additional_data;
       setForm({ id: s.id, broker_id: String(s.broker_id), name: s.name, trading_symbol: s.trading_symbol,
-        stream: stream || 'aggTrade', is_active: s.is_active, extra });
+        stream: stream || '', is_active: s.is_active, extra });
       setErrors({});
     };
     const submit = async (event) => {
       event.preventDefault();
+      const additionalData = { ...form.extra };
+      if (form.stream) additionalData.stream = form.stream;  // unset: the venue's first
       const body = { broker_id: form.broker_id === '' ? null : Number(form.broker_id), name: form.name,
-        trading_symbol: form.trading_symbol, additional_data: { ...form.extra, stream: form.stream }, is_active: form.is_active };
+        trading_symbol: form.trading_symbol, additional_data: additionalData, is_active: form.is_active };
       try {
         const { data: saved } = form.id ? await call('PATCH', `/scripts/${form.id}`, body) : await call('POST', '/scripts', body);
         setNotice(`Script ${saved.trading_symbol} ${form.id ? 'saved' : 'added'}.`);
@@ -443,6 +459,10 @@ function Scripts({ call }) {
     const header = ([key, label]) => html`<th class="sortable" data-sort=${key}
       onClick=${() => setSort({ key, desc: sort.key === key ? !sort.desc : false })}>${label}${sort.key === key ? (sort.desc ? ' ▼' : ' ▲') : ''}</th>`;
     const brokers = data ? data.brokers : [];
+    const chosen = brokerVenue(form.broker_id);
+    // A new broker may not offer the chosen stream: fall back to its default (unset).
+    const setBroker = (e) => setForm({ ...form, broker_id: e.target.value,
+      stream: brokerVenue(e.target.value).streams.includes(form.stream) ? form.stream : '' });
     return html`<h1>Scripts</h1>
       <${Notice} notice=${notice} error=${loadError} />
       <div class="toolbar">
@@ -461,7 +481,7 @@ function Scripts({ call }) {
         <tbody>${shown.map((s) => html`<tr key=${s.id} data-script=${s.id}>
           <td><input type="checkbox" aria-label=${`select ${s.trading_symbol}`} checked=${selected.has(s.id)} onChange=${() => toggleRow(s.id)} /></td>
           <td>${s.id}</td><td data-col="symbol">${s.trading_symbol}</td><td>${s.name}</td><td>${brokerName(s.broker_id)}</td>
-          <td>${s.additional_data.stream || 'aggTrade'}</td><td data-col="active">${s.is_active ? 'yes' : 'no'}</td>
+          <td>${streamOf(s)}</td><td data-col="active">${s.is_active ? 'yes' : 'no'}</td>
           <td class="num">${count(data.ticks[s.id] || 0)}</td><td>${time(s.created_at)}</td>
           <td><button onClick=${() => edit(s)}>Edit</button> <a class="button" href=${`#/ticks?script=${s.id}`}>Ticks</a>
             <a class="button" href=${`#/chart?script=${s.id}`}>Chart</a>
@@ -477,13 +497,15 @@ function Scripts({ call }) {
         <h2>${form.id ? `Edit script ${form.id}` : 'Add a script'}</h2>
         <div class="fields">
           <${Field} label="Broker" name="broker_id" errors=${errors}>
-            <select id="f-broker_id" value=${form.broker_id} onChange=${set('broker_id')}>
+            <select id="f-broker_id" value=${form.broker_id} onChange=${setBroker}>
               <option value="">Choose…</option>${brokers.map((b) => html`<option value=${b.id}>${b.name}</option>`)}</select></${Field}>
           <${Field} label="Name" name="name" errors=${errors}><input id="f-name" value=${form.name} onInput=${set('name')} /></${Field}>
           <${Field} label="Trading symbol" name="trading_symbol" errors=${errors}>
-            <input id="f-trading_symbol" value=${form.trading_symbol} onInput=${set('trading_symbol')} placeholder="BTCUSDT" /></${Field}>
+            <input id="f-trading_symbol" value=${form.trading_symbol} onInput=${set('trading_symbol')} placeholder=${chosen.symbol_example || 'BTCUSDT'} /></${Field}>
           <${Field} label="Stream" name="stream" errors=${errors}>
-            <select id="f-stream" value=${form.stream} onChange=${set('stream')}><option value="aggTrade">aggTrade</option><option value="trade">trade</option></select></${Field}>
+            <select id="f-stream" value=${form.stream} onChange=${set('stream')}>
+              <option value="">${chosen.streams.length ? `${chosen.streams[0]} (default)` : 'default'}</option>
+              ${chosen.streams.map((stream) => html`<option value=${stream}>${stream}</option>`)}</select></${Field}>
           <${Field} label="Active" name="is_active" errors=${errors}>
             <input id="f-is_active" type="checkbox" checked=${form.is_active} onChange=${set('is_active')} /></${Field}>
         </div>
