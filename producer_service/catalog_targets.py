@@ -79,8 +79,9 @@ def _broker(broker_id: int, rows: list[catalog.ActiveScript], reported: set[str]
 
 
 def _allowed(broker: BrokerTargets, allowed_hosts: frozenset[str], reported: set[str]) -> bool:
+    assert broker.adapter is not None
     problems = [f"{kind} URL {url!r} {problem}" for kind, url in (("ws", broker.ws_url), ("rest", broker.rest_url))
-                if (problem := endpoint_problem(url, kind, allowed_hosts))]
+                if (problem := endpoint_problem(url, kind, allowed_hosts, broker.adapter.venue))]
     for problem in problems:
         if problem not in reported:
             reported.add(problem)

@@ -136,7 +136,8 @@ class StreamConnection:
     def _session(self, backoff: Backoff) -> None:
         if not self.attempts.acquire(self._closing):
             return
-        check_endpoint(self.url, "ws", self.allowed_hosts)  # the exchange allowlist, again: defence in depth
+        # The exchange allowlist, again: defence in depth.
+        check_endpoint(self.url, "ws", self.allowed_hosts, self.adapter.venue)
         # enable_multithread: `reconnect()` (another thread) aborts the socket while this one may be sending.
         # redirect_limit 0: a redirect is refused, not followed past the allowlist.
         ws = websocket.create_connection(self.url, timeout=10, enable_multithread=True, redirect_limit=0)

@@ -21,6 +21,7 @@ import requests
 
 from producer_service.exchanges.base import RestLimits
 from tickstream.exchange_endpoints import check_endpoint
+from tickstream.venues import BINANCE, Venue
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +47,12 @@ class RestError(RuntimeError):
 class RestClient:
     def __init__(self, base_url: str, limits: RestLimits = NO_BUDGET, share: float = 0.8,
                  stop: threading.Event | None = None, timeout: float = 10.0,
-                 allowed_hosts: frozenset[str] = frozenset()) -> None:
+                 allowed_hosts: frozenset[str] = frozenset(), venue: Venue = BINANCE) -> None:
         """`limits`: the venue's budget (its adapter's), of which `share` is used. `allowed_hosts`:
         EXCHANGE_HOST_ALLOWLIST, beyond the venues' official hosts."""
         self.base_url = base_url.rstrip("/")
         self.allowed_hosts = allowed_hosts
+        self.venue = venue  # whose official hosts base_url may name
         self.budget = int(limits.weight_per_window * share)
         self.window_seconds = limits.window_seconds
         self.used_weight_header = limits.used_weight_header
@@ -70,7 +72,7 @@ class RestClient:
             self._wait_for_budget(weight)
             if self.stop.is_set():
                 raise InterruptedError("producer stopping")
-            check_endpoint(self.base_url, "rest", self.allowed_hosts)  # again here: defence in depth
+            check_endpoint(self.base_url, "rest", self.allowed_hosts, self.venue)  # again here: defence in depth
             response = self._session.get(self.base_url + path, params=params, timeout=self.timeout,
                                          allow_redirects=False, stream=True)
             with response:

@@ -106,7 +106,7 @@ class ProducerService:
     def _open_feed(self, broker: BrokerTargets, adapter: ExchangeAdapter) -> Feed:
         stop = threading.Event()  # the feed's own: closing it (an endpoint change) stops its backfill and REST
         rest = RestClient(broker.rest_url, adapter.rest_limits, self.settings.rest_weight_share, stop,
-                          self.settings.rest_timeout_seconds, self.allowed_hosts)
+                          self.settings.rest_timeout_seconds, self.allowed_hosts, adapter.venue)
         attempts = self.attempts.get(adapter.venue.type)
         if attempts is None:
             attempts = self.attempts[adapter.venue.type] = attempts_limiter(adapter.limits)

@@ -49,9 +49,9 @@ def test_binance_us_is_binances_protocol_on_its_own_hosts() -> None:
     assert isinstance(us, BinanceAdapter) and type(us) is type(binance.ADAPTER), "no copied logic"
     assert (us.limits, us.rest_limits) == (binance.ADAPTER.limits, binance.ADAPTER.rest_limits)
     assert (BINANCE_US.ws_url, BINANCE_US.rest_url) == ("wss://stream.binance.us:9443", "https://api.binance.us")
-    assert endpoint_problem(BINANCE_US.ws_url, "ws", frozenset()) is None
-    assert endpoint_problem(BINANCE_US.rest_url, "rest", frozenset()) is None
-    assert endpoint_problem("wss://stream.binance.us:9443", "rest", frozenset()) is not None
+    assert endpoint_problem(BINANCE_US.ws_url, "ws", frozenset(), BINANCE_US) is None
+    assert endpoint_problem(BINANCE_US.rest_url, "rest", frozenset(), BINANCE_US) is None
+    assert endpoint_problem("wss://stream.binance.us:9443", "rest", frozenset(), BINANCE_US) is not None
 
 
 def active(script_id: int, broker_id: int, broker_type: str, ws_url: str | None = None,
