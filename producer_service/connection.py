@@ -10,9 +10,11 @@ unsubscribe messages, its keepalive rules.
 Everything this client sends goes through one pace, `ConnectionLimits.messages_per_second`, spaced evenly: control
 messages (subscribe, unsubscribe), pongs and client pings alike, since venues count them all (e.g. 5 incoming
 messages/s, pongs included). A pong goes first and answers only the latest ping (RFC 6455 §5.5.3 allows it), so
-pings cannot crowd out subscriptions nor subscriptions delay a pong. Server pings are answered with the payload
-echoed. A watchdog reconnects a socket that has been silent (no data, no ping) too long; reconnects back off with
-jitter and share one limiter per venue for its per-IP connection-attempt cap.
+pings cannot crowd out subscriptions nor subscriptions delay a pong. A venue that also caps subscribe and
+unsubscribe messages per connection per hour (`Limits.requests_per_hour`, OKX: 480) gets a second, sliding-hour
+budget for those alone (a share of it, as of the pace): past it they wait, while pings still go. Server pings are
+answered with the payload echoed. A watchdog reconnects a socket that has been silent (no data, no ping) too long;
+reconnects back off with jitter and share one limiter per venue for its per-IP connection-attempt cap.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class ConnectionLimits:
     messages_per_second: float  # everything this client sends, pongs and pings included (a share of the venue's)
     watchdog_seconds: float
     backoff_max_seconds: float
+    requests_per_hour: int | None = None  # subscribe/unsubscribe messages (a share of the venue's; None: no cap)
 
 
 class StreamConnection:
@@ -80,6 +83,7 @@ class StreamConnection:
         self._ping_due = False  # the venue wants a client ping (keepalive.client_ping_seconds of silence)
         self._pinged = False  # a client ping went out since the socket was last heard
         self._pace = RateLimiter(1, 1.0 / limits.messages_per_second)
+        self._requests: RateLimiter | None = None  # per session: the venue's hourly budget is per connection
         self._closing = threading.Event()
         self._ws: websocket.WebSocket | None = None
         self._next_id = 1
@@ -150,6 +154,8 @@ class StreamConnection:
         self.sessions += 1
         self._wanted.clear()
         self._pong, self._ping_due, self._pinged = None, False, False
+        if self.limits.requests_per_hour is not None:
+            self._requests = RateLimiter(self.limits.requests_per_hour, 3600.0)
         self._queue(True, self.streams)
         self.on_connected(self)
         self._read_loop(ws, backoff)
@@ -223,6 +229,11 @@ class StreamConnection:
         """Send what is owed, within the pace: the pong, then a client ping, then control messages, oldest first.
         Returns how long until the next one may go (READ_POLL when nothing waits)."""
         while self._pong is not None or self._ping_due or self._wanted:
+            control_only = self._pong is None and not self._ping_due
+            if control_only and self._requests is not None:
+                budget_wait = self._requests.peek()
+                if budget_wait > 0:  # the hour's requests are spent: only a ping or a pong may go meanwhile
+                    return min(READ_POLL, budget_wait)
             wait = self._pace.try_acquire()
             if wait > 0:
                 return wait
@@ -232,6 +243,8 @@ class StreamConnection:
             elif self._ping_due:
                 self._send_ping(ws)
             else:
+                if self._requests is not None:
+                    self._requests.try_acquire()  # free: peek() said so, and only this thread takes from it
                 subscribe, keys = self._wanted.popleft()
                 build = self.adapter.subscribe_message if subscribe else self.adapter.unsubscribe_message
                 ws.send(build(keys, self._next_id))

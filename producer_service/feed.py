@@ -75,6 +75,7 @@ class Feed:
         self.last_trade_us: dict[int, int] = {}
         self.lag_us: dict[int, deque[int]] = {}  # receive time − trade time, sampled once per socket read
         self.unknown: dict[str, ScriptTarget] = {}  # wanted, but the exchange does not list the symbol
+        self.refused: dict[str, str] = {}  # stream → the venue's answer refusing its subscription (until an ack)
         self._causes: dict[int, str] = {}  # script id → what a gap at its first trade after a (re)connect is due to
         self._retiring: dict[StreamConnection, tuple[StreamConnection, float]] = {}
         self._rotate_requests: set[StreamConnection] = set()
@@ -85,8 +86,10 @@ class Feed:
         limits = adapter.limits
         self.streams_per_connection = min(settings.max_streams_per_connection, limits.streams_per_connection)
         self.rotate_after_seconds = rotate_after_seconds(settings, limits)
+        requests = limits.requests_per_hour
         self._limits = ConnectionLimits(limits.messages_per_second * VENUE_LIMIT_SHARE, settings.watchdog_seconds,
-                                        settings.reconnect_backoff_max_seconds)
+                                        settings.reconnect_backoff_max_seconds,
+                                        None if requests is None else int(requests * VENUE_LIMIT_SHARE))
         self.backfiller.start()
 
     # -- subscriptions -------------------------------------------------------------------------------------
@@ -140,6 +143,7 @@ class Feed:
 
     def _unsubscribe(self, stream: str) -> None:
         self.by_stream.pop(stream)
+        self.refused.pop(stream, None)
         for conn in self.connections:
             conn.unsubscribe({stream})
         for conn in [conn for conn in self.connections if not conn.streams]:
@@ -162,7 +166,10 @@ class Feed:
         log.info("%s: connected, subscribed to %d symbols: %s", conn.name, len(symbols), ", ".join(symbols))
 
     def note_cause(self, script_id: int, cause: str, keep: bool = False) -> None:
-        """A gap at this script's next trade is put down to `cause`; `keep`: unless one is noted already."""
+        """A gap at this script's next trade is put down to `cause`; `keep`: unless one is noted already. The
+        stream (re)starts here, so the sequencer compares its next id with the last even on a venue whose ids
+        are not contiguous."""
+        self.sequencer.boundary(script_id)
         if not (keep and script_id in self._causes):
             self._causes[script_id] = cause
 
@@ -202,8 +209,9 @@ class Feed:
         """Sequence the ticks (of `targets`): drop duplicates, hand the rest to the sink, and any gap one reveals
         to the backfiller."""
         put, counts, last_trade_us = self.sink.put, self.counts, self.last_trade_us
+        contiguous = self.adapter.venue.contiguous_ids
         tick = None
-        for tick, verdict, target in zip(ticks, self.sequencer.accept_ticks(ticks), targets, strict=True):
+        for tick, verdict, target in zip(ticks, self.sequencer.accept_ticks(ticks, contiguous), targets, strict=True):
             if verdict is False:
                 continue
             put(tick)
@@ -227,7 +235,11 @@ class Feed:
             self._rotate_requests.add(conn)
         elif event.kind is ControlKind.ERROR:
             log.error("%s: exchange refused a request: %s", self.name, event.detail)
-        # ack, pong, ignored (a late frame of a stream just unsubscribed): nothing to do
+            if event.stream in self.by_stream:  # e.g. OKX 60018 for an instId it does not have: producer_status
+                self.refused[event.stream] = event.detail
+        elif event.kind is ControlKind.ACK and event.stream is not None:
+            self.refused.pop(event.stream, None)
+        # pong, ignored (a late frame of a stream just unsubscribed): nothing to do
 
     def _malformed(self, raw: bytes, error: str) -> None:
         self.malformed += 1

@@ -1,9 +1,10 @@
 """The producer's status per script (table producer_status), one multi-row upsert per broker every few seconds.
 
-States: subscribed, unknown_symbol (the exchange does not list it: nothing is collected), backfilling (open gaps,
-with ids done / in all), lagging (median trade-to-receive lag above PRODUCER_LAGGING_MS), connecting (its connection
-is not up), unknown_type (its broker's `type` has no exchange adapter: nothing is collected). Lag percentiles come
-from the feed's bounded per-script sample, never from the ticks.
+States: subscribed, unknown_symbol (the exchange does not list it, or refused its subscription: nothing is
+collected), backfilling (open gaps, with ids done / in all), lagging (median trade-to-receive lag above
+PRODUCER_LAGGING_MS), connecting (its connection is not up), unknown_type (its broker's `type` has no exchange
+adapter: nothing is collected). Lag percentiles come from the feed's bounded per-script sample, never from the
+ticks.
 """
 
 from __future__ import annotations
@@ -92,6 +93,9 @@ class StatusPublisher:
                stopped: bool) -> tuple[str, str | None]:
         if target.stream in feed.unknown:
             return "unknown_symbol", f"{target.symbol} is not a trading symbol on {feed.rest.base_url}"
+        refused = feed.refused.get(target.stream)
+        if refused is not None:
+            return "unknown_symbol", f"{target.symbol}: the exchange refused the subscription: {refused}"[:500]
         if stopped:
             return "connecting", "producer stopped"
         if conn is None or getattr(conn, "connected_at", None) is None:

@@ -12,8 +12,9 @@ The protocol, as the generic code calls it (`ExchangeAdapter`):
         allowed streams (the first is the default), `contiguous_ids` (an id jump is a gap to backfill).
     limits: Limits
         Streams per connection, client messages per second (pings and pongs included), streams per subscribe
-        message, connection lifetime, connection attempts per IP, and `keepalive: Keepalive` (who pings, how often,
-        WS ping frames or text messages like OKX's "ping"/"pong", the server's idle timeout).
+        message, connection lifetime, connection attempts per IP, `requests_per_hour` (a budget of subscribe and
+        unsubscribe messages per connection, e.g. OKX's 480; None: none), and `keepalive: Keepalive` (who pings,
+        how often, WS ping frames or text messages like OKX's "ping"/"pong", the server's idle timeout).
     rest_limits: RestLimits
         How the venue's REST budget is counted (weight per window, the header reporting the weight used) and how
         many trades one backfill page holds.
@@ -27,7 +28,8 @@ The protocol, as the generic code calls it (`ExchangeAdapter`):
         One control message for up to `limits.streams_per_message` keys (a text frame's payload).
     decode(raws: list[bytes], received_us: int, by_key: Mapping[str, ScriptTarget]) -> Decoded
         Every message of one socket read → ticks (with their targets, in order), control events (ack, error,
-        shutdown, pong, ignored) and malformed frames (with why). The hot path: called once per read, never raises
+        shutdown, pong, ignored; an ack or error names its subscription key when the venue's answer tells) and
+        malformed frames (with why). The hot path: called once per read, never raises
         for bad input (a bad frame costs one skipped message, never the connection).
     trading_symbols(rest: RestClient) -> set[str]
         Symbols the venue lists as tradable now (unknown ones are reported, not subscribed).
@@ -91,6 +93,7 @@ class Limits:
     connection_attempts: int  # per IP per `connection_attempts_seconds`
     connection_attempts_seconds: float
     keepalive: Keepalive
+    requests_per_hour: int | None = None  # subscribe/unsubscribe messages per connection per hour (OKX: 480)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +116,7 @@ class ControlKind(Enum):
 class ControlEvent:
     kind: ControlKind
     detail: str = ""
+    stream: str | None = None  # the subscription key an ack or error is about, when the answer names it
 
 
 @dataclass(slots=True)
