@@ -26,7 +26,7 @@ from producer_service.sequencer import Sequencer
 from producer_service.sink import TickSink
 from tickstream.ticks import Tick
 
-__all__ = ["Feed", "ScriptTarget", "attempts_limiter", "rotate_after_seconds"]
+__all__ = ["Feed", "ScriptTarget", "attempts_limiter", "connection_limits", "rotate_after_seconds"]
 
 log = logging.getLogger(__name__)
 MALFORMED_SAMPLE_CHARS = 200
@@ -45,6 +45,14 @@ def rotate_after_seconds(settings: ProducerSettings, limits: Limits) -> float:
     lifetime = limits.connection_lifetime_seconds
     venue = float("inf") if lifetime is None else lifetime - min(ROTATE_BEFORE_LIFETIME_SECONDS, lifetime / 10)
     return min(venue, settings.rotate_after_seconds or float("inf"))
+
+
+def connection_limits(settings: ProducerSettings, limits: Limits) -> ConnectionLimits:
+    """What one connection may send: a share of the venue's pace and of its hourly request budget, if it has one."""
+    requests = limits.requests_per_hour
+    return ConnectionLimits(limits.messages_per_second * VENUE_LIMIT_SHARE, settings.watchdog_seconds,
+                            settings.reconnect_backoff_max_seconds,
+                            None if requests is None else int(requests * VENUE_LIMIT_SHARE))
 
 
 def attempts_limiter(limits: Limits) -> RateLimiter:
@@ -86,10 +94,7 @@ class Feed:
         limits = adapter.limits
         self.streams_per_connection = min(settings.max_streams_per_connection, limits.streams_per_connection)
         self.rotate_after_seconds = rotate_after_seconds(settings, limits)
-        requests = limits.requests_per_hour
-        self._limits = ConnectionLimits(limits.messages_per_second * VENUE_LIMIT_SHARE, settings.watchdog_seconds,
-                                        settings.reconnect_backoff_max_seconds,
-                                        None if requests is None else int(requests * VENUE_LIMIT_SHARE))
+        self._limits = connection_limits(settings, limits)
         self.backfiller.start()
 
     # -- subscriptions -------------------------------------------------------------------------------------

@@ -7,8 +7,10 @@ shows as unknown_symbol."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import http.server
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,17 +22,18 @@ import orjson
 import pymysql
 import pytest
 
-from producer_service.connection import ConnectionLimits, StreamConnection
+from producer_service.connection import StreamConnection
 from producer_service.exchanges import okx, registry
-from producer_service.exchanges.base import ControlKind, ScriptTarget, script_target
+from producer_service.exchanges.base import ControlKind, Limits, script_target
 from producer_service.exchanges.okx import OKX_LIMITS, OKX_REST, exact_int
+from producer_service.feed import connection_limits
 from producer_service.pacing import RateLimiter
 from producer_service.rest import RestClient, RestError
 from producer_service.sequencer import Gap, Sequencer
 from simulator import TRADE
 from simulator.harness import ExchangeSimulator
 from tests.conftest import make_broker, make_script
-from tests.producer_harness import fresh_queue, running_producer, sqs
+from tests.producer_harness import FAST_PRODUCER, fresh_queue, running_producer, sqs
 from tickstream.settings import DatabaseSettings
 from tickstream.ticks import Tick
 from tickstream.venues import OKX
@@ -246,3 +249,194 @@ def test_a_refusal_in_the_envelope_is_an_error_even_with_http_200() -> None:
             ADAPTER.backfill_page(rest, 7, "NOPE-USDT", "trades-all", 1, 100, RECEIVED_US)
         assert refused.value.code == "51001" and refused.value.status == 400, "final: the backfill gives up on it"
         assert ADAPTER.trading_symbols(rest) == {"BTC-USDT"}
+
+
+# --- one connection against the simulator's OKX over a real socket --------------------------------------------
+
+class Listener:
+    """A StreamConnection's callbacks: every control event the adapter decoded, and the trades received."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[ControlKind, str]] = []
+        self.trades = 0
+
+    def on_frames(self, conn: StreamConnection, raws: list[bytes], received_us: int) -> None:
+        decoded = ADAPTER.decode(raws, received_us, {BTC.stream: BTC})
+        self.events += [(event.kind, event.detail) for event in decoded.events]
+        self.trades += len(decoded.ticks)
+
+
+@contextlib.contextmanager
+def connection(sim: ExchangeSimulator, limits: Limits, listener: Listener) -> Iterator[StreamConnection]:
+    adapter = dataclasses.replace(ADAPTER, limits=limits)
+    conn = StreamConnection("okx-test", sim.ws_url, adapter, connection_limits(FAST_PRODUCER, limits),
+                            RateLimiter(10, 1.0), listener.on_frames, lambda _: None, frozenset({"127.0.0.1"}))
+    conn.start({BTC.stream})
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+FAST_PACE = dataclasses.replace(OKX_LIMITS, messages_per_second=400.0)  # the per-second pace out of the way
+
+
+@pytest.mark.parametrize("budget", [OKX_LIMITS.requests_per_hour, None], ids=["paced", "unpaced"])
+def test_live_subscribe_and_unsubscribe_stay_within_480_requests_per_hour(budget: int | None) -> None:
+    """600 live changes (ETH-USDT subscribed and unsubscribed 300 times) on one connection: within the hourly
+    budget the connection stays up and every answer is an ack; without it OKX answers 60014 and closes it."""
+    listener = Listener()
+    with ExchangeSimulator(venue="okx", symbols=("BTC-USDT", "ETH-USDT"), rate=0, seed=8) as sim, \
+            connection(sim, dataclasses.replace(FAST_PACE, requests_per_hour=budget), listener) as conn:
+        assert wait_until(lambda: conn.frames > 0, 10), "subscribed"
+        for _ in range(300):
+            conn.subscribe({"trades-all:ETH-USDT"})
+            conn.unsubscribe({"trades-all:ETH-USDT"})
+        refused = lambda: any(kind is ControlKind.ERROR and "60014" in detail for kind, detail in listener.events)  # noqa: E731
+        if budget is None:
+            assert wait_until(lambda: refused() and conn.sessions >= 2, 15), "OKX cut the unpaced connection"
+            return
+        assert wait_until(lambda: len(listener.events) >= int(480 * 0.8), 15)
+        time.sleep(1.0)  # what is over the budget waits: nothing more may go out
+        acks = [detail for kind, detail in listener.events if kind is ControlKind.ACK]
+        assert not refused() and conn.sessions == 1
+        assert len(acks) == int(480 * 0.8), "the budget's share of the hour, every one acknowledged"
+
+
+@pytest.mark.parametrize("pinging", [True, False], ids=["ping", "no-ping"])
+def test_the_text_ping_keeps_an_idle_connection_alive(pinging: bool) -> None:
+    """No trades for 6 s and OKX's idle disconnect at 2 s: the client's `ping` after 0.5 s of silence is answered
+    `pong` and the one connection lives on; without it OKX closes the connection (4004) and it is reopened."""
+    keepalive = dataclasses.replace(OKX_LIMITS.keepalive, client_ping_seconds=0.5 if pinging else None)
+    listener = Listener()
+    with ExchangeSimulator(venue="okx", symbols=("BTC-USDT",), rate=0, seed=9, idle_timeout=2.0) as sim, \
+            connection(sim, dataclasses.replace(FAST_PACE, keepalive=keepalive), listener) as conn:
+        time.sleep(6.0)
+        pongs = sum(kind is ControlKind.PONG for kind, _ in listener.events)
+        if pinging:
+            assert conn.sessions == 1 and pongs >= 5
+        else:
+            assert conn.sessions >= 2 and pongs == 0, "the counter-test: idle, OKX cut it"
+
+
+# --- the producer against the simulator's OKX, into the real pipeline ------------------------------------------
+
+def okx_broker(conn: pymysql.Connection, sim: ExchangeSimulator, symbols: list[str]) -> dict[str, int]:
+    """A broker of type okx on the simulator, one trades-all script per symbol; symbol → script id."""
+    api_config = orjson.dumps({"ws_url": sim.ws_url, "rest_url": sim.rest_url}).decode()
+    broker = make_broker(conn, f"OKX (simulated, port {sim.port})", api_config)
+    with conn.cursor() as cursor:
+        cursor.execute("UPDATE brokers SET type = 'okx' WHERE id = %s", (broker,))
+    return {symbol: make_script(conn, broker, symbol, "trades-all") for symbol in symbols}
+
+
+def stored_ids(conn: pymysql.Connection, script_id: int) -> list[int]:
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT trade_id FROM ticks WHERE script_id = %s ORDER BY trade_id", (script_id,))
+        return [int(row[0]) for row in cursor.fetchall()]
+
+
+def ledger_rows(conn: pymysql.Connection, script_ids: list[int]) -> list[tuple[Any, ...]]:
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT script_id, first_trade_id, last_trade_id, cause, state, last_error FROM gaps"
+                       " WHERE script_id IN %s ORDER BY id", (tuple(script_ids),))
+        return list(cursor.fetchall())
+
+
+def status_of(conn: pymysql.Connection, script_id: int) -> tuple[str, str | None] | None:
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT state, detail FROM producer_status WHERE script_id = %s", (script_id,))
+        row = cursor.fetchone()
+    return None if row is None else (row[0], row[1])
+
+
+def wait_subscribed(sim: ExchangeSimulator, streams: set[str], timeout: float = 20.0) -> None:
+    assert wait_until(lambda: streams <= sim.subscriptions(), timeout), f"subscribed: {sim.subscriptions()}"
+
+
+@pytest.mark.localstack
+def test_okx_drill_stores_every_trade_exactly_once(db: pymysql.Connection, db_settings: DatabaseSettings,
+                                                   localstack: Any, tickstream_stack: dict[str, str],
+                                                   tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Producer → SQS → ingest Lambda → MariaDB with OKX faults 3 s apart: a drop, duplicates, malformed
+    frames, notice 64008 (make-before-break rotation), then a drop while REST answers 503 (the backfill of the
+    reconnect's window retries until REST is back). Stored = emitted, exactly."""
+    symbols = ["BTC-USDT", "ETH-USDT"]
+    with ExchangeSimulator(venue="okx", symbols=tuple(symbols), rate=0, seed=61) as sim:
+        scripts = okx_broker(db, sim, symbols)
+        with caplog.at_level(logging.INFO), \
+                running_producer(db_settings, localstack.endpoint_url, tickstream_stack["TicksQueueUrl"],
+                                 tmp_path, status_seconds=0.5):
+            wait_subscribed(sim, {f"trades-all:{symbol}" for symbol in symbols})
+            sim.config.rate = 150.0
+            time.sleep(2)
+            sim.drop_connections()
+            time.sleep(3)
+            sim.duplicate(0.05)
+            time.sleep(3)
+            sim.duplicate(0)
+            sim.malformed(0.03)
+            time.sleep(3)
+            sim.malformed(0)
+            sim.announce_shutdown(1.5)
+            time.sleep(3)
+            sim.rest_faults("503")
+            sim.drop_connections()
+            time.sleep(3)
+            sim.rest_faults()
+            time.sleep(2)
+            sim.config.rate = 0
+            emitted = {symbol: list(sim.emitted_ids(symbol, TRADE)) for symbol in symbols}
+            assert wait_until(lambda: all(len(stored_ids(db, scripts[s])) >= len(emitted[s]) for s in symbols),
+                              60), "everything emitted reached MariaDB"
+            counts = {key: sum(sim.counts(symbol, TRADE)[key] for symbol in symbols)
+                      for key in ("duplicated", "malformed")}
+        gaps = ledger_rows(db, list(scripts.values()))
+    for symbol in symbols:
+        assert stored_ids(db, scripts[symbol]) == emitted[symbol], f"{symbol}: every trade once, none missing"
+    log = caplog.text
+    assert counts["duplicated"] > 0 and counts["malformed"] > 0, counts
+    assert "skipped malformed frame" in log
+    assert "server announced shutdown" in log and "rotating (server shutdown)" in log
+    assert gaps and all(state == "filled" for *_, state, _ in gaps), gaps
+    assert any(error and "503" in error for *_, error in gaps), f"the REST outage hit a backfill: {gaps}"
+    assert {cause for _, _, _, cause, _, _ in gaps} <= {"reconnect"}, gaps
+
+
+@pytest.mark.localstack
+def test_an_instrument_okx_does_not_have_is_reported_unknown(db: pymysql.Connection, db_settings: DatabaseSettings,
+                                                            localstack: Any, tmp_path: Path) -> None:
+    """Not in /api/v5/public/instruments: unknown_symbol, never subscribed. And when the instruments cannot be
+    read (REST down), the subscription goes out and OKX's 60018 refusal is what producer_status shows."""
+    client = sqs(localstack.endpoint_url)
+    queue = fresh_queue(client)
+    try:
+        with ExchangeSimulator(venue="okx", symbols=("BTC-USDT",), rate=0, seed=62) as listed, \
+                ExchangeSimulator(venue="okx", symbols=("BTC-USDT",), rate=0, seed=63) as rest_down:
+            rest_down.rest_faults("503")
+            checked = okx_broker(db, listed, ["BTC-USDT", "XYZ-USDT"])
+            refused = okx_broker(db, rest_down, ["BTC-USDT", "XYZ-USDT"])
+            with running_producer(db_settings, localstack.endpoint_url, queue, tmp_path, status_seconds=0.5):
+                wait_subscribed(listed, {"trades-all:BTC-USDT"})
+                wait_subscribed(rest_down, {"trades-all:BTC-USDT"})
+                assert wait_until(lambda: (status_of(db, checked["XYZ-USDT"]) or ("",))[0] == "unknown_symbol"
+                                  and (status_of(db, refused["XYZ-USDT"]) or ("",))[0] == "unknown_symbol", 15)
+                statuses = {key: status_of(db, script) for key, script in
+                            [("checked", checked["XYZ-USDT"]), ("refused", refused["XYZ-USDT"]),
+                             ("good", refused["BTC-USDT"])]}
+                subscribed = listed.subscriptions()
+    finally:
+        client.delete_queue(QueueUrl=queue)
+    assert "trades-all:XYZ-USDT" not in subscribed, "not listed: never subscribed"
+    assert "is not a trading symbol" in (statuses["checked"] or ("", ""))[1]
+    assert "60018" in (statuses["refused"] or ("", ""))[1] and "XYZ-USDT" in (statuses["refused"] or ("", ""))[1]
+    assert statuses["good"] is not None and statuses["good"][0] == "subscribed"

@@ -7,15 +7,16 @@ WebSocket (`<ws_url>/ws/v5/business`; trades-all is refused with 60018 on /publi
   ..."}` (the refused stream is read from the message: producer_status shows it as unknown_symbol).
 - Pushes `{"arg":{"channel","instId"},"data":[{"tradeId","px","sz","side","ts",...}]}`, one trade each; `side` is
   the taker's, so "sell" means the buyer was the maker; `ts` is ms.
-- Keepalive is the client's: the text `ping` after 15 s without a message, answered `pong`; OKX closes a connection
-  silent for 30 s (4004). 15 s leaves room for the pace below: a ping may wait up to one pace interval (~9 s).
+- Keepalive is the client's: the text `ping` after 20 s without a message, answered `pong`; OKX closes a connection
+  nothing was pushed to for 30 s (4004). A ping waits at most one pace interval (below) behind other messages.
 - `{"event":"notice","code":"64008"}` (service upgrade, ~60 s ahead) is the shutdown event: the feed rotates the
   connection make-before-break. (OKX documents it for /public and /private; a /business connection may simply be
   closed, which the reconnect and its backfill cover.)
-- Limits: 480 subscribe/unsubscribe requests per connection per hour (past it: 60014, close 4002), held as
-  `requests_per_hour`; everything the client sends is also paced at 480/h evenly, pings included, so a burst of
-  live changes spends the hourly budget, never more. Up to 100 args per request (the channels of one request may
-  not exceed 64 KB); 3 connection attempts per second per IP.
+- Limits: 480 subscribe/unsubscribe requests per connection per hour (past it: 60014, close 4002): the
+  connection's `requests_per_hour` budget (a share of it) lets live changes go at once until it is spent, then
+  makes them wait, while pings still go. OKX documents no per-second rate for what a client sends on a public
+  connection; everything is paced at 3 messages/s anyway (as its 3 connection requests per second per IP).
+  Up to 100 args per request (the channels of one request may not exceed 64 KB).
 
 REST: `history-trades` answers newest first, `after`/`before` bound ids (exclusive), 100 per page, 20 requests per
 2 s per IP; every answer is `{"code":"0","data":[...]}`, a refusal has its code in `code` (51001, unknown instId,
@@ -65,9 +66,9 @@ CHANNEL = "trades-all"
 BUSINESS_PATH = "/ws/v5/business"
 REQUESTS_PER_HOUR = 480
 OKX_LIMITS = Limits(
-    streams_per_connection=200, messages_per_second=REQUESTS_PER_HOUR / 3600.0, streams_per_message=100,
+    streams_per_connection=200, messages_per_second=3.0, streams_per_message=100,
     connection_lifetime_seconds=None, connection_attempts=3, connection_attempts_seconds=1.0,
-    keepalive=Keepalive(server_ping_seconds=None, idle_timeout_seconds=30.0, client_ping_seconds=15.0,
+    keepalive=Keepalive(server_ping_seconds=None, idle_timeout_seconds=30.0, client_ping_seconds=20.0,
                         client_ping="ping"),
     requests_per_hour=REQUESTS_PER_HOUR,
 )
