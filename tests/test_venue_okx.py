@@ -368,36 +368,40 @@ def test_okx_drill_stores_every_trade_exactly_once(db: pymysql.Connection, db_se
                                                    localstack: Any, tickstream_stack: dict[str, str],
                                                    tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Producer → SQS → ingest Lambda → MariaDB with OKX faults 3 s apart: a drop, duplicates, malformed
-    frames, notice 64008 (make-before-break rotation), then a drop while REST answers 503 (the backfill of the
-    reconnect's window retries until REST is back). Stored = emitted, exactly."""
+    frames, notice 64008 (make-before-break rotation), the producer stopped for 2 s and restarted, then a drop
+    while REST answers 503 (the backfill of the reconnect's window retries until REST is back). Every window
+    is bounded by ids (the last one stored or seen, the first new one): stored = emitted, exactly."""
     symbols = ["BTC-USDT", "ETH-USDT"]
+    queue = tickstream_stack["TicksQueueUrl"]
     with ExchangeSimulator(venue="okx", symbols=tuple(symbols), rate=0, seed=61) as sim:
         scripts = okx_broker(db, sim, symbols)
-        with caplog.at_level(logging.INFO), \
-                running_producer(db_settings, localstack.endpoint_url, tickstream_stack["TicksQueueUrl"],
-                                 tmp_path, status_seconds=0.5):
-            wait_subscribed(sim, {f"trades-all:{symbol}" for symbol in symbols})
-            sim.config.rate = 150.0
-            time.sleep(2)
-            sim.drop_connections()
-            time.sleep(3)
-            sim.duplicate(0.05)
-            time.sleep(3)
-            sim.duplicate(0)
-            sim.malformed(0.03)
-            time.sleep(3)
-            sim.malformed(0)
-            sim.announce_shutdown(1.5)
-            time.sleep(3)
-            sim.rest_faults("503")
-            sim.drop_connections()
-            time.sleep(3)
-            sim.rest_faults()
-            time.sleep(2)
-            sim.config.rate = 0
-            emitted = {symbol: list(sim.emitted_ids(symbol, TRADE)) for symbol in symbols}
-            assert wait_until(lambda: all(len(stored_ids(db, scripts[s])) >= len(emitted[s]) for s in symbols),
-                              60), "everything emitted reached MariaDB"
+        with caplog.at_level(logging.INFO):
+            with running_producer(db_settings, localstack.endpoint_url, queue, tmp_path, status_seconds=0.5):
+                wait_subscribed(sim, {f"trades-all:{symbol}" for symbol in symbols})
+                sim.config.rate = 150.0
+                time.sleep(2)
+                sim.drop_connections()
+                time.sleep(3)
+                sim.duplicate(0.05)
+                time.sleep(3)
+                sim.duplicate(0)
+                sim.malformed(0.03)
+                time.sleep(3)
+                sim.malformed(0)
+                sim.announce_shutdown(1.5)
+                time.sleep(3)
+            time.sleep(2)  # the producer is stopped (SIGTERM's path) while OKX trades on
+            with running_producer(db_settings, localstack.endpoint_url, queue, tmp_path, status_seconds=0.5):
+                time.sleep(3)
+                sim.rest_faults("503")
+                sim.drop_connections()
+                time.sleep(3)
+                sim.rest_faults()
+                time.sleep(2)
+                sim.config.rate = 0
+                emitted = {symbol: list(sim.emitted_ids(symbol, TRADE)) for symbol in symbols}
+                assert wait_until(lambda: all(len(stored_ids(db, scripts[s])) >= len(emitted[s]) for s in symbols),
+                                  60), "everything emitted reached MariaDB"
             counts = {key: sum(sim.counts(symbol, TRADE)[key] for symbol in symbols)
                       for key in ("duplicated", "malformed")}
         gaps = ledger_rows(db, list(scripts.values()))
@@ -409,7 +413,7 @@ def test_okx_drill_stores_every_trade_exactly_once(db: pymysql.Connection, db_se
     assert "server announced shutdown" in log and "rotating (server shutdown)" in log
     assert gaps and all(state == "filled" for *_, state, _ in gaps), gaps
     assert any(error and "503" in error for *_, error in gaps), f"the REST outage hit a backfill: {gaps}"
-    assert {cause for _, _, _, cause, _, _ in gaps} <= {"reconnect"}, gaps
+    assert {cause for _, _, _, cause, _, _ in gaps} == {"reconnect", "restart"}, gaps
 
 
 @pytest.mark.localstack
