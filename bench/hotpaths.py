@@ -1,6 +1,6 @@
 """The two hot paths in isolation, for profiling: `python -m bench.hotpaths producer|ingest [--profile]`.
 
-- producer: combined-stream frames (as the simulator renders them) → `BinanceFeed._on_frames` (one call per frame)
+- producer: combined-stream frames (as the simulator renders them) → `Feed._on_frames` (one call per frame)
   → Tick → `TickSink` (pack into 64 KiB bodies, SendMessageBatch to a counting stand-in for SQS). No sockets.
 - ingest: packed bodies → SQS-shaped batches → the ingest handler in-process → MariaDB (LOAD DATA).
 
@@ -20,11 +20,13 @@ from typing import Any
 
 from bench.common import SYMBOLS, Stopwatch, rate
 from producer_service.config import ProducerSettings
-from producer_service.feed import BinanceFeed, ScriptTarget
+from producer_service.exchanges.base import script_target
+from producer_service.exchanges.binance import ADAPTER as BINANCE
+from producer_service.feed import Feed
 from producer_service.journal import Journal
 from producer_service.ledger import GapLedger
 from producer_service.pacing import RateLimiter
-from producer_service.rest import BinanceRest
+from producer_service.rest import RestClient
 from producer_service.sequencer import Sequencer
 from producer_service.sink import SqsSender, TickSink
 from simulator.market import Trade
@@ -61,18 +63,18 @@ def trade_frames(count: int, symbols: tuple[str, ...] = SYMBOLS, first_id: int =
 
 
 @contextlib.contextmanager
-def hot_feed(journal_dir: Path) -> Iterator[tuple[BinanceFeed, TickSink, CountingSqs]]:
+def hot_feed(journal_dir: Path) -> Iterator[tuple[Feed, TickSink, CountingSqs]]:
     settings = ProducerSettings(journal_dir=journal_dir)
     sqs = CountingSqs()
     sink = TickSink(SqsSender(sqs, "bench://queue"), Journal(journal_dir, settings.journal_max_bytes),
                     settings.max_message_bytes, settings.linger_seconds, settings.buffer_ticks)
     stop = threading.Event()
-    rest = BinanceRest("http://127.0.0.1:9", stop=stop)  # never called: no gaps in a contiguous tape
+    rest = RestClient("http://127.0.0.1:9", stop=stop)  # never called: no gaps in a contiguous tape
     ledger = GapLedger(lambda: connect(database_settings(), autocommit=True))  # as REST: never used here
-    feed = BinanceFeed("bench", "ws://127.0.0.1:9", rest, settings, sink, Sequencer(), RateLimiter(10, 1.0), stop,
-                       ledger)
+    feed = Feed("bench", "ws://127.0.0.1:9", BINANCE, rest, settings, sink, Sequencer(), RateLimiter(10, 1.0), stop,
+                ledger)
     for script_id, symbol in enumerate(SYMBOLS, start=1):
-        target = ScriptTarget(script_id, symbol, "trade")
+        target = script_target(BINANCE, script_id, symbol, "trade")
         feed.by_stream[target.stream] = target
     sink.start()
     try:

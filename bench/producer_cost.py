@@ -1,7 +1,7 @@
 """The producer's CPU per trade on its receive path: socket → frame → parse → sequence → sink.put.
 
 `python -m bench.producer_cost [--rate 30000] [--seconds 10] [--pack]` runs the exchange simulator in its own
-process (bench/sim_process.py: its CPU is not ours) and, in this process, the producer's `BinanceFeed` and
+process (bench/sim_process.py: its CPU is not ours) and, in this process, the producer's `Feed` and
 `Sequencer` on 4 `trade` streams, as `python -m producer_service` would, with a sink that only counts ticks (no SQS,
 no packing). `--pack` adds the sink's packing (`MessagePacker`: rows, compression; bodies discarded) to see its
 share. Prints trades/s received and CPU µs per trade: the whole process (`time.process_time`) and the socket thread
@@ -22,11 +22,12 @@ from typing import Any, cast
 from bench.common import SYMBOLS
 from bench.sim_process import SimulatorProcess
 from producer_service.config import ProducerSettings
-from producer_service.feed import BinanceFeed, ScriptTarget
+from producer_service.exchanges.base import script_target
+from producer_service.exchanges.binance import ADAPTER as BINANCE
+from producer_service.feed import Feed, attempts_limiter
 from producer_service.journal import Journal
 from producer_service.ledger import GapLedger
-from producer_service.pacing import RateLimiter
-from producer_service.rest import BinanceRest
+from producer_service.rest import RestClient
 from producer_service.sequencer import Sequencer
 from producer_service.sink import SqsSender, TickSink
 from tickstream.db import connect
@@ -81,7 +82,7 @@ def thread_cpu_seconds(thread: threading.Thread) -> float:
     return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
 
 
-def socket_threads(feed: BinanceFeed) -> list[threading.Thread]:
+def socket_threads(feed: Feed) -> list[threading.Thread]:
     return [conn._thread for conn in feed.connections]
 
 
@@ -93,21 +94,20 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
         time.sleep(0.05)
 
 
-def start_feed(sim: SimulatorProcess, sink: CountingSink, stop: threading.Event) -> BinanceFeed:
+def start_feed(sim: SimulatorProcess, sink: CountingSink, stop: threading.Event) -> Feed:
     settings = ProducerSettings()
     simulator = frozenset({"127.0.0.1"})  # EXCHANGE_HOST_ALLOWLIST for the simulator (README: Security)
-    rest = BinanceRest(sim.rest_url, settings.rest_weight_per_minute, settings.rest_weight_share, stop,
-                       allowed_hosts=simulator)
+    rest = RestClient(sim.rest_url, BINANCE.rest_limits, settings.rest_weight_share, stop, allowed_hosts=simulator)
     sequencer = Sequencer(settings.max_backfill_trades)
-    feed = BinanceFeed("bench", sim.ws_url, rest, settings, cast(TickSink, sink), sequencer,
-                       RateLimiter(settings.connection_attempts_per_5_min, 300.0), stop,
-                       GapLedger(lambda: connect(database_settings(), autocommit=True)), simulator)
-    feed.apply([ScriptTarget(script_id, symbol, KIND) for script_id, symbol in enumerate(SYMBOLS, start=1)])
+    feed = Feed("bench", sim.ws_url, BINANCE, rest, settings, cast(TickSink, sink), sequencer,
+                attempts_limiter(BINANCE.limits), stop,
+                GapLedger(lambda: connect(database_settings(), autocommit=True)), simulator)
+    feed.apply([script_target(BINANCE, script_id, symbol, KIND) for script_id, symbol in enumerate(SYMBOLS, start=1)])
     wait_until(lambda: sim.subscribed_streams() == len(SYMBOLS), 30, "the producer did not subscribe")
     return feed
 
 
-def measure(feed: BinanceFeed, sink: CountingSink, seconds: float) -> dict[str, float]:
+def measure(feed: Feed, sink: CountingSink, seconds: float) -> dict[str, float]:
     """Counts and CPU over `seconds` of steady state (the feed's maintenance runs as in the service)."""
     threads = socket_threads(feed)
     ticks0, wall0, cpu0 = sink.count, time.monotonic(), time.process_time()
@@ -127,7 +127,7 @@ def measure(feed: BinanceFeed, sink: CountingSink, seconds: float) -> dict[str, 
 def run(rate: float, seconds: float, pack: bool) -> dict[str, Any]:
     sim = SimulatorProcess(SYMBOLS)
     stop = threading.Event()
-    feed: BinanceFeed | None = None
+    feed: Feed | None = None
     with tempfile.TemporaryDirectory(prefix="producer-cost-") as journal_dir:
         sink = PackingSink(Path(journal_dir)) if pack else CountingSink()
         try:
@@ -147,7 +147,7 @@ def run(rate: float, seconds: float, pack: bool) -> dict[str, Any]:
             sim.stop()
 
 
-def delivery(sim: SimulatorProcess, feed: BinanceFeed, sink: CountingSink) -> dict[str, Any]:
+def delivery(sim: SimulatorProcess, feed: Feed, sink: CountingSink) -> dict[str, Any]:
     """Once the exchange is silent: did every emitted trade arrive (nothing dropped, no reconnect)?"""
     emitted = sum(len(sim.emitted(symbol, KIND)) for symbol in SYMBOLS)
     with contextlib.suppress(TimeoutError):  # then the report shows how many are missing

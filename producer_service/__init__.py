@@ -1,1 +1,1 @@
-"""The tickstream producer: Binance WebSocket trades → packed SQS messages, gap-free."""
+"""The tickstream producer: exchange WebSocket trades → packed SQS messages, gap-free (venues: exchanges/)."""

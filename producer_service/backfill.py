@@ -1,4 +1,5 @@
-"""Fills gaps from Binance REST by `fromId`, working from the gap ledger, within the REST weight budget.
+"""Fills gaps from the venue's REST by trade id (the adapter's `backfill_page`), working from the gap ledger, within
+the venue's REST budget.
 
 A reported gap is written to the ledger first, then filled page by page. After each page the backfill waits until
 the sink has taken it (sent to SQS or journaled) and only then moves the ledger's `next_trade_id` past it: a crash
@@ -17,12 +18,12 @@ from dataclasses import dataclass
 
 import requests
 
+from producer_service.exchanges.base import ExchangeAdapter
 from producer_service.ledger import FILLED, UNRECOVERABLE, GapLedger, LedgerGap
 from producer_service.pacing import Backoff
-from producer_service.rest import BinanceRest, RestBanned, RestError
+from producer_service.rest import RestBanned, RestClient, RestError
 from producer_service.sequencer import Gap
 from producer_service.sink import TickSink
-from tickstream.binance import MalformedPayload, rest_aggtrade_to_tick, rest_trade_to_tick
 from tickstream.db import CONNECTION_ERRORS
 from tickstream.ticks import Tick
 
@@ -67,7 +68,9 @@ class Backfiller:
     hands over one already in the ledger. Ticks go to the sink; after each page, its taken-marker says when the
     page is delivered. The thread ends once `stop` is set (its feed closed, or the producer stops)."""
 
-    def __init__(self, rest: BinanceRest, sink: TickSink, ledger: GapLedger, stop: threading.Event) -> None:
+    def __init__(self, adapter: ExchangeAdapter, rest: RestClient, sink: TickSink, ledger: GapLedger,
+                 stop: threading.Event) -> None:
+        self.adapter = adapter
         self.rest = rest
         self.sink = sink
         self.ledger = ledger
@@ -248,18 +251,11 @@ class Backfiller:
         self.filled += page_size
 
     def _page(self, claimed: _Claimed, from_id: int) -> list[Tick]:
-        received_us = time.time_ns() // 1000
-        if claimed.stream_type == "trade":
-            items, convert = self.rest.historical_trades(claimed.symbol, from_id), rest_trade_to_tick
-        else:
-            items, convert = self.rest.agg_trades(claimed.symbol, from_id), rest_aggtrade_to_tick
-        ticks = []
-        for item in items:
-            try:
-                ticks.append(convert(item, claimed.row.script_id, received_us))
-            except MalformedPayload as error:
-                log.warning("%s: skipping malformed REST item %r: %s", claimed.symbol, str(item)[:200], error)
-        return ticks
+        page = self.adapter.backfill_page(self.rest, claimed.row.script_id, claimed.symbol, claimed.stream_type,
+                                          from_id, self.adapter.rest_limits.page_size, time.time_ns() // 1000)
+        for sample, why in page.rejected:
+            log.warning("%s: skipping malformed REST item %r: %s", claimed.symbol, sample, why)
+        return page.ticks
 
 
 def _log_progress(symbol: str, row: LedgerGap, next_id: int, rate: float) -> None:

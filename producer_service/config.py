@@ -17,29 +17,39 @@ def _int(name: str, default: int) -> int:
     return int(os.environ.get(name) or default)
 
 
+def _optional_float(name: str) -> float | None:
+    raw = os.environ.get(name)
+    return float(raw) if raw else None
+
+
 def broker_ids_from_env() -> list[int]:
     """BROKER_ID (the seed's name) may hold one id or a comma-separated list; empty means all brokers."""
     raw = os.environ.get("BROKER_ID", "")
     return [int(part) for part in raw.replace(" ", "").split(",") if part]
 
 
+# No venue allows more streams on one connection; each adapter declares its own limit, at most this.
+STREAMS_PER_CONNECTION_CEILING = 1024
+
+
 @dataclass(frozen=True, slots=True)
 class ProducerSettings:
+    """Generic settings. A venue's own limits (streams per connection, messages per second, connection lifetime,
+    connection attempts, REST budget) are its adapter's (producer_service.exchanges); the settings here that
+    overlap them are caps applied on top."""
+
     refresh_seconds: float = 5.0  # how often scripts/brokers are re-read (live changes)
-    max_streams_per_connection: int = 1024  # Binance's cap
-    rotate_after_seconds: float = 23 * 3600.0  # Binance cuts a connection at 24 h
-    watchdog_seconds: float = 45.0  # a healthy connection sees at least a ping every 20 s
-    control_messages_per_second: float = 3.0  # of Binance's 5/s, pongs included: leave room for pongs
+    max_streams_per_connection: int = STREAMS_PER_CONNECTION_CEILING  # a cap on the venue's own limit
+    rotate_after_seconds: float | None = None  # a cap on the rotation age (None: the venue's lifetime less an hour)
+    watchdog_seconds: float = 45.0  # a healthy connection hears something (data, a ping, a pong) well within it
     reconnect_backoff_max_seconds: float = 30.0
-    connection_attempts_per_5_min: int = 250  # Binance allows 300 per IP
     linger_seconds: float = 0.1  # how long a partly filled SQS message may wait
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     buffer_ticks: int = 200_000  # in-memory ticks between the sockets and the sender
     journal_dir: Path = Path(".state/journal")
     journal_max_bytes: int = 2 * 1024**3
     journal_fsync_seconds: float = 0.05  # journaled bodies reach the disk within this; 0: before each append returns
-    rest_weight_per_minute: int = 6000
-    rest_weight_share: float = 0.8  # keep 20 % of the IP's REST budget for everyone else
+    rest_weight_share: float = 0.8  # of the venue's REST budget: keep 20 % of the IP's for everyone else
     max_backfill_trades: int = 5_000_000  # a live id jump larger than this is suspect until a second id confirms it
     rest_timeout_seconds: float = 10.0  # a REST call's connect/read timeout; the backfill retries after it
     status_seconds: float = 5.0  # how often producer_status is upserted (one statement per broker)
@@ -54,9 +64,9 @@ class ProducerSettings:
         default = cls()
         return cls(
             refresh_seconds=_float("PRODUCER_REFRESH_SECONDS", default.refresh_seconds),
-            max_streams_per_connection=min(1024, _int("PRODUCER_MAX_STREAMS_PER_CONNECTION",
-                                                      default.max_streams_per_connection)),
-            rotate_after_seconds=_float("PRODUCER_ROTATE_AFTER_SECONDS", default.rotate_after_seconds),
+            max_streams_per_connection=min(STREAMS_PER_CONNECTION_CEILING, _int(
+                "PRODUCER_MAX_STREAMS_PER_CONNECTION", default.max_streams_per_connection)),
+            rotate_after_seconds=_optional_float("PRODUCER_ROTATE_AFTER_SECONDS"),
             watchdog_seconds=_float("PRODUCER_WATCHDOG_SECONDS", default.watchdog_seconds),
             linger_seconds=_float("PRODUCER_LINGER_MS", default.linger_seconds * 1000) / 1000,
             max_message_bytes=_int("SQS_MESSAGE_MAX_BYTES", default.max_message_bytes),
@@ -64,7 +74,6 @@ class ProducerSettings:
             journal_dir=Path(os.environ.get("PRODUCER_JOURNAL_DIR") or default.journal_dir),
             journal_max_bytes=_int("PRODUCER_JOURNAL_MAX_BYTES", default.journal_max_bytes),
             journal_fsync_seconds=_float("PRODUCER_JOURNAL_FSYNC_MS", default.journal_fsync_seconds * 1000) / 1000,
-            rest_weight_per_minute=_int("BINANCE_REST_WEIGHT_PER_MINUTE", default.rest_weight_per_minute),
             max_backfill_trades=_int("PRODUCER_MAX_BACKFILL_TRADES", default.max_backfill_trades),
             rest_timeout_seconds=_float("PRODUCER_REST_TIMEOUT_SECONDS", default.rest_timeout_seconds),
             status_seconds=_float("PRODUCER_STATUS_SECONDS", default.status_seconds),

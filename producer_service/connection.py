@@ -1,13 +1,20 @@
-"""One Binance combined-stream WebSocket: connect, subscribe, read, stay alive. Transport only, no parsing.
+"""One exchange WebSocket: connect, subscribe, read, stay alive. Transport only, no parsing, no venue.
 
 Runs in its own thread. websocket-client does the handshake and every send (client frames must be masked); the
 read side is our own `FrameReader`, which splits each `recv` of up to 256 KiB into the messages it holds: server
 frames are unmasked and small, and websocket-client's per-frame machinery (an ABNF object, three `recv` calls, a
-lock, our `select`) cost ~6.5 µs of the ~10 µs the producer spent per trade. Server pings are answered with the
-payload echoed (Binance's rule). Control messages (SUBSCRIBE, UNSUBSCRIBE) are sent from this thread only, paced
-under Binance's 5 messages/s, pongs included. A watchdog reconnects a socket that has been silent (no data, no ping)
-too long; reconnects back off with jitter and share one limiter per process for Binance's per-IP connection-attempt
-cap.
+lock, our `select`) cost ~6.5 µs of the ~10 µs the producer spent per trade. What to connect to, how to subscribe
+and how to keep alive is the venue adapter's (`producer_service.exchanges.base`): its URL, its subscribe and
+unsubscribe messages, its keepalive rules.
+
+Everything this client sends goes through one pace, `ConnectionLimits.messages_per_second`, spaced evenly: control
+messages (subscribe, unsubscribe), pongs and client pings alike, since venues count them all (e.g. 5 incoming
+messages/s, pongs included). A pong goes first and answers only the latest ping (RFC 6455 §5.5.3 allows it), so
+pings cannot crowd out subscriptions nor subscriptions delay a pong. A venue that also caps subscribe and
+unsubscribe messages per connection per hour (`Limits.requests_per_hour`, OKX: 480) gets a second, sliding-hour
+budget for those alone (a share of it, as of the pace): past it they wait, while pings still go. Server pings are
+answered with the payload echoed. A watchdog reconnects a socket that has been silent (no data, no ping) too long;
+reconnects back off with jitter and share one limiter per venue for its per-IP connection-attempt cap.
 """
 
 from __future__ import annotations
@@ -22,43 +29,45 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 import websocket
 
+from producer_service.exchanges.base import ExchangeAdapter
 from producer_service.pacing import Backoff, RateLimiter
 from tickstream.exchange_endpoints import check_endpoint
 
 log = logging.getLogger(__name__)
-STREAMS_PER_CONTROL_MESSAGE = 200
 READ_TIMEOUT = 30.0  # the socket's timeout once open (sends), and how long a frame cut off mid-way may wait
+READ_POLL = 0.2  # longest wait for bytes before the send side and the watchdog get their turn
 READ_SIZE = 256 * 1024  # per recv: at 50k trades/s a busy socket holds tens of KiB, i.e. hundreds of frames
 OPCODE_CONT, OPCODE_TEXT, OPCODE_BINARY = 0x0, 0x1, 0x2
 OPCODE_CLOSE, OPCODE_PING, OPCODE_PONG = 0x8, 0x9, 0xA
-FIN_TEXT = 0x80 | OPCODE_TEXT  # the first byte of almost every frame Binance sends: a whole text message
+FIN_TEXT = 0x80 | OPCODE_TEXT  # the first byte of almost every frame an exchange sends: a whole text message
 MAX_CONTROL_PAYLOAD = 125
-# Binance's messages are < 1 KiB: a larger message (one frame, or the fragments of one message together) is a broken
-# or hostile stream, not data; the bound keeps a connection's memory bounded (a 1 MiB junk frame is still just skipped
-# as malformed). Such a connection is closed with 1009 (message too big) and reopened.
+# Market-data messages are < 1 KiB: a larger message (one frame, or the fragments of one message together) is a
+# broken or hostile stream, not data; the bound keeps a connection's memory bounded (a 1 MiB junk frame is still
+# just skipped as malformed). Such a connection is closed with 1009 (message too big) and reopened.
 MAX_MESSAGE_BYTES = 2 * 1024**2
 
 
 @dataclass(frozen=True, slots=True)
 class ConnectionLimits:
-    control_messages_per_second: float
+    messages_per_second: float  # everything this client sends, pongs and pings included (a share of the venue's)
     watchdog_seconds: float
     backoff_max_seconds: float
+    requests_per_hour: int | None = None  # subscribe/unsubscribe messages (a share of the venue's; None: no cap)
 
 
 class StreamConnection:
-    """Holds `streams` subscribed on one socket, reconnecting as needed, until `close()`."""
+    """Holds `streams` (the adapter's subscription keys) on one socket, reconnecting as needed, until `close()`."""
 
-    def __init__(self, name: str, base_url: str, limits: ConnectionLimits, attempts: RateLimiter,
-                 on_frames: Callable[[StreamConnection, list[bytes], int], None],
+    def __init__(self, name: str, base_url: str, adapter: ExchangeAdapter, limits: ConnectionLimits,
+                 attempts: RateLimiter, on_frames: Callable[[StreamConnection, list[bytes], int], None],
                  on_connected: Callable[[StreamConnection], None], allowed_hosts: frozenset[str] = frozenset()) -> None:
         """`on_frames(conn, messages, received_us)` gets the data messages of one `recv`, oldest first, and when
         they were received (µs since the epoch). `allowed_hosts`: EXCHANGE_HOST_ALLOWLIST."""
         self.name = name
-        self.url = base_url.rstrip("/") + "/stream"
+        self.url = adapter.connect_url(base_url)
+        self.adapter = adapter
         self.allowed_hosts = allowed_hosts
         self.limits = limits
         self.attempts = attempts
@@ -69,8 +78,12 @@ class StreamConnection:
         self.frames = 0
         self.sessions = 0  # successful connects: more than one means the socket was lost and reopened
         self.oversized_messages = 0  # sessions closed with 1009 for a message above MAX_MESSAGE_BYTES
-        self._wanted: deque[tuple[str, list[str]]] = deque()
-        self._control = RateLimiter(max(1, int(limits.control_messages_per_second)), 1.0)
+        self._wanted: deque[tuple[bool, list[str]]] = deque()  # (subscribe?, keys): control messages to send
+        self._pong: bytes | None = None  # the payload of the latest ping not answered yet
+        self._ping_due = False  # the venue wants a client ping (keepalive.client_ping_seconds of silence)
+        self._pinged = False  # a client ping went out since the socket was last heard
+        self._pace = RateLimiter(1, 1.0 / limits.messages_per_second)
+        self._requests: RateLimiter | None = None  # per session: the venue's hourly budget is per connection
         self._closing = threading.Event()
         self._ws: websocket.WebSocket | None = None
         self._next_id = 1
@@ -84,13 +97,18 @@ class StreamConnection:
         new = streams - self.streams
         if new:
             self.streams |= new
-            self._wanted.append(("SUBSCRIBE", sorted(new)))
+            self._queue(True, new)
 
     def unsubscribe(self, streams: set[str]) -> None:
         gone = streams & self.streams
         if gone:
             self.streams -= gone
-            self._wanted.append(("UNSUBSCRIBE", sorted(gone)))
+            self._queue(False, gone)
+
+    def _queue(self, subscribe: bool, keys: set[str]) -> None:
+        ordered, per_message = sorted(keys), self.adapter.limits.streams_per_message
+        for start in range(0, len(ordered), per_message):
+            self._wanted.append((subscribe, ordered[start:start + per_message]))
 
     def reconnect(self) -> None:
         """Drop the socket; the thread reconnects (used by the watchdog and tests)."""
@@ -122,7 +140,8 @@ class StreamConnection:
     def _session(self, backoff: Backoff) -> None:
         if not self.attempts.acquire(self._closing):
             return
-        check_endpoint(self.url, "ws", self.allowed_hosts)  # the exchange allowlist, again: defence in depth
+        # The exchange allowlist, again: defence in depth.
+        check_endpoint(self.url, "ws", self.allowed_hosts, self.adapter.venue)
         # enable_multithread: `reconnect()` (another thread) aborts the socket while this one may be sending.
         # redirect_limit 0: a redirect is refused, not followed past the allowlist.
         ws = websocket.create_connection(self.url, timeout=10, enable_multithread=True, redirect_limit=0)
@@ -134,9 +153,10 @@ class StreamConnection:
         self.connected_at = time.monotonic()
         self.sessions += 1
         self._wanted.clear()
-        streams = sorted(self.streams)
-        for start in range(0, len(streams), STREAMS_PER_CONTROL_MESSAGE):
-            self._wanted.append(("SUBSCRIBE", streams[start:start + STREAMS_PER_CONTROL_MESSAGE]))
+        self._pong, self._ping_due, self._pinged = None, False, False
+        if self.limits.requests_per_hour is not None:
+            self._requests = RateLimiter(self.limits.requests_per_hour, 3600.0)
+        self._queue(True, self.streams)
         self.on_connected(self)
         self._read_loop(ws, backoff)
 
@@ -145,15 +165,15 @@ class StreamConnection:
         sock, reader = ws.sock, FrameReader()
         last_heard = time.monotonic()
         while not self._closing.is_set():
-            self._send_control(ws)
-            if not _readable(sock, 0.2):
+            next_send = self._send_control(ws)
+            if not _readable(sock, min(READ_POLL, next_send)):
                 self._check_silence(time.monotonic() - last_heard, reader.partial)
                 continue
             data = sock.recv(READ_SIZE)
             if not data:
                 raise ConnectionError("connection to the server lost (end of stream without a close frame)")
             received_us = time.time_ns() // 1000  # one clock read per recv, not per frame: they arrived together
-            last_heard = time.monotonic()
+            last_heard, self._pinged = time.monotonic(), False
             try:
                 messages = reader.parse(data)
             except MessageTooBig:
@@ -179,30 +199,65 @@ class StreamConnection:
         ws.abort()
 
     def _check_silence(self, silent_for: float, mid_frame: bool) -> None:
-        """The watchdog: a socket silent too long is dead (Binance pings every 20 s); a frame cut off mid-way
-        gets READ_TIMEOUT, as a blocking read of its remaining bytes would."""
+        """The watchdog: a socket silent too long is dead (a venue pings, or answers our pings, well within it);
+        a frame cut off mid-way gets READ_TIMEOUT, as a blocking read of its remaining bytes would. A venue that
+        wants the client to ping after some silence gets its ping."""
+        ping_after = self.adapter.limits.keepalive.client_ping_seconds
+        if ping_after is not None and silent_for > ping_after and not self._pinged:
+            self._ping_due = True
         if silent_for > self.limits.watchdog_seconds:
             raise TimeoutError(f"silent for {self.limits.watchdog_seconds:.0f} s (watchdog)")
         if mid_frame and silent_for > READ_TIMEOUT:
             raise TimeoutError(f"a frame stalled mid-way for {READ_TIMEOUT:.0f} s")
 
-    @staticmethod
-    def _answer_controls(ws: websocket.WebSocket, controls: list[tuple[int, bytes]]) -> None:
-        """Pong every ping with its payload; reply to a close (the caller then reports it). Pongs are ignored."""
+    def _answer_controls(self, ws: websocket.WebSocket, controls: list[tuple[int, bytes]]) -> None:
+        """A ping is owed a pong with its payload (sent within the pace); a close is replied to, after the pong
+        still owed (the connection ends: the pace no longer matters). Pongs are ignored."""
         for opcode, payload in controls:
             if opcode == OPCODE_PING:
-                ws.pong(payload)
+                self._pong = payload
             elif opcode == OPCODE_CLOSE:
                 with contextlib.suppress(OSError, websocket.WebSocketException):  # the server may be gone already
+                    if self._pong is not None:
+                        ws.pong(self._pong)
+                        self._pong = None
                     ws.send_close()
         controls.clear()
+        self._send_control(ws)
 
-    def _send_control(self, ws: websocket.WebSocket) -> None:
-        while self._wanted and self._control.try_acquire() == 0:
-            method, params = self._wanted.popleft()
-            ws.send(orjson.dumps({"method": method, "params": params, "id": self._next_id}).decode())
-            self._next_id += 1
+    def _send_control(self, ws: websocket.WebSocket) -> float:
+        """Send what is owed, within the pace: the pong, then a client ping, then control messages, oldest first.
+        Returns how long until the next one may go (READ_POLL when nothing waits)."""
+        while self._pong is not None or self._ping_due or self._wanted:
+            control_only = self._pong is None and not self._ping_due
+            if control_only and self._requests is not None:
+                budget_wait = self._requests.peek()
+                if budget_wait > 0:  # the hour's requests are spent: only a ping or a pong may go meanwhile
+                    return min(READ_POLL, budget_wait)
+            wait = self._pace.try_acquire()
+            if wait > 0:
+                return wait
+            if self._pong is not None:
+                ws.pong(self._pong)
+                self._pong = None
+            elif self._ping_due:
+                self._send_ping(ws)
+            else:
+                if self._requests is not None:
+                    self._requests.try_acquire()  # free: peek() said so, and only this thread takes from it
+                subscribe, keys = self._wanted.popleft()
+                build = self.adapter.subscribe_message if subscribe else self.adapter.unsubscribe_message
+                ws.send(build(keys, self._next_id))
+                self._next_id += 1
+        return READ_POLL
 
+    def _send_ping(self, ws: websocket.WebSocket) -> None:
+        text = self.adapter.limits.keepalive.client_ping
+        if text is None:
+            ws.ping()
+        else:
+            ws.send(text)
+        self._ping_due, self._pinged = False, True
 
 
 class FrameError(websocket.WebSocketProtocolException):

@@ -1,7 +1,11 @@
-"""The Binance adapter for one broker: its connections (sharded), the stream → script map, rotation, parsing.
+"""The feed of one broker, whatever its venue: its connections (sharded), the stream → script map, rotation.
 
-The hot path is `_on_frames` (the messages of one socket read): parse the envelope, map the stream to its script,
-normalise, drop duplicates by id, hand the tick to the sink, and hand any gap to the backfiller.
+The venue is the broker's adapter (`producer_service.exchanges`): it names streams, builds subscribe messages,
+decodes frames, lists symbols and fetches backfill pages; its declared limits, capped by the generic settings,
+shape the sharding, the pacing and the rotation here.
+
+The hot path is `_on_frames` (the messages of one socket read): the adapter decodes them into ticks of their
+scripts, then the feed drops duplicates by id, hands the ticks to the sink, and any gap to the backfiller.
 """
 
 from __future__ import annotations
@@ -10,20 +14,19 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass
-
-from orjson import loads
 
 from producer_service.backfill import Backfiller, BackfillJob
 from producer_service.config import ProducerSettings
 from producer_service.connection import ConnectionLimits, StreamConnection
+from producer_service.exchanges.base import ControlEvent, ControlKind, ExchangeAdapter, Limits, ScriptTarget
 from producer_service.ledger import GapLedger
 from producer_service.pacing import RateLimiter
-from producer_service.rest import BinanceRest
+from producer_service.rest import RestClient
 from producer_service.sequencer import Sequencer
 from producer_service.sink import TickSink
-from tickstream.binance import SERVER_SHUTDOWN, MalformedPayload, event_to_tick, parse_frame, stream_name
 from tickstream.ticks import Tick
+
+__all__ = ["Feed", "ScriptTarget", "attempts_limiter", "connection_limits", "rotate_after_seconds"]
 
 log = logging.getLogger(__name__)
 MALFORMED_SAMPLE_CHARS = 200
@@ -31,25 +34,40 @@ MALFORMED_SAMPLE_CHARS = 200
 HANDOVER_SECONDS = 10.0
 SYMBOL_CHECK_SECONDS = 300.0
 LAG_SAMPLES = 512  # per script: one lag per socket read, the newest kept (p50/p99 over a bounded sample)
+# Of a venue's declared message rate and connection attempts: the margin for jitter between our clock and its count.
+VENUE_LIMIT_SHARE = 0.8
+# Connections are rotated (make-before-break) this long before the venue's connection lifetime ends.
+ROTATE_BEFORE_LIFETIME_SECONDS = 3600.0
 
 
-@dataclass(frozen=True, slots=True)
-class ScriptTarget:
-    script_id: int
-    symbol: str
-    stream_type: str
-
-    @property
-    def stream(self) -> str:
-        return stream_name(self.symbol, self.stream_type)
+def rotate_after_seconds(settings: ProducerSettings, limits: Limits) -> float:
+    """The venue's lifetime less an hour (or 10 % of it, if shorter), capped by PRODUCER_ROTATE_AFTER_SECONDS."""
+    lifetime = limits.connection_lifetime_seconds
+    venue = float("inf") if lifetime is None else lifetime - min(ROTATE_BEFORE_LIFETIME_SECONDS, lifetime / 10)
+    return min(venue, settings.rotate_after_seconds or float("inf"))
 
 
-class BinanceFeed:
-    def __init__(self, name: str, ws_url: str, rest: BinanceRest, settings: ProducerSettings, sink: TickSink,
-                 sequencer: Sequencer, attempts: RateLimiter, stop: threading.Event, ledger: GapLedger,
-                 allowed_hosts: frozenset[str] = frozenset()) -> None:
+def connection_limits(settings: ProducerSettings, limits: Limits) -> ConnectionLimits:
+    """What one connection may send: a share of the venue's pace and of its hourly request budget, if it has one."""
+    requests = limits.requests_per_hour
+    return ConnectionLimits(limits.messages_per_second * VENUE_LIMIT_SHARE, settings.watchdog_seconds,
+                            settings.reconnect_backoff_max_seconds,
+                            None if requests is None else int(requests * VENUE_LIMIT_SHARE))
+
+
+def attempts_limiter(limits: Limits) -> RateLimiter:
+    """Connection attempts within the venue's per-IP cap: one limiter per venue, shared by its feeds."""
+    return RateLimiter(int(limits.connection_attempts * VENUE_LIMIT_SHARE), limits.connection_attempts_seconds)
+
+
+class Feed:
+    def __init__(self, name: str, ws_url: str, adapter: ExchangeAdapter, rest: RestClient,
+                 settings: ProducerSettings, sink: TickSink, sequencer: Sequencer, attempts: RateLimiter,
+                 stop: threading.Event, ledger: GapLedger, allowed_hosts: frozenset[str] = frozenset()) -> None:
+        """`attempts`: the venue's connection-attempt limiter (`attempts_limiter`), shared by its feeds."""
         self.name = name
         self.ws_url = ws_url
+        self.adapter = adapter
         self.allowed_hosts = allowed_hosts  # EXCHANGE_HOST_ALLOWLIST, checked again on every connect
         self.rest = rest
         self.settings = settings
@@ -57,7 +75,7 @@ class BinanceFeed:
         self.sequencer = sequencer
         self.attempts = attempts
         self.stop = stop  # set by close(): ends the backfill thread and any REST wait of this feed
-        self.backfiller = Backfiller(rest, sink, ledger, stop)
+        self.backfiller = Backfiller(adapter, rest, sink, ledger, stop)
         self.by_stream: dict[str, ScriptTarget] = {}
         self.connections: list[StreamConnection] = []
         self.counts: Counter[int] = Counter()
@@ -65,6 +83,7 @@ class BinanceFeed:
         self.last_trade_us: dict[int, int] = {}
         self.lag_us: dict[int, deque[int]] = {}  # receive time − trade time, sampled once per socket read
         self.unknown: dict[str, ScriptTarget] = {}  # wanted, but the exchange does not list the symbol
+        self.refused: dict[str, str] = {}  # stream → the venue's answer refusing its subscription (until an ack)
         self._causes: dict[int, str] = {}  # script id → what a gap at its first trade after a (re)connect is due to
         self._retiring: dict[StreamConnection, tuple[StreamConnection, float]] = {}
         self._rotate_requests: set[StreamConnection] = set()
@@ -72,8 +91,10 @@ class BinanceFeed:
         self._symbols_checked_at = float("-inf")
         self._rejected: dict[str, float] = {}
         self._serial = 0
-        self._limits = ConnectionLimits(settings.control_messages_per_second, settings.watchdog_seconds,
-                                        settings.reconnect_backoff_max_seconds)
+        limits = adapter.limits
+        self.streams_per_connection = min(settings.max_streams_per_connection, limits.streams_per_connection)
+        self.rotate_after_seconds = rotate_after_seconds(settings, limits)
+        self._limits = connection_limits(settings, limits)
         self.backfiller.start()
 
     # -- subscriptions -------------------------------------------------------------------------------------
@@ -92,7 +113,7 @@ class BinanceFeed:
         """Targets whose symbol the exchange lists; unknown symbols are reported, then rechecked slowly."""
         symbols = self._exchange_symbols()
         if symbols is None:
-            return targets  # cannot tell: subscribe, Binance ignores unknown streams
+            return targets  # cannot tell: subscribe (a venue ignores or refuses an unknown stream)
         listed = []
         self.unknown = {target.stream: target for target in targets if target.symbol not in symbols}
         for target in targets:
@@ -108,13 +129,13 @@ class BinanceFeed:
         if time.monotonic() - self._symbols_checked_at > SYMBOL_CHECK_SECONDS or self._known_symbols is None:
             self._symbols_checked_at = time.monotonic()
             try:
-                self._known_symbols = self.rest.trading_symbols()
+                self._known_symbols = self.adapter.trading_symbols(self.rest)
             except Exception as error:  # REST down: keep the previous answer
-                log.warning("%s: could not read exchangeInfo (%s)", self.name, error)
+                log.warning("%s: could not read the tradable symbols (%s)", self.name, error)
         return self._known_symbols
 
     def _subscribe(self, streams: set[str]) -> None:
-        cap = self.settings.max_streams_per_connection
+        cap = self.streams_per_connection
         remaining = sorted(streams)
         for conn in self.connections:
             room = cap - len(conn.streams)
@@ -127,6 +148,7 @@ class BinanceFeed:
 
     def _unsubscribe(self, stream: str) -> None:
         self.by_stream.pop(stream)
+        self.refused.pop(stream, None)
         for conn in self.connections:
             conn.unsubscribe({stream})
         for conn in [conn for conn in self.connections if not conn.streams]:
@@ -135,8 +157,8 @@ class BinanceFeed:
 
     def _open_connection(self, streams: set[str]) -> StreamConnection:
         self._serial += 1
-        conn = StreamConnection(f"{self.name}#{self._serial}", self.ws_url, self._limits, self.attempts,
-                                self._on_frames, self._on_connected, self.allowed_hosts)
+        conn = StreamConnection(f"{self.name}#{self._serial}", self.ws_url, self.adapter, self._limits,
+                                self.attempts, self._on_frames, self._on_connected, self.allowed_hosts)
         self.connections.append(conn)
         conn.start(streams)
         return conn
@@ -149,7 +171,10 @@ class BinanceFeed:
         log.info("%s: connected, subscribed to %d symbols: %s", conn.name, len(symbols), ", ".join(symbols))
 
     def note_cause(self, script_id: int, cause: str, keep: bool = False) -> None:
-        """A gap at this script's next trade is put down to `cause`; `keep`: unless one is noted already."""
+        """A gap at this script's next trade is put down to `cause`; `keep`: unless one is noted already. The
+        stream (re)starts here, so the sequencer compares its next id with the last even on a venue whose ids
+        are not contiguous."""
+        self.sequencer.boundary(script_id)
         if not (keep and script_id in self._causes):
             self._causes[script_id] = cause
 
@@ -157,9 +182,9 @@ class BinanceFeed:
     def maintain(self) -> None:
         """Called periodically: rotate old or shutting-down connections (make-before-break), finish handovers."""
         for conn in list(self.connections):
-            too_old = conn.age_seconds > self.settings.rotate_after_seconds
+            too_old = conn.age_seconds > self.rotate_after_seconds
             if (too_old or conn in self._rotate_requests) and conn not in self._retiring:
-                self._rotate(conn, "age limit" if too_old else SERVER_SHUTDOWN)
+                self._rotate(conn, "age limit" if too_old else "server shutdown")
         for old, (new, since) in list(self._retiring.items()):
             if new.frames > 0 or time.monotonic() - since > HANDOVER_SECONDS:
                 del self._retiring[old]
@@ -176,31 +201,22 @@ class BinanceFeed:
 
     # -- the hot path ------------------------------------------------------------------------------------
     def _on_frames(self, conn: StreamConnection, raws: list[bytes], received_us: int) -> None:
-        """Every message of one socket read. A subscribed stream's well-formed event (nearly every frame) takes the
-        straight line; anything else (a control reply, a malformed frame, serverShutdown) raises on the way and
-        is classified again by `_on_unusual_frame`, the careful path. The ticks are then sequenced together."""
-        by_stream, loads_, to_tick = self.by_stream, loads, event_to_tick
-        ticks: list[Tick] = []
-        targets: list[ScriptTarget] = []
-        for raw in raws:
-            try:
-                frame = loads_(raw)
-                target = by_stream[frame["stream"]]
-                tick = to_tick(frame["data"], target.script_id, received_us)
-            except (ValueError, KeyError, TypeError):  # ValueError: MalformedPayload or not JSON
-                self._on_unusual_frame(conn, raw, received_us)
-                continue
-            ticks.append(tick)
-            targets.append(target)
-        if ticks:
-            self._deliver(ticks, targets)
+        """Every message of one socket read: the adapter decodes them; the ticks are then sequenced together."""
+        decoded = self.adapter.decode(raws, received_us, self.by_stream)
+        for raw, why in decoded.malformed:
+            self._malformed(raw, why)
+        for event in decoded.events:
+            self._on_event(conn, event)
+        if decoded.ticks:
+            self._deliver(decoded.ticks, decoded.targets)
 
     def _deliver(self, ticks: list[Tick], targets: list[ScriptTarget]) -> None:
         """Sequence the ticks (of `targets`): drop duplicates, hand the rest to the sink, and any gap one reveals
         to the backfiller."""
         put, counts, last_trade_us = self.sink.put, self.counts, self.last_trade_us
+        contiguous = self.adapter.venue.contiguous_ids
         tick = None
-        for tick, verdict, target in zip(ticks, self.sequencer.accept_ticks(ticks), targets, strict=True):
+        for tick, verdict, target in zip(ticks, self.sequencer.accept_ticks(ticks, contiguous), targets, strict=True):
             if verdict is False:
                 continue
             put(tick)
@@ -218,43 +234,19 @@ class BinanceFeed:
                 samples = self.lag_us[tick.script_id] = deque(maxlen=LAG_SAMPLES)
             samples.append(tick.received_at_us - tick.traded_at_us)
 
-    def _on_unusual_frame(self, conn: StreamConnection, raw: bytes, received_us: int) -> None:
-        try:
-            frame = parse_frame(raw)
-        except MalformedPayload as error:
-            self._malformed(raw, error)
-            return
-        data, stream = frame.get("data"), frame.get("stream")
-        target = self.by_stream.get(stream) if isinstance(stream, str) else None
-        if target is not None and not isinstance(data, dict):  # a subscribed stream's payload must be an event
-            self._malformed(raw, MalformedPayload("stream data is not a JSON object"))
-            return
-        if target is None or not isinstance(data, dict):
-            self._on_other_frame(conn, frame, raw)
-            return
-        try:
-            tick = event_to_tick(data, target.script_id, received_us)
-        except MalformedPayload as error:
-            if data.get("e") == SERVER_SHUTDOWN:
-                self._on_other_frame(conn, frame, raw)
-            else:
-                self._malformed(raw, error)
-            return
-        self._deliver([tick], [target])  # not expected (the straight line takes such frames), but never dropped
-
-    def _on_other_frame(self, conn: StreamConnection, frame: dict, raw: bytes) -> None:
-        data = frame.get("data") if isinstance(frame.get("data"), dict) else frame
-        if data.get("e") == SERVER_SHUTDOWN:
+    def _on_event(self, conn: StreamConnection, event: ControlEvent) -> None:
+        if event.kind is ControlKind.SHUTDOWN:
             log.warning("%s: server announced shutdown; rotating now", conn.name)
             self._rotate_requests.add(conn)
-        elif "error" in frame:
-            log.error("%s: exchange refused a request: %s", self.name, frame["error"])
-        elif "result" in frame or frame.get("stream") is not None:
-            pass  # a control acknowledgement, or a late frame of a stream just unsubscribed
-        else:
-            self._malformed(raw, MalformedPayload("not a stream envelope, a control reply or an event"))
+        elif event.kind is ControlKind.ERROR:
+            log.error("%s: exchange refused a request: %s", self.name, event.detail)
+            if event.stream in self.by_stream:  # e.g. OKX 60018 for an instId it does not have: producer_status
+                self.refused[event.stream] = event.detail
+        elif event.kind is ControlKind.ACK and event.stream is not None:
+            self.refused.pop(event.stream, None)
+        # pong, ignored (a late frame of a stream just unsubscribed): nothing to do
 
-    def _malformed(self, raw: bytes, error: Exception) -> None:
+    def _malformed(self, raw: bytes, error: str) -> None:
         self.malformed += 1
         if self.malformed <= 10 or self.malformed % 1000 == 0:
             log.warning("%s: skipped malformed frame #%d (%s): %r", self.name, self.malformed, error,

@@ -28,6 +28,14 @@ class RateLimiter:
                 return 0.0
             return self.period - (now - self._times[0])
 
+    def peek(self) -> float:
+        """How long until a slot is free (0: one is free now), without taking it."""
+        with self._lock:
+            now = time.monotonic()
+            while self._times and now - self._times[0] >= self.period:
+                self._times.popleft()
+            return 0.0 if len(self._times) < self.count else self.period - (now - self._times[0])
+
     def acquire(self, stop: threading.Event | None = None) -> bool:
         while (wait := self.try_acquire()) > 0:
             if stop is not None and stop.wait(wait):

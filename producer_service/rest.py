@@ -1,7 +1,9 @@
-"""Binance REST for backfill: aggTrades / historicalTrades by `fromId`, within the IP's weight budget.
+"""The venue-neutral REST client of the backfill and the symbol checks: timeouts, no redirects, a body cap, the
+exchange allowlist before every call, and the venue's REST budget (its adapter's `RestLimits`).
 
-Binance counts request weight per minute per IP and reports it in `X-MBX-USED-WEIGHT-1M`. We stay under a share
-of the budget, honour 429 + `Retry-After`, and stop for good on 418 (the IP is banned: calling on extends it).
+Venues count request weight per window per IP (e.g. 6000 per minute, reported in a response header). We
+stay under a share of the budget, honour 429 + `Retry-After`, and stop for good on 418 (the IP is banned: calling on
+extends it). Which paths, parameters and weights a call uses is the adapter's business (`ExchangeAdapter`).
 
 The base URL must pass the exchange allowlist (tickstream.exchange_endpoints) before every call; redirects are
 never followed (the allowlist would mean nothing) and a response body is read up to MAX_RESPONSE_BYTES, no further.
@@ -17,14 +19,16 @@ from typing import Any
 import orjson
 import requests
 
+from producer_service.exchanges.base import RestLimits
 from tickstream.exchange_endpoints import check_endpoint
+from tickstream.venues import BINANCE, Venue
 
 log = logging.getLogger(__name__)
 
-WEIGHTS = {"/api/v3/aggTrades": 4, "/api/v3/historicalTrades": 25, "/api/v3/exchangeInfo": 20}
-PAGE_LIMIT = 1000
-# exchangeInfo of every spot symbol, the largest answer, is a few MiB; a page of 1000 trades ~150 KiB.
+# The largest answer, a venue's list of every symbol, is a few MiB; a page of 1000 trades ~150 KiB.
 MAX_RESPONSE_BYTES = 32 * 1024**2
+# A client not told its venue's budget (tests, tools): no budget of its own, only 429s and bans are honoured.
+NO_BUDGET = RestLimits(weight_per_window=2**62, window_seconds=60.0, page_size=1000)
 
 
 class RestBanned(RuntimeError):
@@ -34,47 +38,41 @@ class RestBanned(RuntimeError):
 class RestError(RuntimeError):
     """A REST call that failed in a way retrying will not fix (e.g. an invalid symbol)."""
 
-    def __init__(self, status: int, code: int | None, message: str) -> None:
+    def __init__(self, status: int, code: int | str | None, message: str) -> None:
         super().__init__(f"HTTP {status} code {code}: {message}")
         self.status = status
         self.code = code
 
 
-class BinanceRest:
-    def __init__(self, base_url: str, weight_per_minute: int = 6000, share: float = 0.8,
+class RestClient:
+    def __init__(self, base_url: str, limits: RestLimits = NO_BUDGET, share: float = 0.8,
                  stop: threading.Event | None = None, timeout: float = 10.0,
-                 allowed_hosts: frozenset[str] = frozenset()) -> None:
-        """`allowed_hosts`: EXCHANGE_HOST_ALLOWLIST, beyond the venues' official hosts."""
+                 allowed_hosts: frozenset[str] = frozenset(), venue: Venue = BINANCE) -> None:
+        """`limits`: the venue's budget (its adapter's), of which `share` is used. `allowed_hosts`:
+        EXCHANGE_HOST_ALLOWLIST, beyond the venues' official hosts."""
         self.base_url = base_url.rstrip("/")
         self.allowed_hosts = allowed_hosts
-        self.budget = int(weight_per_minute * share)
+        self.venue = venue  # whose official hosts base_url may name
+        self.budget = int(limits.weight_per_window * share)
+        self.window_seconds = limits.window_seconds
+        self.used_weight_header = limits.used_weight_header
         self.stop = stop or threading.Event()
         self.timeout = timeout
         self.banned = False
         self.used_weight = 0
-        self._minute = int(time.time() // 60)
+        self._window = self._current_window()
         self._lock = threading.Lock()
         self._session = requests.Session()
 
-    def agg_trades(self, symbol: str, from_id: int, limit: int = PAGE_LIMIT) -> list[dict[str, Any]]:
-        return self._get("/api/v3/aggTrades", {"symbol": symbol, "fromId": from_id, "limit": limit})
-
-    def historical_trades(self, symbol: str, from_id: int, limit: int = PAGE_LIMIT) -> list[dict[str, Any]]:
-        return self._get("/api/v3/historicalTrades", {"symbol": symbol, "fromId": from_id, "limit": limit})
-
-    def trading_symbols(self) -> set[str]:
-        """Symbols the exchange lists as TRADING (for telling unknown symbols from quiet ones)."""
-        info = self._get("/api/v3/exchangeInfo", {})
-        return {item["symbol"] for item in info.get("symbols", []) if item.get("status") == "TRADING"}
-
-    def _get(self, path: str, params: dict[str, Any]) -> Any:
+    def get(self, path: str, params: dict[str, Any], weight: int = 1) -> Any:
+        """GET base_url + path within the budget (`weight`: what the venue counts for this call); the JSON body."""
         while True:
             if self.banned:
                 raise RestBanned("REST is banned for this IP (418); not calling again")
-            self._wait_for_budget(WEIGHTS.get(path, 1))
+            self._wait_for_budget(weight)
             if self.stop.is_set():
                 raise InterruptedError("producer stopping")
-            check_endpoint(self.base_url, "rest", self.allowed_hosts)  # again here: defence in depth
+            check_endpoint(self.base_url, "rest", self.allowed_hosts, self.venue)  # again here: defence in depth
             response = self._session.get(self.base_url + path, params=params, timeout=self.timeout,
                                          allow_redirects=False, stream=True)
             with response:
@@ -94,20 +92,26 @@ class BinanceRest:
                 raise _rest_error(response.status_code, body)
             return orjson.loads(body)
 
+    def _current_window(self) -> int:
+        return int(time.time() // self.window_seconds)
+
     def _wait_for_budget(self, weight: int) -> None:
         with self._lock:
-            minute = int(time.time() // 60)
-            if minute != self._minute:
-                self._minute, self.used_weight = minute, 0
+            window = self._current_window()
+            if window != self._window:
+                self._window, self.used_weight = window, 0
             over = self.used_weight + weight > self.budget
+            if not over and self.used_weight_header is None:
+                self.used_weight += weight  # no header to tell us: count it ourselves
         if over:
-            self._sleep(60 - time.time() % 60 + 0.05, f"REST weight budget {self.budget}/min reached")
+            self._sleep(self.window_seconds - time.time() % self.window_seconds + 0.05,
+                        f"REST weight budget {self.budget} per {self.window_seconds:.0f} s reached")
 
     def _note_weight(self, response: requests.Response) -> None:
-        header = response.headers.get("X-MBX-USED-WEIGHT-1M")
+        header = response.headers.get(self.used_weight_header) if self.used_weight_header else None
         if header and header.isdigit():
             with self._lock:
-                self._minute, self.used_weight = int(time.time() // 60), int(header)
+                self._window, self.used_weight = self._current_window(), int(header)
 
     def _sleep(self, seconds: float, why: str) -> None:
         log.warning("%s: pausing REST for %.1f s", why, seconds)

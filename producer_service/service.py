@@ -1,4 +1,5 @@
-"""The producer process: follows the catalog (brokers, scripts) live and runs one feed per broker endpoint."""
+"""The producer process: follows the catalog (brokers, scripts) live and runs one feed per broker endpoint, each
+speaking its broker's venue through the adapter `brokers.type` names (producer_service.exchanges.registry)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ import pymysql
 from producer_service.audit import Auditor, AuditRequest
 from producer_service.catalog_targets import BrokerTargets, load_targets_for
 from producer_service.config import ProducerSettings
-from producer_service.feed import BinanceFeed, ScriptTarget
+from producer_service.exchanges.base import ExchangeAdapter
+from producer_service.feed import Feed, ScriptTarget, attempts_limiter
 from producer_service.heartbeat import Heartbeat
 from producer_service.journal import Journal
 from producer_service.ledger import GapLedger
 from producer_service.pacing import RateLimiter
-from producer_service.rest import BinanceRest
+from producer_service.rest import RestClient
 from producer_service.sequencer import Sequencer
 from producer_service.sink import SqsSender, TickSink
 from producer_service.status import StatusPublisher
@@ -43,8 +45,9 @@ class ProducerService:
         self.load_targets = load_targets
         self.stop_requested = threading.Event()  # SIGTERM: leave the run loop
         self.sequencer = Sequencer(max_jump=settings.max_backfill_trades)
-        self.attempts = RateLimiter(settings.connection_attempts_per_5_min, 300.0)
-        self.feeds: dict[tuple[int, str, str], BinanceFeed] = {}
+        self.attempts: dict[str, RateLimiter] = {}  # venue type → its connection attempts, shared by its feeds
+        self.feeds: dict[tuple[int, str, str, str], Feed] = {}
+        self.unsupported: dict[int, BrokerTargets] = {}  # brokers of a type no adapter speaks: reported in status
         self._db: pymysql.Connection | None = None
         self.ledger = GapLedger(connect_db)
         self.auditor = Auditor(connect_db, self.ledger, self.stop_requested)
@@ -79,7 +82,8 @@ class ProducerService:
             log.warning("catalog unavailable (%s); keeping current subscriptions", error)
             self._drop_connection()
             return
-        wanted = {broker.endpoint: broker for broker in brokers}
+        self.unsupported = {broker.broker_id: broker for broker in brokers if broker.adapter is None}
+        wanted = {broker.endpoint: broker for broker in brokers if broker.adapter is not None}
         for endpoint in set(self.feeds) - set(wanted):
             self._close_feed(endpoint)
         for broker in wanted.values():
@@ -88,12 +92,8 @@ class ProducerService:
     def _apply(self, broker: BrokerTargets) -> None:
         feed = self.feeds.get(broker.endpoint)
         if feed is None:
-            stop = threading.Event()  # the feed's own: closing it (an endpoint change) stops its backfill and REST
-            rest = BinanceRest(broker.rest_url, self.settings.rest_weight_per_minute, self.settings.rest_weight_share,
-                               stop, self.settings.rest_timeout_seconds, self.allowed_hosts)
-            feed = BinanceFeed(f"broker {broker.broker_id}", broker.ws_url, rest, self.settings,
-                               self.sink, self.sequencer, self.attempts, stop, self.ledger, self.allowed_hosts)
-            self.feeds[broker.endpoint] = feed
+            assert broker.adapter is not None  # refresh() keeps the others apart
+            feed = self.feeds[broker.endpoint] = self._open_feed(broker, broker.adapter)
         gone = [target for stream, target in feed.by_stream.items()
                 if stream not in {t.stream for t in broker.targets}]
         new = [target for target in broker.targets if target.stream not in feed.by_stream]
@@ -103,7 +103,17 @@ class ProducerService:
         for target in gone:
             self.sequencer.forget(target.script_id)
 
-    def _resume(self, feed: BinanceFeed, targets: list[ScriptTarget]) -> dict[int, int]:
+    def _open_feed(self, broker: BrokerTargets, adapter: ExchangeAdapter) -> Feed:
+        stop = threading.Event()  # the feed's own: closing it (an endpoint change) stops its backfill and REST
+        rest = RestClient(broker.rest_url, adapter.rest_limits, self.settings.rest_weight_share, stop,
+                          self.settings.rest_timeout_seconds, self.allowed_hosts, adapter.venue)
+        attempts = self.attempts.get(adapter.venue.type)
+        if attempts is None:
+            attempts = self.attempts[adapter.venue.type] = attempts_limiter(adapter.limits)
+        return Feed(f"broker {broker.broker_id}", broker.ws_url, adapter, rest, self.settings, self.sink,
+                    self.sequencer, attempts, stop, self.ledger, self.allowed_hosts)
+
+    def _resume(self, feed: Feed, targets: list[ScriptTarget]) -> dict[int, int]:
         """The sequencer continues after what is stored or journaled (the first live id then reveals the gap
         since); the ledger's unfinished gaps of these scripts go to the backfill. Returns the resume points."""
         if not targets:
@@ -120,7 +130,7 @@ class ProducerService:
         return {target.script_id: last for target in targets
                 if (last := self.sequencer.last_id(target.script_id)) is not None}
 
-    def _audit(self, feed: BinanceFeed, targets: list[ScriptTarget], resume_points: dict[int, int]) -> None:
+    def _audit(self, feed: Feed, targets: list[ScriptTarget], resume_points: dict[int, int]) -> None:
         """Below its resume point, a script's ids are the audit's; above it, the live stream's and its gaps'."""
         for target in targets:
             resume_point = resume_points.get(target.script_id)
@@ -128,7 +138,7 @@ class ProducerService:
                 self.auditor.request(AuditRequest(target.script_id, target.symbol, target.stream_type, resume_point,
                                                   feed.backfiller))
 
-    def _close_feed(self, endpoint: tuple[int, str, str]) -> None:
+    def _close_feed(self, endpoint: tuple[int, str, str, str]) -> None:
         feed = self.feeds.pop(endpoint)
         for target in feed.by_stream.values():
             self.sequencer.forget(target.script_id)
@@ -163,6 +173,9 @@ class ProducerService:
         try:
             for endpoint, feed in self.feeds.items():
                 self.status.publish(self._connection(), endpoint[0], feed, self.sequencer, stopped=final)
+            for broker in self.unsupported.values():
+                self.status.publish_unsupported(self._connection(), broker.broker_id, broker.targets,
+                                                broker.problem or "no exchange adapter")
         except CONNECTION_ERRORS as error:
             log.warning("producer status not published (%s)", error)
             self._drop_connection()

@@ -1,14 +1,16 @@
 """The producer's status per script (table producer_status), one multi-row upsert per broker every few seconds.
 
-States: subscribed, unknown_symbol (the exchange does not list it: nothing is collected), backfilling (open gaps,
-with ids done / in all), lagging (median trade-to-receive lag above PRODUCER_LAGGING_MS), connecting (its connection
-is not up). Lag percentiles come from the feed's bounded per-script sample, never from the ticks.
+States: subscribed, unknown_symbol (the exchange does not list it, or refused its subscription: nothing is
+collected), backfilling (open gaps, with ids done / in all), lagging (median trade-to-receive lag above
+PRODUCER_LAGGING_MS), connecting (its connection is not up), unknown_type (its broker's `type` has no exchange
+adapter: nothing is collected). Lag percentiles come from the feed's bounded per-script sample, never from the
+ticks.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -17,7 +19,8 @@ import pymysql
 from producer_service.sequencer import Sequencer
 
 if TYPE_CHECKING:
-    from producer_service.feed import BinanceFeed, ScriptTarget
+    from producer_service.exchanges.base import ScriptTarget
+    from producer_service.feed import Feed
 
 COLUMNS = ("script_id", "broker_id", "state", "detail", "connection", "last_trade_id", "last_traded_at",
            "backfill_done", "backfill_total", "lag_ms_p50", "lag_ms_p99", "reported_at")
@@ -46,9 +49,19 @@ class StatusPublisher:
         self._last = time.monotonic()
         return True
 
-    def publish(self, conn: pymysql.Connection, broker_id: int, feed: BinanceFeed, sequencer: Sequencer,
+    def publish(self, conn: pymysql.Connection, broker_id: int, feed: Feed, sequencer: Sequencer,
                 stopped: bool = False) -> int:
-        rows = self.rows(broker_id, feed, sequencer, stopped)
+        return self._upsert(conn, self.rows(broker_id, feed, sequencer, stopped))
+
+    def publish_unsupported(self, conn: pymysql.Connection, broker_id: int, targets: Sequence[ScriptTarget],
+                            problem: str) -> int:
+        """The scripts of a broker whose type no adapter speaks: state unknown_type, the problem as detail."""
+        now = datetime.now(UTC).replace(tzinfo=None)
+        return self._upsert(conn, [(target.script_id, broker_id, "unknown_type", problem[:500], None, None, None,
+                                    None, None, None, None, now) for target in targets])
+
+    @staticmethod
+    def _upsert(conn: pymysql.Connection, rows: list[StatusRow]) -> int:
         if rows:
             with conn.cursor() as cursor:
                 placeholders = ", ".join(["(" + ", ".join(["%s"] * len(COLUMNS)) + ")"] * len(rows))
@@ -56,7 +69,7 @@ class StatusPublisher:
             conn.commit()
         return len(rows)
 
-    def rows(self, broker_id: int, feed: BinanceFeed, sequencer: Sequencer, stopped: bool = False) -> list[StatusRow]:
+    def rows(self, broker_id: int, feed: Feed, sequencer: Sequencer, stopped: bool = False) -> list[StatusRow]:
         now = datetime.now(UTC).replace(tzinfo=None)
         progress = feed.backfiller.progress()
         connection_of = {stream: conn for conn in feed.connections for stream in conn.streams}
@@ -73,13 +86,16 @@ class StatusPublisher:
         return rows
 
     @staticmethod
-    def _targets(feed: BinanceFeed) -> Iterable[ScriptTarget]:
+    def _targets(feed: Feed) -> Iterable[ScriptTarget]:
         return [*feed.by_stream.values(), *(t for s, t in feed.unknown.items() if s not in feed.by_stream)]
 
-    def _state(self, feed: BinanceFeed, target: ScriptTarget, conn: object, p50: int | None, backfill_total: int | None,
+    def _state(self, feed: Feed, target: ScriptTarget, conn: object, p50: int | None, backfill_total: int | None,
                stopped: bool) -> tuple[str, str | None]:
         if target.stream in feed.unknown:
             return "unknown_symbol", f"{target.symbol} is not a trading symbol on {feed.rest.base_url}"
+        refused = feed.refused.get(target.stream)
+        if refused is not None:
+            return "unknown_symbol", f"{target.symbol}: the exchange refused the subscription: {refused}"[:500]
         if stopped:
             return "connecting", "producer stopped"
         if conn is None or getattr(conn, "connected_at", None) is None:

@@ -32,10 +32,10 @@ import requests
 from infra.localstack import start_localstack, stop_localstack
 from infra.localstack_config import REPO_ROOT, LocalStackSettings, aws_client
 from infra.stack import LOCALSTACK_COMMUNITY_PARAMETERS, create_or_update, sam_package, wait_for_functions
+from producer_service.exchanges.binance import rest_aggtrade_to_tick, rest_trade_to_tick
 from simulator.harness import ExchangeSimulator
 from simulator.protocol import agg_rest, trade_rest
 from tests.conftest import make_broker, make_script
-from tickstream.binance import rest_aggtrade_to_tick, rest_trade_to_tick
 from tickstream.db import CONNECTION_ERRORS, connect
 from tickstream.settings import DatabaseSettings
 from tickstream.tick_store import insert_ticks_ignore

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tickstream.binance import (
+from producer_service.exchanges.binance import (
     MalformedPayload,
     event_to_tick,
     parse_frame,

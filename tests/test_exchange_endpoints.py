@@ -20,8 +20,9 @@ from infra.template_checks import load_template
 from producer_service import rest
 from producer_service.catalog_targets import load_targets_for
 from producer_service.connection import ConnectionLimits, StreamConnection
+from producer_service.exchanges.binance import ADAPTER as BINANCE
 from producer_service.pacing import RateLimiter
-from producer_service.rest import BinanceRest, RestError
+from producer_service.rest import RestClient, RestError
 from tests.api_fixtures import InProcessApi, reset_api_state
 from tests.conftest import SIMULATOR_HOSTS
 from tickstream import catalog
@@ -191,10 +192,10 @@ def test_rest_does_not_follow_a_redirect(servers: list[Any]) -> None:
     target = Http(lambda _path: (200, {}, b'{"symbols": []}'))
     redirector = Http(lambda path: (302, {"Location": target.url + path, "Content-Length": "0"}, b""))
     servers += [target, redirector]
-    client = BinanceRest(redirector.url, allowed_hosts=SIMULATOR_HOSTS)
+    client = RestClient(redirector.url, allowed_hosts=SIMULATOR_HOSTS)
 
     with pytest.raises(RestError, match="redirect"):
-        client.trading_symbols()
+        BINANCE.trading_symbols(client)
     assert redirector.paths and target.paths == []
 
 
@@ -212,14 +213,14 @@ def test_rest_reads_a_body_only_up_to_the_cap(servers: list[Any], monkeypatch: p
     servers.append(server)
 
     with pytest.raises(RestError, match="refused"):
-        BinanceRest(server.url, allowed_hosts=SIMULATOR_HOSTS).trading_symbols()
+        BINANCE.trading_symbols(RestClient(server.url, allowed_hosts=SIMULATOR_HOSTS))
 
 
 def test_rest_never_calls_a_host_outside_the_allowlist(servers: list[Any]) -> None:
     elsewhere = Http(lambda _path: (200, {}, b"{}"), host="127.0.0.2")  # loopback, but not named in the setting
     servers.append(elsewhere)
     with pytest.raises(EndpointRefused, match=r"127\.0\.0\.2"):
-        BinanceRest(elsewhere.url, allowed_hosts=SIMULATOR_HOSTS).trading_symbols()
+        BINANCE.trading_symbols(RestClient(elsewhere.url, allowed_hosts=SIMULATOR_HOSTS))
     assert elsewhere.paths == []
 
 
@@ -259,7 +260,7 @@ class Listener:
 
 
 def connection(url: str) -> StreamConnection:
-    conn = StreamConnection("test", url, ConnectionLimits(3.0, 10.0, 0.2), RateLimiter(100, 1.0),
+    conn = StreamConnection("test", url, BINANCE, ConnectionLimits(3.0, 10.0, 0.2), RateLimiter(100, 1.0),
                             lambda *_: None, lambda _conn: None, SIMULATOR_HOSTS)
     conn.start({"btcusdt@aggTrade"})
     return conn

@@ -39,11 +39,13 @@ from producer_service.connection import (
     MessageTooBig,
     StreamConnection,
 )
-from producer_service.feed import BinanceFeed, ScriptTarget
+from producer_service.exchanges.base import script_target
+from producer_service.exchanges.binance import ADAPTER as BINANCE
+from producer_service.feed import Feed
 from producer_service.journal import Journal
 from producer_service.ledger import GapLedger
 from producer_service.pacing import RateLimiter
-from producer_service.rest import BinanceRest
+from producer_service.rest import RestClient
 from producer_service.sequencer import Gap, Sequencer
 from producer_service.service import ProducerService
 from producer_service.sink import TickBuffer
@@ -642,9 +644,9 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
 def collecting_connection(url: str, streams: set[str], watchdog_seconds: float = 10.0,
                           ) -> tuple[StreamConnection, list[bytes]]:
     got: list[bytes] = []
-    conn = StreamConnection("test", url, ConnectionLimits(3.0, watchdog_seconds, 0.2), RateLimiter(100, 1.0),
-                            lambda _conn, messages, _us: got.extend(messages), lambda _conn: None,
-                            SIMULATOR_HOSTS)
+    conn = StreamConnection("test", url, BINANCE, ConnectionLimits(3.0, watchdog_seconds, 0.2),
+                            RateLimiter(100, 1.0), lambda _conn, messages, _us: got.extend(messages),
+                            lambda _conn: None, SIMULATOR_HOSTS)
     conn.start(streams)
     return conn, got
 
@@ -773,15 +775,15 @@ def test_feed_sorts_one_read_of_mixed_frames(tmp_path: Path) -> None:
     stop = threading.Event()
     sink = RecordingSink()
     sequencer = Sequencer()
-    feed = BinanceFeed("test", "ws://127.0.0.1:9", BinanceRest("http://127.0.0.1:9", stop=stop), ProducerSettings(),
-                       sink, sequencer, RateLimiter(10, 1.0), stop,  # type: ignore[arg-type]
-                       GapLedger(lambda: pytest.fail("the ledger is not used here")))
+    feed = Feed("test", "ws://127.0.0.1:9", BINANCE, RestClient("http://127.0.0.1:9", stop=stop), ProducerSettings(),
+                sink, sequencer, RateLimiter(10, 1.0), stop,  # type: ignore[arg-type]
+                GapLedger(lambda: pytest.fail("the ledger is not used here")))
     jobs: list[BackfillJob] = []
     feed.backfiller.request = jobs.append  # type: ignore[method-assign]
-    for target in (ScriptTarget(1, "BTCUSDT", "trade"), ScriptTarget(2, "SOLUSDT", "trade")):
+    for target in (script_target(BINANCE, 1, "BTCUSDT", "trade"), script_target(BINANCE, 2, "SOLUSDT", "trade")):
         feed.by_stream[target.stream] = target
-    conn = StreamConnection("test#1", "ws://127.0.0.1:9", ConnectionLimits(3.0, 10.0, 1.0), RateLimiter(1, 1.0),
-                            feed._on_frames, feed._on_connected)
+    conn = StreamConnection("test#1", "ws://127.0.0.1:9", BINANCE, ConnectionLimits(3.0, 10.0, 1.0),
+                            RateLimiter(1, 1.0), feed._on_frames, feed._on_connected)
     btc, sol = "btcusdt@trade", "solusdt@trade"
     try:
         feed._on_frames(conn, [

@@ -2,7 +2,7 @@
 what the producer rejects is a malformed frame (counted, skipped) and never reaches a message.
 
 Property-based (hypothesis) over arbitrary trade payloads, through the producer's real frame path
-(`BinanceFeed._on_frames`), the real packer and the ingest's real decoder.
+(`Feed._on_frames` with the Binance adapter), the real packer and the ingest's real decoder.
 """
 
 from __future__ import annotations
@@ -18,10 +18,12 @@ from hypothesis import strategies as st
 
 from producer_service.backfill import BackfillJob
 from producer_service.config import ProducerSettings
-from producer_service.feed import BinanceFeed, ScriptTarget
+from producer_service.exchanges.base import script_target
+from producer_service.exchanges.binance import ADAPTER as BINANCE
+from producer_service.feed import Feed
 from producer_service.ledger import GapLedger
 from producer_service.pacing import RateLimiter
-from producer_service.rest import BinanceRest
+from producer_service.rest import RestClient
 from producer_service.sequencer import Gap, Sequencer
 from tickstream.codec import pack_ticks, split_message
 from tickstream.ticks import DECIMAL_PATTERN, MAX_TIME_US, MIN_TIME_US, Tick
@@ -41,14 +43,14 @@ class RecordingSink:
 
 
 @pytest.fixture(scope="module")
-def feed() -> Iterator[tuple[BinanceFeed, RecordingSink]]:
+def feed() -> Iterator[tuple[Feed, RecordingSink]]:
     stop = threading.Event()
     sink = RecordingSink()
-    feed = BinanceFeed("contract", "ws://127.0.0.1:9", BinanceRest("http://127.0.0.1:9", stop=stop),
-                       ProducerSettings(), sink, Sequencer(), RateLimiter(10, 1.0), stop,  # type: ignore[arg-type]
-                       GapLedger(lambda: pytest.fail("the ledger is not used here")))
+    feed = Feed("contract", "ws://127.0.0.1:9", BINANCE, RestClient("http://127.0.0.1:9", stop=stop),
+                ProducerSettings(), sink, Sequencer(), RateLimiter(10, 1.0), stop,  # type: ignore[arg-type]
+                GapLedger(lambda: pytest.fail("the ledger is not used here")))
     feed.backfiller.request = lambda job: None  # type: ignore[method-assign]  # gaps are not this test's subject
-    target = ScriptTarget(SCRIPT_ID, "BTCUSDT", "trade")
+    target = script_target(BINANCE, SCRIPT_ID, "BTCUSDT", "trade")
     feed.by_stream[target.stream] = target
     yield feed, sink
     stop.set()
@@ -103,7 +105,7 @@ def frame(event: dict[str, Any]) -> bytes:
 @example(payload={"e": "trade", "E": 1_700_000_000_123, "s": "BTCUSDT", "t": 43, "p": "95234.56000000",
                 "q": "0.00100000", "T": 1_700_000_000_120, "m": False, "M": True})
 def test_what_the_producer_accepts_the_ingest_decodes_to_the_same_values(
-        feed: tuple[BinanceFeed, RecordingSink], payload: dict[str, Any]) -> None:
+        feed: tuple[Feed, RecordingSink], payload: dict[str, Any]) -> None:
     producer, sink = feed
     producer.sequencer = Sequencer()  # each payload on its own: no duplicate or jump verdicts between examples
     sink.ticks.clear()
@@ -126,7 +128,7 @@ def test_what_the_producer_accepts_the_ingest_decodes_to_the_same_values(
 
 
 @pytest.mark.parametrize("digit", NON_ASCII_DIGITS)
-def test_a_price_with_non_ascii_digits_is_a_malformed_frame(feed: tuple[BinanceFeed, RecordingSink],
+def test_a_price_with_non_ascii_digits_is_a_malformed_frame(feed: tuple[Feed, RecordingSink],
                                                             digit: str) -> None:
     """`\\d` would take these; the ingest's bytes patterns never do, so the producer must not either."""
     producer, sink = feed
@@ -139,7 +141,7 @@ def test_a_price_with_non_ascii_digits_is_a_malformed_frame(feed: tuple[BinanceF
     assert (sink.ticks, producer.malformed) == ([], malformed + 1)
 
 
-def test_the_id_of_a_rejected_trade_becomes_a_gap_for_rest(feed: tuple[BinanceFeed, RecordingSink]) -> None:
+def test_the_id_of_a_rejected_trade_becomes_a_gap_for_rest(feed: tuple[Feed, RecordingSink]) -> None:
     """Trades 1, 2 (a fullwidth price) and 3: 1 and 3 are sent, and 2 is asked of REST, which has the right one."""
     producer, sink = feed
     producer.sequencer = Sequencer()

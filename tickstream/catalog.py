@@ -22,6 +22,8 @@ from typing import Any
 
 import pymysql
 
+from tickstream.venues import DEFAULT_TYPE
+
 DEFAULT_STREAM = "aggTrade"
 
 _ER_DUP_ENTRY = 1062
@@ -84,6 +86,7 @@ class ActiveScript:
     stream: str
     ws_url: str | None
     rest_url: str | None
+    broker_type: str = DEFAULT_TYPE  # brokers.type: which exchange adapter the producer speaks it with
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,7 +409,7 @@ def delete_script(conn: pymysql.Connection, script_id: int) -> DeleteResult | No
 def active_scripts(conn: pymysql.Connection, broker_ids: list[int] | None = None) -> list[ActiveScript]:
     """Active scripts of active brokers (of `broker_ids` only, when given), ordered by script id."""
     sql = (
-        "SELECT s.id, s.broker_id, s.trading_symbol, s.additional_data, b.api_config"
+        "SELECT s.id, s.broker_id, s.trading_symbol, s.additional_data, b.api_config, b.type"
         " FROM scripts s JOIN brokers b ON b.id = s.broker_id"
         " WHERE s.is_active AND b.is_active"
     )
@@ -432,6 +435,7 @@ def _active_script(row: Sequence[Any]) -> ActiveScript:
         stream=_stream_of(_json_object(row[3])),
         ws_url=_text_or_none(api_config.get("ws_url")),
         rest_url=_text_or_none(api_config.get("rest_url")),
+        broker_type=row[5],
     )
 
 

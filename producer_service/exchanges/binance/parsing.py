@@ -1,6 +1,6 @@
-"""Binance Spot market data → normalised ticks.
+"""Binance market data (spot, and Binance.US: the same payloads) → normalised ticks.
 
-Parsing only: no sockets here (transport lives in the producer). Each function turns one exchange payload into a
+Parsing only: no sockets here (transport lives in the generic producer). Each function turns one exchange payload into a
 `Tick` or raises `MalformedPayload`, so a bad frame costs one skipped message, never the connection.
 """
 
@@ -10,17 +10,10 @@ from typing import Any
 
 import orjson
 
+from producer_service.exchanges.base import MalformedPayload
 from tickstream.ticks import Tick, sample, tick_problem, validate_tick
 
-PRODUCTION_WS_URL = "wss://stream.binance.com:9443"
-PRODUCTION_REST_URL = "https://api.binance.com"
-STREAM_TYPES = ("aggTrade", "trade")
-DEFAULT_STREAM_TYPE = "aggTrade"
 SERVER_SHUTDOWN = "serverShutdown"
-
-
-class MalformedPayload(ValueError):
-    """A frame or REST item that is not a well-formed trade."""
 
 
 def stream_name(symbol: str, stream_type: str) -> str:

@@ -1,0 +1,167 @@
+"""The exchange seam: what the producer asks of a venue, and the plain records it gets back.
+
+One adapter per venue (`producer_service/exchanges/<venue>/`), in the spirit of cryptofeed's one class per exchange
+but with no global state: an adapter is an immutable value (its venue, its limits, pure functions); everything that
+changes (sockets, subscriptions, sequencing, backfill) is the generic producer's. The registry
+(`producer_service/exchanges/registry.py`) maps `brokers.type` to one.
+
+The protocol, as the generic code calls it (`ExchangeAdapter`):
+
+    venue: tickstream.venues.Venue
+        The declarative half, shared with the API: type, default ws/rest URLs, official hosts, symbol format,
+        allowed streams (the first is the default), `contiguous_ids` (an id jump is a gap to backfill).
+    limits: Limits
+        Streams per connection, client messages per second (pings and pongs included), streams per subscribe
+        message, connection lifetime, connection attempts per IP, `requests_per_hour` (a budget of subscribe and
+        unsubscribe messages per connection, e.g. OKX's 480; None: none), and `keepalive: Keepalive` (who pings,
+        how often, WS ping frames or text messages like OKX's "ping"/"pong", the server's idle timeout).
+    rest_limits: RestLimits
+        How the venue's REST budget is counted (weight per window, the header reporting the weight used) and how
+        many trades one backfill page holds.
+
+    connect_url(base_url: str) -> str
+        The WebSocket URL to open for a broker's ws base URL (e.g. base + "/stream").
+    stream_key(symbol: str, stream_type: str) -> str
+        The venue's name of one subscription; frames are routed back by it (e.g. "btcusdt@aggTrade").
+    subscribe_message(keys: Sequence[str], request_id: int) -> str
+    unsubscribe_message(keys: Sequence[str], request_id: int) -> str
+        One control message for up to `limits.streams_per_message` keys (a text frame's payload).
+    decode(raws: list[bytes], received_us: int, by_key: Mapping[str, ScriptTarget]) -> Decoded
+        Every message of one socket read → ticks (with their targets, in order), control events (ack, error,
+        shutdown, pong, ignored; an ack or error names its subscription key when the venue's answer tells) and
+        malformed frames (with why). The hot path: called once per read, never raises
+        for bad input (a bad frame costs one skipped message, never the connection).
+    trading_symbols(rest: RestClient) -> set[str]
+        Symbols the venue lists as tradable now (unknown ones are reported, not subscribed).
+    backfill_page(rest: RestClient, script_id: int, symbol: str, stream_type: str, from_id: int, limit: int,
+                  received_us: int) -> Page
+        Trades of (symbol, stream_type) with id >= from_id, as ticks of `script_id`, ascending by id, at most
+        `limit` (the venue's page size, `rest_limits.page_size`); the first is the earliest the venue still has
+        from `from_id` on, and an empty page means it has none. Items that are not well-formed trades come back in
+        `Page.rejected` (logged and skipped), never raised. The backfill loop (driven by the gap ledger) pages on
+        from the last id + 1 until the gap is filled.
+
+Trade ids are integers (`Tick.trade_id`, numeric strings parsed exactly by the adapter); REST failures raise the
+generic client's errors (`producer_service.rest`: RestError, RestBanned, transport errors), which the backfill loop
+retries or gives up on as it does for every venue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Protocol
+
+from tickstream.ticks import Tick
+from tickstream.venues import Venue
+
+if TYPE_CHECKING:
+    from producer_service.rest import RestClient
+
+
+class MalformedPayload(ValueError):
+    """A frame or REST item that is not a well-formed trade."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptTarget:
+    """One script to collect: its symbol and stream type, and `stream`, the adapter's key for that subscription."""
+
+    script_id: int
+    symbol: str
+    stream_type: str
+    stream: str
+
+
+@dataclass(frozen=True, slots=True)
+class Keepalive:
+    """The venue's ping/pong rules. WS ping frames from the server are always answered (payload echoed)."""
+
+    server_ping_seconds: float | None  # the server pings this often (e.g. a WS ping frame every 20 s)
+    idle_timeout_seconds: float  # the server drops a client that is silent / owes a pong this long (e.g. 60)
+    client_ping_seconds: float | None = None  # the client must ping after this long without receiving (OKX: < 30)
+    client_ping: str | None = None  # ... as this text message (OKX: "ping", answered "pong"); None: a WS ping frame
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    streams_per_connection: int
+    messages_per_second: float  # client → server messages per connection, pings and pongs included
+    streams_per_message: int  # keys one subscribe/unsubscribe message carries
+    connection_lifetime_seconds: float | None  # the venue cuts a connection after this long (None: never)
+    connection_attempts: int  # per IP per `connection_attempts_seconds`
+    connection_attempts_seconds: float
+    keepalive: Keepalive
+    requests_per_hour: int | None = None  # subscribe/unsubscribe messages per connection per hour (OKX: 480)
+
+
+@dataclass(frozen=True, slots=True)
+class RestLimits:
+    weight_per_window: int  # the IP's REST budget (e.g. 6000 request weight per minute)
+    window_seconds: float
+    page_size: int  # trades per backfill page (the venue's maximum)
+    used_weight_header: str | None = None  # a response header with the weight used in the current window
+
+
+class ControlKind(Enum):
+    ACK = "ack"  # a subscribe/unsubscribe answer
+    ERROR = "error"  # the venue refused a request
+    SHUTDOWN = "shutdown"  # the server is going away: rotate the connection now (make-before-break)
+    PONG = "pong"  # a text pong (OKX); WS pong frames never reach the adapter
+    IGNORED = "ignored"  # e.g. a late frame of a stream just unsubscribed
+
+
+@dataclass(frozen=True, slots=True)
+class ControlEvent:
+    kind: ControlKind
+    detail: str = ""
+    stream: str | None = None  # the subscription key an ack or error is about, when the answer names it
+
+
+@dataclass(slots=True)
+class Decoded:
+    """One socket read, decoded: `ticks[i]` belongs to `targets[i]`."""
+
+    ticks: list[Tick] = field(default_factory=list)
+    targets: list[ScriptTarget] = field(default_factory=list)
+    events: list[ControlEvent] = field(default_factory=list)
+    malformed: list[tuple[bytes, str]] = field(default_factory=list)  # (the frame, why)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    ticks: list[Tick]
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (a sample of the item, why)
+
+
+class ExchangeAdapter(Protocol):
+    """See the module docstring."""
+
+    @property
+    def venue(self) -> Venue: ...
+
+    @property
+    def limits(self) -> Limits: ...
+
+    @property
+    def rest_limits(self) -> RestLimits: ...
+
+    def connect_url(self, base_url: str) -> str: ...
+
+    def stream_key(self, symbol: str, stream_type: str) -> str: ...
+
+    def subscribe_message(self, keys: Sequence[str], request_id: int) -> str: ...
+
+    def unsubscribe_message(self, keys: Sequence[str], request_id: int) -> str: ...
+
+    def decode(self, raws: list[bytes], received_us: int, by_key: Mapping[str, ScriptTarget]) -> Decoded: ...
+
+    def trading_symbols(self, rest: RestClient) -> set[str]: ...
+
+    def backfill_page(self, rest: RestClient, script_id: int, symbol: str, stream_type: str, from_id: int,
+                      limit: int, received_us: int) -> Page: ...
+
+
+def script_target(adapter: ExchangeAdapter, script_id: int, symbol: str, stream_type: str) -> ScriptTarget:
+    return ScriptTarget(script_id, symbol, stream_type, adapter.stream_key(symbol, stream_type))
