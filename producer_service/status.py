@@ -28,9 +28,16 @@ UPSERT = (f"INSERT INTO producer_status ({', '.join(COLUMNS)}) VALUES {{rows}} O
           + ", ".join(f"{column} = VALUES({column})" for column in COLUMNS[1:]))
 StatusRow = tuple[object, ...]
 
+MAX_LAG_MS = 2**32 - 1  # producer_status.lag_ms_* are INT UNSIGNED
+
 
 def percentile(sorted_values: list[int], fraction: float) -> int:
     return sorted_values[min(len(sorted_values) - 1, int(fraction * len(sorted_values)))]
+
+
+def _lag_column(ms: int | None) -> int | None:
+    """Into INT UNSIGNED: a frame with an absurd time (far past or future) must not fail the broker's whole upsert."""
+    return None if ms is None else min(max(0, ms), MAX_LAG_MS)
 
 
 def _utc(us: int | None) -> datetime | None:
@@ -82,7 +89,7 @@ class StatusPublisher:
             state, detail = self._state(feed, target, conn, p50, total, stopped)
             rows.append((target.script_id, broker_id, state, detail, conn.name if conn else None,
                          sequencer.last_id(target.script_id), _utc(feed.last_trade_us.get(target.script_id)),
-                         done, total, None if p50 is None else max(0, p50), None if p99 is None else max(0, p99), now))
+                         done, total, _lag_column(p50), _lag_column(p99), now))
         return rows
 
     @staticmethod

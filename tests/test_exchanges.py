@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +18,17 @@ import pymysql
 import pytest
 
 from producer_service.catalog_targets import broker_targets
+from producer_service.config import ProducerSettings
 from producer_service.exchanges import binance, binance_us, registry
+from producer_service.exchanges.base import script_target
 from producer_service.exchanges.binance import BinanceAdapter
 from producer_service.exchanges.registry import UnknownExchange, adapter_for
+from producer_service.feed import Feed
+from producer_service.ledger import GapLedger
+from producer_service.pacing import RateLimiter
+from producer_service.rest import RestClient
+from producer_service.sequencer import Sequencer
+from producer_service.status import StatusPublisher
 from simulator.harness import ExchangeSimulator
 from tests.conftest import make_broker, make_script
 from tests.producer_harness import QueueReader, expected_ids, fresh_queue, running_producer, sqs, start_trading
@@ -167,3 +177,48 @@ def test_without_pacing_the_exchange_cuts_the_connection(db: pymysql.Connection,
                 assert sessions >= 2, "unpaced, the exchange cut the connection for exceeding 5 messages/s"
     finally:
         client.delete_queue(QueueUrl=queue)
+
+
+def test_status_of_a_script_with_absurd_trade_times_is_still_published(db: Any) -> None:
+    """A frame far in the past or future gives a lag beyond INT UNSIGNED; the broker's upsert must not fail."""
+    with db.cursor() as cursor:
+        cursor.execute("INSERT INTO brokers (type, name, api_config) VALUES ('binance', 'absurd', '{}')")
+        broker_id = cursor.lastrowid
+        cursor.execute("INSERT INTO scripts (broker_id, name, trading_symbol, additional_data)"
+                       " VALUES (%s, 'BTCUSDT', 'BTCUSDT', '{}')", (broker_id,))
+        script_id = cursor.lastrowid
+    stop = threading.Event()
+    feed = Feed("absurd", "ws://127.0.0.1:9", binance.ADAPTER, RestClient("http://127.0.0.1:9", stop=stop),
+                ProducerSettings(), None, Sequencer(), RateLimiter(10, 1.0), stop,  # type: ignore[arg-type]
+                GapLedger(lambda: db))
+    try:
+        target = script_target(binance.ADAPTER, script_id, "BTCUSDT", "aggTrade")
+        feed.by_stream[target.stream] = target
+        feed.lag_us[script_id] = deque([10**18, -(10**18)])  # 31,000 years late, and as early
+        assert StatusPublisher(5.0).publish(db, broker_id, feed, Sequencer()) == 1
+    finally:
+        stop.set()
+        feed.close()
+    with db.cursor() as cursor:
+        cursor.execute("SELECT lag_ms_p50, lag_ms_p99 FROM producer_status WHERE script_id = %s", (script_id,))
+        assert cursor.fetchone() == (2**32 - 1, 2**32 - 1)
+
+
+def test_a_script_that_names_no_stream_collects_its_venues_default(db: Any) -> None:
+    """additional_data without a stream means the venue's first stream (OKX: trades-all), not spot's aggTrade, which
+    the OKX adapter would refuse; and writing that default explicitly later is no change of market."""
+    with db.cursor() as cursor:
+        for venue in VENUES.values():
+            cursor.execute("INSERT INTO brokers (type, name, api_config) VALUES (%s, %s, '{}')",
+                           (venue.type, venue.title))
+            cursor.execute("INSERT INTO scripts (broker_id, name, trading_symbol, additional_data)"
+                           " VALUES (%s, %s, %s, '{}')", (cursor.lastrowid, venue.symbol_example,
+                                                           venue.symbol_example))
+    streams = {row.broker_type: row.stream for row in catalog.active_scripts(db)}
+    assert streams == {venue.type: venue.streams[0] for venue in VENUES.values()}
+    okx_script = next(row.script_id for row in catalog.active_scripts(db) if row.broker_type == "okx")
+    with db.cursor() as cursor:
+        cursor.execute("INSERT INTO ticks (script_id, trade_id, price, quantity, is_buyer_maker, traded_at, event_at,"
+                       " received_at_producer) VALUES (%s, 1, 1, 1, 0, NOW(6), NOW(6), NOW(6))", (okx_script,))
+    changed = catalog.update_script(db, okx_script, {"additional_data": {"stream": "trades-all"}})
+    assert changed is not None and changed.additional_data == {"stream": "trades-all"}

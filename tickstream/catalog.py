@@ -22,7 +22,7 @@ from typing import Any
 
 import pymysql
 
-from tickstream.venues import DEFAULT_TYPE
+from tickstream.venues import DEFAULT_TYPE, VENUES
 
 DEFAULT_STREAM = "aggTrade"
 
@@ -356,7 +356,7 @@ def update_script(conn: pymysql.Connection, script_id: int, changes: Mapping[str
             if row is None:
                 return None
             script = _script(row)
-            moved = _identity_changes(script, changes)
+            moved = _identity_changes(script, changes, _broker_type(cursor, script.broker_id))
             if moved and _has_ticks(cursor, script_id, lock=True):
                 raise IdentityLocked(f"script {script_id} has ticks, so its {' and '.join(moved)} cannot change")
             if check is not None and _MARKET_FIELDS & changes.keys():
@@ -367,16 +367,29 @@ def update_script(conn: pymysql.Connection, script_id: int, changes: Mapping[str
     return get_script(conn, script_id)
 
 
-def _stream_of(additional_data: Mapping[str, Any]) -> str:
+def default_stream(broker_type: str) -> str:
+    """The stream a script of this broker type collects when its additional_data names none: the venue's first."""
+    known = VENUES.get(broker_type)
+    return known.streams[0] if known is not None else DEFAULT_STREAM
+
+
+def stream_of(additional_data: Mapping[str, Any], broker_type: str) -> str:
     stream = additional_data.get("stream")
-    return stream if isinstance(stream, str) and stream else DEFAULT_STREAM
+    return stream if isinstance(stream, str) and stream else default_stream(broker_type)
 
 
-def _identity_changes(script: Script, changes: Mapping[str, Any]) -> list[str]:
+def _broker_type(cursor: pymysql.cursors.Cursor, broker_id: int) -> str:
+    cursor.execute("SELECT type FROM brokers WHERE id = %s", (broker_id,))
+    row = cursor.fetchone()
+    return row[0] if row is not None else DEFAULT_TYPE
+
+
+def _identity_changes(script: Script, changes: Mapping[str, Any], broker_type: str) -> list[str]:
     """The fields that name the script's market (broker_id, trading_symbol, stream) which `changes` alters."""
     moved = [field for field in ("broker_id", "trading_symbol")
              if field in changes and changes[field] != getattr(script, field)]
-    if "additional_data" in changes and _stream_of(changes["additional_data"]) != _stream_of(script.additional_data):
+    if "additional_data" in changes and (stream_of(changes["additional_data"], broker_type)
+                                         != stream_of(script.additional_data, broker_type)):
         moved.append("stream")
     return moved
 
@@ -432,7 +445,7 @@ def _active_script(row: Sequence[Any]) -> ActiveScript:
         script_id=row[0],
         broker_id=row[1],
         trading_symbol=row[2],
-        stream=_stream_of(_json_object(row[3])),
+        stream=stream_of(_json_object(row[3]), row[5]),
         ws_url=_text_or_none(api_config.get("ws_url")),
         rest_url=_text_or_none(api_config.get("rest_url")),
         broker_type=row[5],
