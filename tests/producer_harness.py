@@ -24,6 +24,7 @@ from tickstream.codec import decode_message
 from tickstream.settings import DatabaseSettings, Settings
 from tickstream.tick_store import insert_ticks_ignore
 from tickstream.ticks import Tick
+from tickstream.venues import venue
 
 FAST_PRODUCER = ProducerSettings(refresh_seconds=0.5, watchdog_seconds=10, stats_log_seconds=5,
                                  reconnect_backoff_max_seconds=1.0)
@@ -40,10 +41,12 @@ def fresh_queue(client: Any) -> str:
 
 def register_simulator(conn: pymysql.Connection, sim: ExchangeSimulator, symbols: list[str],
                        name: str = "Simulated exchange") -> dict[str, int]:
-    """A broker pointing at the simulator, with one script per symbol; returns symbol → script id."""
+    """A broker of the simulator's venue (its `brokers.type`) pointing at it, with one script per symbol on the
+    venue's default stream; returns symbol → script id."""
     api_config = orjson.dumps({"ws_url": sim.ws_url, "rest_url": sim.rest_url}).decode()
-    broker = make_broker(conn, name, api_config)
-    return {symbol: make_script(conn, broker, symbol) for symbol in symbols}
+    broker = make_broker(conn, name, api_config, sim.venue)
+    stream = venue(sim.venue).streams[0]
+    return {symbol: make_script(conn, broker, symbol, stream) for symbol in symbols}
 
 
 @dataclasses.dataclass
