@@ -122,6 +122,16 @@ class QueueReader:
         return done()
 
 
+def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
+    """Poll `condition` until it holds or `timeout` passes; its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.25)
+    return condition()
+
+
 def expected_ids(sim: ExchangeSimulator, symbol: str) -> set[int]:
     return set(sim.emitted_ids(symbol))
 

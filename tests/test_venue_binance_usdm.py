@@ -11,7 +11,7 @@ import dataclasses
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from tests.producer_harness import (
     sqs,
     start_trading,
     stop_trading,
+    wait_for,
 )
 from tickstream.settings import DatabaseSettings
 from tickstream.venues import BINANCE_USDM
@@ -87,15 +88,6 @@ def test_rest_pages_and_symbols_come_from_fapi() -> None:
 
 
 # --- the drill: every trade exactly once through the real pipeline --------------------------------------------
-
-def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.25)
-    return condition()
-
 
 def stored_ids(db: pymysql.Connection, script_id: int) -> list[int]:
     with db.cursor() as cursor:
