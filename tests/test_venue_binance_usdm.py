@@ -26,7 +26,7 @@ from producer_service.exchanges.registry import adapter_for
 from producer_service.rest import RestClient
 from simulator import venues as simulator_venues
 from simulator.harness import ExchangeSimulator, MultiVenueSimulator
-from tests.conftest import SIMULATOR_HOSTS, make_script
+from tests.conftest import SIMULATOR_HOSTS, make_broker, make_script
 from tests.producer_harness import (
     RunningProducer,
     fresh_queue,
@@ -37,8 +37,9 @@ from tests.producer_harness import (
     stop_trading,
     wait_for,
 )
+from tickstream import catalog
 from tickstream.settings import DatabaseSettings
-from tickstream.venues import BINANCE_USDM
+from tickstream.venues import BINANCE_USDM, venue
 
 USDM = "binance_usdm"
 RECEIVED_US = 1_760_000_000_200_000
@@ -276,3 +277,17 @@ def trade_everywhere(multi: MultiVenueSimulator, types: list[str], producer: Run
     start_trading(multi[types[0]], producer, rate=100)
     for broker_type in types[1:]:
         multi[broker_type].config.rate = 100
+
+
+def test_a_script_without_a_stream_collects_its_venues_default(db: pymysql.Connection) -> None:
+    """The API documents an unset additional_data.stream as the venue's first stream; the producer must read it so
+    (make demo creates its scripts that way: an OKX script read as aggTrade was skipped, collecting nothing)."""
+    scripts = {}
+    for broker_type in ("binance", USDM, "okx"):
+        broker = make_broker(db, f"{broker_type} defaults", "{}", broker_type)
+        with db.cursor() as cursor:
+            cursor.execute("INSERT INTO scripts (broker_id, name, trading_symbol, additional_data) VALUES "
+                           "(%s, 'x', %s, '{}')", (broker, venue(broker_type).symbol_example))
+            scripts[cursor.lastrowid] = broker_type
+    streams = {scripts[row.script_id]: row.stream for row in catalog.active_scripts(db)}
+    assert streams == {"binance": "aggTrade", USDM: "aggTrade", "okx": "trades-all"}

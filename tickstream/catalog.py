@@ -22,7 +22,7 @@ from typing import Any
 
 import pymysql
 
-from tickstream.venues import DEFAULT_TYPE
+from tickstream.venues import DEFAULT_TYPE, VENUES
 
 DEFAULT_STREAM = "aggTrade"
 # Ticks deleted per statement when purging: keeps each transaction (and its undo log) small on big scripts.
@@ -371,9 +371,15 @@ def update_script(conn: pymysql.Connection, script_id: int, changes: Mapping[str
     return get_script(conn, script_id)
 
 
-def _stream_of(additional_data: Mapping[str, Any]) -> str:
+def _stream_of(additional_data: Mapping[str, Any], default: str = DEFAULT_STREAM) -> str:
     stream = additional_data.get("stream")
-    return stream if isinstance(stream, str) and stream else DEFAULT_STREAM
+    return stream if isinstance(stream, str) and stream else default
+
+
+def _venue_default_stream(broker_type: str) -> str:
+    """An unset additional_data.stream means the broker's venue's default (OKX: trades-all), as the API says."""
+    known = VENUES.get(broker_type)
+    return known.streams[0] if known is not None else DEFAULT_STREAM
 
 
 def _identity_changes(script: Script, changes: Mapping[str, Any]) -> list[str]:
@@ -451,7 +457,7 @@ def _active_script(row: Sequence[Any]) -> ActiveScript:
         script_id=row[0],
         broker_id=row[1],
         trading_symbol=row[2],
-        stream=_stream_of(_json_object(row[3])),
+        stream=_stream_of(_json_object(row[3]), _venue_default_stream(row[5])),
         ws_url=_text_or_none(api_config.get("ws_url")),
         rest_url=_text_or_none(api_config.get("rest_url")),
         broker_type=row[5],
