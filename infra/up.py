@@ -2,8 +2,10 @@
 
 MariaDB (checked, database created, migrated) → host LocalStack with `template.yaml` deployed (queue, DLQ, ingest
 function) → the API (`chalice local`) on 127.0.0.1:8000 → the producer for all active brokers. With `--demo`, the
-exchange simulator stands in for Binance, a demo broker with BTCUSDT, ETHUSDT and PEPEUSDT is created through the
-API, and a live per-symbol tick count is printed (the seed's "Check Tick Count by Symbol").
+exchange simulator stands in for every venue the producer speaks (one process, each venue on its own port from
+SIMULATOR_PORT on, in the registry's order), a demo broker of each type with BTCUSDT, ETHUSDT and PEPEUSDT (in the
+venue's spelling) is created through the API, and a live per-symbol tick count is printed (the seed's "Check Tick
+Count by Symbol"), each symbol under its broker's type.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ import requests
 from infra.localstack import start_localstack, stop_localstack
 from infra.localstack_config import REPO_ROOT, settings_from_env
 from infra.stack import deploy_stack, environment_parameters
+from producer_service.exchanges.registry import ADAPTERS
+from producer_service.rest import RestClient
 from tickstream.migrate import migrate
 from tickstream.settings import database_settings
 
 API_PORT = int(os.environ.get("API_PORT", "8000"))
-SIMULATOR_PORT = int(os.environ.get("SIMULATOR_PORT", "9443"))
+SIMULATOR_PORT = int(os.environ.get("SIMULATOR_PORT", "9443"))  # the first venue's; the next ones count up
 SIMULATOR_HOST = "127.0.0.1"  # where the simulator listens; named in EXCHANGE_HOST_ALLOWLIST for --demo
 DEMO_SYMBOLS = ("BTCUSDT", "ETHUSDT", "PEPEUSDT")
 
@@ -80,28 +84,50 @@ def wait_for_http(url: str, timeout: float = 30.0) -> None:
     raise SystemExit(f"{url} did not answer within {timeout:.0f} s")
 
 
-def create_demo_broker(api: str, token: str, ws_url: str, rest_url: str) -> None:
+def demo_venues() -> dict[str, int]:
+    """Every broker type the producer has an adapter for → the simulator port that speaks it."""
+    return {broker_type: SIMULATOR_PORT + n for n, broker_type in enumerate(ADAPTERS)}
+
+
+def start_simulator(children: Processes, env: dict[str, str], ports: dict[str, int]) -> None:
+    """One simulator process serving every venue, each on its own port (WebSocket and REST)."""
+    venues = [arg for broker_type, port in ports.items() for arg in ("--venue", f"{broker_type}={port}")]
+    children.start("exchange simulator", [sys.executable, "-m", "simulator", *venues, "--symbols",
+                                          ",".join(DEMO_SYMBOLS), "--rate", "20", "--log-level", "WARNING"], env)
+    for port in ports.values():
+        wait_for_http(f"http://{SIMULATOR_HOST}:{port}/")  # any answer (a 404 too) means it listens
+
+
+def create_demo_broker(api: str, token: str, broker_type: str, port: int) -> None:
+    """A demo broker of `broker_type` on the simulator's `port`, and a script for each symbol it lists (spelled the
+    venue's way, as its adapter reads them), all through the API."""
+    ws_url, rest_url = f"ws://{SIMULATOR_HOST}:{port}", f"http://{SIMULATOR_HOST}:{port}"
+    adapter = ADAPTERS[broker_type]
+    name = f"Demo {adapter.venue.title} (exchange simulator)"
     headers = {"Authorization": f"Bearer {token}"}
     brokers = requests.get(f"{api}/brokers", headers=headers, timeout=5).json()["brokers"]
-    demo = next((b for b in brokers if b["name"] == "Demo (exchange simulator)"), None)
+    demo = next((b for b in brokers if b["name"] == name), None)
     if demo is None:
-        demo = requests.post(f"{api}/brokers", headers=headers, timeout=5, json={
-            "type": "binance", "name": "Demo (exchange simulator)",
-            "api_config": {"ws_url": ws_url, "rest_url": rest_url}}).json()
-        say(f"created broker {demo['id']} through the API")
+        response = requests.post(f"{api}/brokers", headers=headers, timeout=5, json={
+            "type": broker_type, "name": name, "api_config": {"ws_url": ws_url, "rest_url": rest_url}})
+        response.raise_for_status()
+        demo = response.json()
+        say(f"created {broker_type} broker {demo['id']} through the API")
     scripts = requests.get(f"{api}/scripts", params={"broker_id": demo["id"]}, headers=headers, timeout=5).json()
     have = {s["trading_symbol"] for s in scripts["scripts"]}
-    for symbol in DEMO_SYMBOLS:
-        if symbol not in have:
-            requests.post(f"{api}/scripts", headers=headers, timeout=5, json={
-                "broker_id": demo["id"], "name": symbol, "trading_symbol": symbol}).raise_for_status()
-            say(f"created script {symbol} through the API")
+    rest = RestClient(rest_url, adapter.rest_limits, allowed_hosts=frozenset({SIMULATOR_HOST}), venue=adapter.venue)
+    for symbol in sorted(adapter.trading_symbols(rest) - have):
+        requests.post(f"{api}/scripts", headers=headers, timeout=5, json={
+            "broker_id": demo["id"], "name": symbol, "trading_symbol": symbol}).raise_for_status()
+        say(f"created {broker_type} script {symbol} through the API")
 
 
 def print_counts(api: str, token: str) -> None:
-    stats = requests.get(f"{api}/stats", headers={"Authorization": f"Bearer {token}"}, timeout=5).json()
-    rows = [f"{s['trading_symbol']}: {s['tick_count']:,} ticks ({s['ticks_last_minute']:,} in the last minute)"
-            for s in stats["scripts"] if s["is_active"]]
+    headers = {"Authorization": f"Bearer {token}"}
+    types = {b["id"]: b["type"] for b in requests.get(f"{api}/brokers", headers=headers, timeout=5).json()["brokers"]}
+    stats = requests.get(f"{api}/stats", headers=headers, timeout=5).json()
+    rows = [f"{types.get(s['broker_id'], '?')} {s['trading_symbol']}: {s['tick_count']:,} ticks "
+            f"({s['ticks_last_minute']:,} in the last minute)" for s in stats["scripts"] if s["is_active"]]
     queues = stats["queues"]
     say("tick count by symbol — " + "; ".join(rows) + f" | queue {queues['queue']['approximate_messages']}, "
         f"DLQ {queues['dlq']['approximate_messages']}")
@@ -141,12 +167,10 @@ def main(argv: list[str] | None = None) -> None:
         wait_for_http(f"{api}/console")
         say(f"web console on {api}/console (sign in with the API token)")
         if args.demo:
-            children.start("exchange simulator", [sys.executable, "-m", "simulator", "--port", str(SIMULATOR_PORT),
-                                                  "--symbols", ",".join(DEMO_SYMBOLS), "--rate", "20",
-                                                  "--log-level", "WARNING"], env)
-            ws_url, rest_url = f"ws://{SIMULATOR_HOST}:{SIMULATOR_PORT}", f"http://{SIMULATOR_HOST}:{SIMULATOR_PORT}"
-            wait_for_http(f"{rest_url}/api/v3/ping")
-            create_demo_broker(api, token, ws_url, rest_url)
+            ports = demo_venues()
+            start_simulator(children, env, ports)
+            for broker_type, port in ports.items():
+                create_demo_broker(api, token, broker_type, port)
         children.start("producer", [sys.executable, "-m", "producer_service"], env)
         say("pipeline running; Ctrl-C stops everything")
         while not stop["now"] and not (dead := children.dead()):

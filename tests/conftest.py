@@ -66,9 +66,11 @@ def db(db_settings: DatabaseSettings) -> Iterator[pymysql.Connection]:
         conn.close()
 
 
-def make_broker(conn: pymysql.Connection, name: str = "Binance Test", api_config: str = "{}") -> int:
+def make_broker(conn: pymysql.Connection, name: str = "Binance Test", api_config: str = "{}",
+                broker_type: str = "binance") -> int:
     with conn.cursor() as cursor:
-        cursor.execute("INSERT INTO brokers (type, name, api_config) VALUES ('binance', %s, %s)", (name, api_config))
+        cursor.execute("INSERT INTO brokers (type, name, api_config) VALUES (%s, %s, %s)",
+                       (broker_type, name, api_config))
         return cursor.lastrowid
 
 

@@ -24,6 +24,7 @@ from tickstream.codec import decode_message
 from tickstream.settings import DatabaseSettings, Settings
 from tickstream.tick_store import insert_ticks_ignore
 from tickstream.ticks import Tick
+from tickstream.venues import venue
 
 FAST_PRODUCER = ProducerSettings(refresh_seconds=0.5, watchdog_seconds=10, stats_log_seconds=5,
                                  reconnect_backoff_max_seconds=1.0)
@@ -40,10 +41,12 @@ def fresh_queue(client: Any) -> str:
 
 def register_simulator(conn: pymysql.Connection, sim: ExchangeSimulator, symbols: list[str],
                        name: str = "Simulated exchange") -> dict[str, int]:
-    """A broker pointing at the simulator, with one script per symbol; returns symbol → script id."""
+    """A broker of the simulator's venue (its `brokers.type`) pointing at it, with one script per symbol on the
+    venue's default stream; returns symbol → script id."""
     api_config = orjson.dumps({"ws_url": sim.ws_url, "rest_url": sim.rest_url}).decode()
-    broker = make_broker(conn, name, api_config)
-    return {symbol: make_script(conn, broker, symbol) for symbol in symbols}
+    broker = make_broker(conn, name, api_config, sim.venue)
+    stream = venue(sim.venue).streams[0]
+    return {symbol: make_script(conn, broker, symbol, stream) for symbol in symbols}
 
 
 @dataclasses.dataclass
@@ -117,6 +120,16 @@ class QueueReader:
                 return True
             time.sleep(0.2)
         return done()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
+    """Poll `condition` until it holds or `timeout` passes; its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.25)
+    return condition()
 
 
 def expected_ids(sim: ExchangeSimulator, symbol: str) -> set[int]:

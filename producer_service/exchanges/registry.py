@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from producer_service.exchanges import binance, binance_us, okx
+from producer_service.exchanges import binance, binance_us, binance_usdm, okx
 from producer_service.exchanges.base import ExchangeAdapter
 
 ADAPTERS: dict[str, ExchangeAdapter] = {
     "binance": binance.ADAPTER,
     "binance_us": binance_us.ADAPTER,
+    "binance_usdm": binance_usdm.ADAPTER,
     "okx": okx.ADAPTER,
 }
 

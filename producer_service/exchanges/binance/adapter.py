@@ -1,5 +1,6 @@
 """Binance's market-data protocol: combined streams, SUBSCRIBE/UNSUBSCRIBE, `{"stream","data"}` envelopes, REST
-backfill by `fromId`. Spot uses it as is; Binance.US (`exchanges/binance_us`) on its own hosts.
+backfill by `fromId`. Spot uses it as is; Binance.US (`exchanges/binance_us`) on its own hosts; USD-M futures
+(`exchanges/binance_usdm`) with its own limits and REST paths (`BinanceRest`).
 
 Protocol reference: ../shared/reference/binance-spot-market-data.md (limits: 5 incoming messages per second per
 connection, pings and pongs included; 1024 streams per connection; a connection lives 24 h; the server pings every
@@ -47,9 +48,26 @@ SPOT_LIMITS = Limits(
 )
 SPOT_REST = RestLimits(weight_per_window=6000, window_seconds=60.0, page_size=1000,
                        used_weight_header="X-MBX-USED-WEIGHT-1M")
-EXCHANGE_INFO, AGG_TRADES, HISTORICAL_TRADES = "/api/v3/exchangeInfo", "/api/v3/aggTrades", "/api/v3/historicalTrades"
-WEIGHTS = {AGG_TRADES: 4, HISTORICAL_TRADES: 25, EXCHANGE_INFO: 20}
 REJECTED_SAMPLE_CHARS = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    path: str
+    weight: int  # request weight the venue charges for one call
+
+
+@dataclass(frozen=True, slots=True)
+class BinanceRest:
+    """Where a Binance venue's REST API keeps what the producer reads, and what each call costs."""
+
+    exchange_info: Endpoint
+    agg_trades: Endpoint  # aggregate trades by `fromId` (the `aggTrade` stream's `a`)
+    historical_trades: Endpoint | None  # trades by `fromId` (the `trade` stream's `t`); None: no `trade` stream
+
+
+SPOT_API = BinanceRest(Endpoint("/api/v3/exchangeInfo", 20), Endpoint("/api/v3/aggTrades", 4),
+                       Endpoint("/api/v3/historicalTrades", 25))
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +75,7 @@ class BinanceAdapter:
     venue: Venue
     limits: Limits = SPOT_LIMITS
     rest_limits: RestLimits = SPOT_REST
+    api: BinanceRest = SPOT_API
 
     def connect_url(self, base_url: str) -> str:
         return base_url.rstrip("/") + "/stream"
@@ -90,15 +109,19 @@ class BinanceAdapter:
 
     # -- REST --------------------------------------------------------------------------------------------
     def trading_symbols(self, rest: RestClient) -> set[str]:
-        info = rest.get(EXCHANGE_INFO, {}, WEIGHTS[EXCHANGE_INFO])
+        """Every symbol whose status is TRADING (futures: of any contractType, perpetual or delivery)."""
+        info = rest.get(self.api.exchange_info.path, {}, self.api.exchange_info.weight)
         return {item["symbol"] for item in info.get("symbols", []) if item.get("status") == "TRADING"}
 
     def backfill_page(self, rest: RestClient, script_id: int, symbol: str, stream_type: str, from_id: int,
                       limit: int, received_us: int) -> Page:
-        """`trade` ids come from historicalTrades, `aggTrade` ids from aggTrades, both by `fromId`."""
-        path, convert = ((HISTORICAL_TRADES, rest_trade_to_tick) if stream_type == "trade"
-                         else (AGG_TRADES, rest_aggtrade_to_tick))
-        items = rest.get(path, {"symbol": symbol, "fromId": from_id, "limit": limit}, WEIGHTS[path])
+        """`trade` ids come from historicalTrades, `aggTrade` ids (`a`, never `f`/`l`) from aggTrades, both by
+        `fromId`."""
+        endpoint, convert = ((self.api.historical_trades, rest_trade_to_tick) if stream_type == "trade"
+                             else (self.api.agg_trades, rest_aggtrade_to_tick))
+        if endpoint is None:
+            raise ValueError(f"{self.venue.title} has no {stream_type!r} trades to backfill")
+        items = rest.get(endpoint.path, {"symbol": symbol, "fromId": from_id, "limit": limit}, endpoint.weight)
         page = Page([])
         for item in items:
             try:
