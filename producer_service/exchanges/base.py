@@ -41,7 +41,25 @@ The protocol, as the generic code calls it (`ExchangeAdapter`):
 
 Trade ids are integers (`Tick.trade_id`, numeric strings parsed exactly by the adapter); REST failures raise the
 generic client's errors (`producer_service.rest`: RestError, RestBanned, transport errors), which the backfill loop
-retries or gives up on as it does for every venue.
+retries or gives up on as it does for every venue. An adapter calls REST only as `rest.get(path, params, weight)`
+(the JSON body; `weight` is what the venue counts for the call against `rest_limits`).
+
+What the generic side does with the declarations:
+- pace: everything one connection sends (subscribe, unsubscribe, pongs, client pings) is spaced evenly at 80 % of
+  `limits.messages_per_second`; a pong answers only the latest ping; keepalive and control messages take turns.
+- keepalive: WS ping frames are always answered; with `client_ping_seconds` set, after that long without receiving
+  anything the connection sends `client_ping` as a text message (or a WS ping frame when it is None); the venue's
+  text pong comes back through `decode` as a PONG event. The watchdog (PRODUCER_WATCHDOG_SECONDS) reconnects a
+  socket silent for longer.
+- sharding: at most min(`streams_per_connection`, PRODUCER_MAX_STREAMS_PER_CONNECTION) keys per connection; rotation
+  (make-before-break) an hour before `connection_lifetime_seconds` (or PRODUCER_ROTATE_AFTER_SECONDS, if sooner) and
+  on a SHUTDOWN event; connection attempts within 80 % of `connection_attempts` per IP, one limiter per venue.
+- sequencing: the generic sequencer drops ids at or below the last one and reports every jump as a gap to backfill
+  (what `venue.contiguous_ids` promises); a venue without contiguous ids needs its fallback there.
+- decode records the rare results with `Decoded.add_event` / `Decoded.add_malformed` (ticks and targets are
+  appended to `Decoded.ticks` / `Decoded.targets` directly).
+
+Adding a venue: a `Venue` in tickstream/venues.py, a folder here with an `ADAPTER` value, one line in registry.py.
 """
 
 from __future__ import annotations
