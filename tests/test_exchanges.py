@@ -17,8 +17,9 @@ import pytest
 
 from producer_service.catalog_targets import broker_targets
 from producer_service.config import ProducerSettings
-from producer_service.connection import ConnectionLimits, StreamConnection
+from producer_service.connection import OPCODE_PING, OPCODE_TEXT, ConnectionLimits, StreamConnection
 from producer_service.exchanges import binance, binance_us, registry
+from producer_service.exchanges.base import Keepalive
 from producer_service.exchanges.binance import BinanceAdapter
 from producer_service.exchanges.registry import UnknownExchange, adapter_for
 from producer_service.feed import VENUE_LIMIT_SHARE, attempts_limiter, rotate_after_seconds
@@ -26,6 +27,7 @@ from producer_service.pacing import RateLimiter
 from simulator.harness import ExchangeSimulator
 from tests.conftest import SIMULATOR_HOSTS, make_broker, make_script
 from tests.producer_harness import QueueReader, expected_ids, fresh_queue, running_producer, sqs, start_trading
+from tests.test_producer import CraftedServer
 from tickstream import catalog
 from tickstream.exchange_endpoints import endpoint_problem
 from tickstream.settings import DatabaseSettings
@@ -205,3 +207,27 @@ def test_generic_settings_cap_the_venues_limits() -> None:
     forever = dataclasses.replace(spot, connection_lifetime_seconds=None)
     assert rotate_after_seconds(ProducerSettings(), forever) == float("inf"), "no lifetime: no rotation by age"
     assert attempts_limiter(spot).count == 240, "80 % of 300 attempts per 5 minutes"
+
+
+@pytest.mark.parametrize(("client_ping", "opcode", "payload"), [("ping", OPCODE_TEXT, b"ping"),
+                                                                 (None, OPCODE_PING, b"")])
+def test_a_venue_that_wants_client_pings_gets_them_after_silence(client_ping: str | None, opcode: int,
+                                                                  payload: bytes) -> None:
+    """Keepalive with `client_ping_seconds` (OKX: a text "ping" within 30 s of silence): a silent server gets a
+    ping after that long, once per silence, as text or as a WS ping frame; never more often than the silence."""
+    keepalive = Keepalive(server_ping_seconds=None, idle_timeout_seconds=30.0, client_ping_seconds=0.3,
+                          client_ping=client_ping)
+    pinging = dataclasses.replace(binance.ADAPTER, limits=dataclasses.replace(binance.SPOT_LIMITS,
+                                                                              keepalive=keepalive))
+    server = CraftedServer(b"")  # says nothing: only the client's pings break the silence
+    conn = StreamConnection("pinging", server.url, pinging, ConnectionLimits(4.0, 10.0, 0.2), RateLimiter(100, 1.0),
+                            lambda *_: None, lambda _conn: None, SIMULATOR_HOSTS)
+    conn.start({"btcusdt@aggTrade"})
+    try:
+        time.sleep(1.0)  # silent all along: one ping, not one per 0.3 s, since nothing was heard after it
+        pings = [p for _n, op, p in server.received if (op, p) == (opcode, payload)]
+        assert len(pings) == 1
+        assert conn.sessions == 1
+    finally:
+        conn.close()
+        server.close()
