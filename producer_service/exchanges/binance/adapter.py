@@ -99,6 +99,10 @@ class BinanceAdapter:
         path, convert = ((HISTORICAL_TRADES, rest_trade_to_tick) if stream_type == "trade"
                          else (AGG_TRADES, rest_aggtrade_to_tick))
         items = rest.get(path, {"symbol": symbol, "fromId": from_id, "limit": limit}, WEIGHTS[path])
+        try:  # a page of well-formed items (nearly always): one comprehension
+            return Page([convert(item, script_id, received_us) for item in items])
+        except MalformedPayload:
+            pass
         page = Page([])
         for item in items:
             try:
