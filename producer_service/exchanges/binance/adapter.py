@@ -120,12 +120,12 @@ def _decode_unusual(raw: bytes, received_us: int, by_key: Mapping[str, ScriptTar
     try:
         frame = parse_frame(raw)
     except MalformedPayload as error:
-        decoded.add_malformed(raw, str(error))
+        decoded.malformed.append((raw, str(error)))
         return
     data, stream = frame.get("data"), frame.get("stream")
     target = by_key.get(stream) if isinstance(stream, str) else None
     if target is not None and not isinstance(data, dict):  # a subscribed stream's payload must be an event
-        decoded.add_malformed(raw, "stream data is not a JSON object")
+        decoded.malformed.append((raw, "stream data is not a JSON object"))
         return
     if target is None or not isinstance(data, dict):
         _decode_control(raw, frame, decoded)
@@ -136,7 +136,7 @@ def _decode_unusual(raw: bytes, received_us: int, by_key: Mapping[str, ScriptTar
         if data.get("e") == SERVER_SHUTDOWN:
             _decode_control(raw, frame, decoded)
         else:
-            decoded.add_malformed(raw, str(error))
+            decoded.malformed.append((raw, str(error)))
         return
     decoded.ticks.append(tick)  # not expected (the straight line takes such frames), but never dropped
     decoded.targets.append(target)
@@ -145,12 +145,12 @@ def _decode_unusual(raw: bytes, received_us: int, by_key: Mapping[str, ScriptTar
 def _decode_control(raw: bytes, frame: dict, decoded: Decoded) -> None:
     data = frame.get("data") if isinstance(frame.get("data"), dict) else frame
     if data.get("e") == SERVER_SHUTDOWN:
-        decoded.add_event(ControlEvent(ControlKind.SHUTDOWN, SERVER_SHUTDOWN))
+        decoded.events.append(ControlEvent(ControlKind.SHUTDOWN, SERVER_SHUTDOWN))
     elif "error" in frame:
-        decoded.add_event(ControlEvent(ControlKind.ERROR, str(frame["error"])))
+        decoded.events.append(ControlEvent(ControlKind.ERROR, str(frame["error"])))
     elif "result" in frame:
-        decoded.add_event(ControlEvent(ControlKind.ACK))
+        decoded.events.append(ControlEvent(ControlKind.ACK))
     elif frame.get("stream") is not None:
-        decoded.add_event(ControlEvent(ControlKind.IGNORED))  # a late frame of a stream just unsubscribed
+        decoded.events.append(ControlEvent(ControlKind.IGNORED))  # a late frame of a stream just unsubscribed
     else:
-        decoded.add_malformed(raw, "not a stream envelope, a control reply or an event")
+        decoded.malformed.append((raw, "not a stream envelope, a control reply or an event"))
