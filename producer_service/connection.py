@@ -82,6 +82,7 @@ class StreamConnection:
         self._pong: bytes | None = None  # the payload of the latest ping not answered yet
         self._ping_due = False  # the venue wants a client ping (keepalive.client_ping_seconds of silence)
         self._pinged = False  # a client ping went out since the socket was last heard
+        self._keepalive_last = False  # the last message sent was a pong or a ping (a control message goes next)
         self._pace = RateLimiter(1, 1.0 / limits.messages_per_second)
         self._requests: RateLimiter | None = None  # per session: the venue's hourly budget is per connection
         self._closing = threading.Event()
@@ -226,8 +227,9 @@ class StreamConnection:
         self._send_control(ws)
 
     def _send_control(self, ws: websocket.WebSocket) -> float:
-        """Send what is owed, within the pace: the pong, then a client ping, then control messages, oldest first.
-        Returns how long until the next one may go (READ_POLL when nothing waits)."""
+        """Send what is owed, within the pace: the pong, then a client ping, then control messages, oldest first;
+        after a keepalive message a waiting control message has the next turn, so pings faster than the pace
+        cannot starve subscriptions. Returns how long until the next one may go (READ_POLL when nothing waits)."""
         while self._pong is not None or self._ping_due or self._wanted:
             control_only = self._pong is None and not self._ping_due
             if control_only and self._requests is not None:
@@ -237,10 +239,12 @@ class StreamConnection:
             wait = self._pace.try_acquire()
             if wait > 0:
                 return wait
-            if self._pong is not None:
+            keepalive_turn = not (self._wanted and self._keepalive_last)
+            self._keepalive_last = keepalive_turn and (self._pong is not None or self._ping_due)
+            if keepalive_turn and self._pong is not None:
                 ws.pong(self._pong)
                 self._pong = None
-            elif self._ping_due:
+            elif keepalive_turn and self._ping_due:
                 self._send_ping(ws)
             else:
                 if self._requests is not None:

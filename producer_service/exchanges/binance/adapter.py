@@ -122,6 +122,10 @@ class BinanceAdapter:
         if endpoint is None:
             raise ValueError(f"{self.venue.title} has no {stream_type!r} trades to backfill")
         items = rest.get(endpoint.path, {"symbol": symbol, "fromId": from_id, "limit": limit}, endpoint.weight)
+        try:  # a page of well-formed items (nearly always): one comprehension
+            return Page([convert(item, script_id, received_us) for item in items])
+        except MalformedPayload:
+            pass
         page = Page([])
         for item in items:
             try:
