@@ -134,7 +134,7 @@ def test_brokers_of_each_type_in_one_producer_and_an_unknown_type_is_reported(
             sim.config.rate = 0
             scripts = {**{sid: sym for sym, sid in spot.items()}, **{sid: sym for sym, sid in us.items()}}
             assert reader.wait_for(lambda: all(reader.ids(sid) >= expected_ids(sim, sym)
-                                               for sid, sym in scripts.items()), timeout=20)
+                                               for sid, sym in scripts.items()), timeout=60)
             assert sorted(feed.adapter.venue.type for feed in producer.service.feeds.values()) == \
                 ["binance", "binance_us"]
             deadline = time.monotonic() + 10
