@@ -13,7 +13,8 @@ missing = expected − stored. The audit's read side lives here too: `incomplete
 (ids missing between one day's last id and the next day's first).
 
 Data stored before coverage existed (or written around the ingest): `python -m tickstream.coverage rebuild`
-recounts it day by day through the (script_id, traded_at) index, safely while the ingest runs.
+widens the time index from the ticks (tickstream.time_index.reindex, a walk of the primary key), then recounts
+coverage day by day (each day a primary-key range from the time index's bounds), safely while the ingest runs.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 import pymysql
+
+from tickstream import time_index
 
 DAY_US = 86_400_000_000
 _EPOCH = datetime(1970, 1, 1)
@@ -298,8 +301,9 @@ class RebuildResult:
 
 
 def rebuild(conn: pymysql.Connection, script_ids: Sequence[int] | None = None) -> RebuildResult:
-    """Recount tick_coverage from the ticks, one transaction per script and day (each an index range scan of
-    (script_id, traded_at) over that day only). Safe while the ingest runs: see `rebuild_day`."""
+    """Widen each script's time index to its stored ticks, then recount its tick_coverage, one transaction per
+    day (each a primary-key range between the day's trade-id bounds). Safe while the ingest runs: see
+    `time_index.reindex` and `rebuild_day`."""
     if script_ids is None:
         with conn.cursor() as cursor:
             cursor.execute("SELECT id FROM scripts ORDER BY id")
@@ -307,6 +311,7 @@ def rebuild(conn: pymysql.Connection, script_ids: Sequence[int] | None = None) -
         conn.commit()
     days = ticks = 0
     for script_id in script_ids:
+        time_index.reindex(conn, script_id)
         day = _next_day_with_ticks(conn, script_id, None)
         while day is not None:
             ticks += rebuild_day(conn, script_id, day)
@@ -316,16 +321,11 @@ def rebuild(conn: pymysql.Connection, script_ids: Sequence[int] | None = None) -
 
 
 def _next_day_with_ticks(conn: pymysql.Connection, script_id: int, since: date | None) -> date | None:
-    sql = "SELECT traded_at FROM ticks WHERE script_id = %s"
-    params: list[object] = [script_id]
-    if since is not None:
-        sql += " AND traded_at >= %s"
-        params.append(since)
-    with conn.cursor() as cursor:
-        cursor.execute(sql + " ORDER BY traded_at LIMIT 1", params)
-        row = cursor.fetchone()
+    """The first UTC day at or after `since` with a bucket in the time index."""
+    moment = None if since is None else datetime.combine(since, datetime.min.time())
+    minute = time_index.first_minute_from(conn, script_id, moment)
     conn.commit()
-    return None if row is None else row[0].date()
+    return None if minute is None else minute.date()
 
 
 def rebuild_day(conn: pymysql.Connection, script_id: int, day: date) -> int:
@@ -342,11 +342,11 @@ def rebuild_day(conn: pymysql.Connection, script_id: int, day: date) -> int:
         with conn.cursor() as cursor:
             cursor.execute("SELECT stored FROM tick_coverage WHERE script_id = %s AND day = %s FOR UPDATE",
                            (script_id, day))
+            bounds = time_index.trade_id_bounds(conn, script_id, start, start + timedelta(days=1)) or (1, 0)
             cursor.execute(
-                "SELECT COUNT(*), MIN(trade_id), MAX(trade_id), MIN(traded_at), MAX(traded_at)"
-                " FROM ticks FORCE INDEX (ix_ticks_script_traded_at)"
-                " WHERE script_id = %s AND traded_at >= %s AND traded_at < %s",
-                (script_id, start, start + timedelta(days=1)))
+                "SELECT COUNT(*), MIN(trade_id), MAX(trade_id), MIN(traded_at), MAX(traded_at) FROM ticks"
+                " WHERE script_id = %s AND trade_id BETWEEN %s AND %s AND traded_at >= %s AND traded_at < %s",
+                (script_id, *bounds, start, start + timedelta(days=1)))
             count, first_id, last_id, first_at, last_at = cursor.fetchone()
             if count:
                 cursor.execute(
