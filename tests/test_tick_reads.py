@@ -40,8 +40,8 @@ def busy_script(db: pymysql.Connection) -> int:
     broker = make_broker(db)
     script, other = make_script(db, broker, "BTCUSDT"), make_script(db, broker, "ETHUSDT")
     for script_id in (script, other):
-        insert_ticks_ignore(db, [Tick(script_id, 1_000_000 + i, "1.5", "2", False, T0_US + i * STEP_MS * 1000, T0_US, T0_US)
-                                 for i in range(ROWS)])
+        insert_ticks_ignore(db, [Tick(script_id, 1_000_000 + i, "1.5", "2", False, T0_US + i * STEP_MS * 1000,
+                                      T0_US, T0_US) for i in range(ROWS)])
     with db.cursor() as cursor:
         cursor.execute("ANALYZE TABLE ticks")
     return script
