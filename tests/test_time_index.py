@@ -15,7 +15,7 @@ import pytest
 from yoyo import get_backend, read_migrations
 
 from tests.conftest import make_broker, make_script
-from tickstream import catalog, jobs, market_data, time_index
+from tickstream import catalog, coverage, jobs, market_data, time_index
 from tickstream.codec import TickBatch
 from tickstream.db import connect
 from tickstream.migrate import MIGRATIONS_DIR, backend_url, create_database
@@ -81,7 +81,8 @@ def test_summarize_matches_row_by_row_spans() -> None:
             for _ in range(3000)]
     rows.sort(key=lambda t: t.script_id)  # blocks per script, times and ids in no order within them
     rows += [tick(3, 10 + i, T0_US + 7 * MINUTE_US + i) for i in range(50)]  # one in-order block in one minute
-    assert time_index.summarize(TickBatch.from_ticks(rows).rows) == time_index.spans_of(
+    rows += [tick(4, 10 + i, T0_US - 30_000_000 + i * 1_000_000) for i in range(60)]  # across midnight
+    assert coverage.summarize_batch(TickBatch.from_ticks(rows).rows).minutes == time_index.spans_of(
         (t.script_id, t.trade_id, t.traded_at_us) for t in rows)
 
 

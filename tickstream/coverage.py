@@ -25,12 +25,14 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import NamedTuple
 
 import pymysql
 
 from tickstream import time_index
 
 DAY_US = 86_400_000_000
+MINUTE_US = time_index.MINUTE_US
 _EPOCH = datetime(1970, 1, 1)
 _EPOCH_DAY = date(1970, 1, 1)
 MISSING_RANGES_CHUNK_ROWS = 50_000  # ids read per statement by the audit's walk: bounded work per round trip
@@ -58,16 +60,34 @@ class RowGroup:
                         max(self.last_traded_us, other.last_traded_us))
 
 
-def summarize(rows: bytes) -> dict[Key, RowGroup]:
-    """The (script, day) groups of validated rows (tickstream.codec's format).
+class Summary(NamedTuple):
+    """A batch's coverage groups and its time-index spans (tickstream.time_index), made in one pass."""
 
-    The hot path of coverage (~0.5 µs per row, run on the handler's thread while the writer loads the previous
-    chunk): one split of the whole batch, then per block of consecutive rows of one script, min/max over C-level
-    lists; only a block that crosses midnight UTC is split row by row.
+    groups: dict[Key, RowGroup]
+    minutes: dict[time_index.Bucket, time_index.Span]
+
+    def for_scripts(self, keep: set[int] | frozenset[int]) -> Summary:
+        return Summary({key: group for key, group in self.groups.items() if key[0] in keep},
+                       {key: span for key, span in self.minutes.items() if key[0] in keep})
+
+
+def summarize(rows: bytes) -> dict[Key, RowGroup]:
+    """The (script, day) groups of validated rows (tickstream.codec's format)."""
+    return summarize_batch(rows).groups
+
+
+def summarize_batch(rows: bytes) -> Summary:
+    """The (script, day) groups and (script, minute) spans of validated rows (tickstream.codec's format).
+
+    The hot path of coverage and the time index (~0.5 µs per row, run on the handler's thread while the writer
+    loads the previous chunk): one split of the whole batch, then per block of consecutive rows of one script,
+    min/max over C-level lists; only a block whose times span two minutes is split row by row (a live stream's
+    block of ~1,000 rows is a second or less of one script's trades, so few do).
     """
     fields = rows.replace(b"\n", b"\t").split(b"\t")
     scripts, ids, times = fields[0:-1:_FIELDS], fields[1:-1:_FIELDS], fields[5:-1:_FIELDS]
     groups: dict[Key, RowGroup] = {}
+    minutes: dict[time_index.Bucket, time_index.Span] = {}
     position = 0
     for script, block in itertools.groupby(scripts):
         count = len(list(block))
@@ -75,12 +95,18 @@ def summarize(rows: bytes) -> dict[Key, RowGroup]:
         position += count
         (first_id, last_id), (first_time, last_time) = _span(block_ids), _span(block_times)
         script_id = int(script)
-        if first_time // DAY_US == last_time // DAY_US:
+        if first_time // MINUTE_US == last_time // MINUTE_US:
             _add(groups, RowGroup(script_id, first_time // DAY_US, count, first_id, last_id, first_time, last_time))
+            time_index.widen(minutes, (script_id, first_time // MINUTE_US), first_id, last_id)
             continue
-        for trade_id, traded in zip(map(int, block_ids), map(int, block_times), strict=True):  # crosses midnight
-            _add(groups, RowGroup(script_id, traded // DAY_US, 1, trade_id, trade_id, traded, traded))
-    return groups
+        same_day = first_time // DAY_US == last_time // DAY_US
+        if same_day:
+            _add(groups, RowGroup(script_id, first_time // DAY_US, count, first_id, last_id, first_time, last_time))
+        for trade_id, traded in zip(map(int, block_ids), map(int, block_times), strict=True):
+            time_index.widen(minutes, (script_id, traded // MINUTE_US), trade_id, trade_id)
+            if not same_day:  # crosses midnight
+                _add(groups, RowGroup(script_id, traded // DAY_US, 1, trade_id, trade_id, traded, traded))
+    return Summary(groups, minutes)
 
 
 def _span(numbers: list[bytes]) -> tuple[int, int]:

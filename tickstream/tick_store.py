@@ -30,7 +30,7 @@ import pymysql
 
 from tickstream import time_index
 from tickstream.codec import TickBatch
-from tickstream.coverage import DAY_US, CoverageDelta, Key, RowGroup, rows_by_group, summarize
+from tickstream.coverage import DAY_US, CoverageDelta, Key, RowGroup, Summary, rows_by_group, summarize_batch
 from tickstream.db import Connection
 from tickstream.ticks import Tick
 
@@ -141,20 +141,19 @@ class TickStore:
             raise
         return result
 
-    def write(self, batch: TickBatch, groups: dict[Key, RowGroup] | None = None) -> InsertResult:
+    def write(self, batch: TickBatch, summary: Summary | None = None) -> InsertResult:
         """Store the batch (duplicates skipped) in the open transaction; the caller commits or rolls back.
 
-        `groups` is `coverage.summarize(batch.rows)` when the caller already has it (the ingest computes it on the
-        handler's thread, in parallel with the previous chunk's load)."""
+        `summary` is `coverage.summarize_batch(batch.rows)` when the caller already has it (the ingest computes it
+        on the handler's thread, in parallel with the previous chunk's load)."""
         if not batch.count:
             return InsertResult(0, 0)
         if self._coverage is None:
             if self._load_file:
                 return self._load_file.insert(self.conn, batch)
             return _insert_ignore(self.conn, batch.ticks())
-        if groups is None:
-            groups = summarize(batch.rows)
-        self._time_index.add(time_index.summarize(batch.rows))
+        groups, minutes = summary if summary is not None else summarize_batch(batch.rows)
+        self._time_index.add(minutes)
         inserted = self._load_counted(batch, groups) if self._load_file else self._insert_counted(batch, groups)
         return InsertResult(inserted, batch.count - inserted)
 

@@ -7,13 +7,13 @@ answers it as well, at a few bytes per tick for any script trading more than onc
 range into trade-id bounds here (two dives) and then reads the rows on the primary key between them, filtering on
 traded_at: O(log n + page), as before.
 
-Written by the ingest in the same transaction as the ticks (`TimeIndexDelta`, kept by `TickStore` and
-`insert_ticks_ignore`), so a committed tick is always inside its minute's bounds. Bounds only ever widen
-(LEAST/GREATEST upserts), in any arrival order: a backfilled trade arriving hours late widens its own (old)
-minute, a redelivered duplicate changes nothing (its id is there already), and a bucket's ids need not be
-contiguous or ordered. No count is kept: bounds need none, so the ingest never has to know which rows were new.
-Wider bounds than needed cost only a few rows of over-read (the primary-key scan re-checks traded_at); a retention
-or purge removes the buckets of what it deletes.
+Written by the ingest in the same transaction as the ticks (`TimeIndexDelta`, kept by `TickStore` from the spans
+`coverage.summarize_batch` makes in the same pass as coverage's groups, and by `insert_ticks_ignore`), so a
+committed tick is always inside its minute's bounds. Bounds only ever widen (LEAST/GREATEST upserts), in any
+arrival order: a backfilled trade arriving hours late widens its own (old) minute, a redelivered duplicate changes
+nothing (its id is there already), and a bucket's ids need not be contiguous or ordered. No count is kept: bounds
+need none, so the ingest never has to know which rows were new. Wider bounds than needed cost only a few rows of
+over-read (the primary-key scan re-checks traded_at); a retention or purge removes the buckets of what it deletes.
 
 Across minutes, readers assume what trade ids mean on every supported venue (Binance's are assigned in trade
 order): a later minute's trades have higher ids. Within a minute nothing is assumed.
@@ -21,7 +21,6 @@ order): a later minute's trades have higher ids. Within a minute nothing is assu
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
@@ -29,7 +28,6 @@ import pymysql
 
 MINUTE_US = 60_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_FIELDS = 8  # a row's tab-separated fields (tickstream.codec's row format)
 
 Bucket = tuple[int, int]  # (script_id, minute since the epoch)
 Span = tuple[int, int]  # (lowest, highest trade id)
@@ -47,40 +45,16 @@ def _last_minute_before(end: datetime) -> int:
     return minute_of(end - timedelta(microseconds=1))
 
 
-def _widen(spans: dict[Bucket, Span], bucket: Bucket, low: int, high: int) -> None:
+def widen(spans: dict[Bucket, Span], bucket: Bucket, low: int, high: int) -> None:
     known = spans.get(bucket)
     spans[bucket] = (low, high) if known is None else (min(known[0], low), max(known[1], high))
-
-
-def summarize(rows: bytes) -> dict[Bucket, Span]:
-    """The (script, minute) spans of validated rows (tickstream.codec's format). Per block of one script's
-    consecutive rows: when all its times lie between its first and last, in one minute (a live stream), min/max over
-    C-level lists; otherwise row by row."""
-    fields = rows.replace(b"\n", b"\t").split(b"\t")
-    scripts, ids, times = fields[0:-1:_FIELDS], fields[1:-1:_FIELDS], fields[5:-1:_FIELDS]
-    spans: dict[Bucket, Span] = {}
-    position = 0
-    for script, block in itertools.groupby(scripts):
-        count = len(list(block))
-        block_ids, block_times = ids[position:position + count], times[position:position + count]
-        position += count
-        script_id = int(script)
-        first, last = int(block_times[0]) // MINUTE_US, int(block_times[-1]) // MINUTE_US
-        if first == last and len(set(map(len, block_times))) == 1 and min(block_times) == block_times[0] \
-                and max(block_times) == block_times[-1]:
-            values = list(map(int, block_ids))
-            _widen(spans, (script_id, first), min(values), max(values))
-            continue
-        for trade_id, traded in zip(map(int, block_ids), map(int, block_times), strict=True):
-            _widen(spans, (script_id, traded // MINUTE_US), trade_id, trade_id)
-    return spans
 
 
 def spans_of(ticks: Iterable[tuple[int, int, int]]) -> dict[Bucket, Span]:
     """The spans of (script_id, trade_id, traded_at_us) triples."""
     spans: dict[Bucket, Span] = {}
     for script_id, trade_id, traded_us in ticks:
-        _widen(spans, (script_id, traded_us // MINUTE_US), trade_id, trade_id)
+        widen(spans, (script_id, traded_us // MINUTE_US), trade_id, trade_id)
     return spans
 
 
@@ -111,7 +85,7 @@ class TimeIndexDelta:
 
     def add(self, spans: dict[Bucket, Span]) -> None:
         for bucket, (low, high) in spans.items():
-            _widen(self.spans, bucket, low, high)
+            widen(self.spans, bucket, low, high)
 
     def write(self, conn: pymysql.Connection) -> None:
         write(conn, self.spans)
