@@ -328,8 +328,8 @@ class RebuildResult:
 
 def rebuild(conn: pymysql.Connection, script_ids: Sequence[int] | None = None) -> RebuildResult:
     """Widen each script's time index to its stored ticks, then recount its tick_coverage, one transaction per
-    day (each a primary-key range between the day's trade-id bounds). Safe while the ingest runs: see
-    `time_index.reindex` and `rebuild_day`."""
+    day (each a primary-key range between the lowest and highest id of the day's buckets). Safe while the ingest
+    runs: see `time_index.reindex` and `rebuild_day`."""
     if script_ids is None:
         with conn.cursor() as cursor:
             cursor.execute("SELECT id FROM scripts ORDER BY id")
@@ -368,7 +368,7 @@ def rebuild_day(conn: pymysql.Connection, script_id: int, day: date) -> int:
         with conn.cursor() as cursor:
             cursor.execute("SELECT stored FROM tick_coverage WHERE script_id = %s AND day = %s FOR UPDATE",
                            (script_id, day))
-            bounds = time_index.trade_id_bounds(conn, script_id, start, start + timedelta(days=1)) or (1, 0)
+            bounds = time_index.trade_id_span(conn, script_id, start, start + timedelta(days=1)) or (1, 0)
             cursor.execute(
                 "SELECT COUNT(*), MIN(trade_id), MAX(trade_id), MIN(traded_at), MAX(traded_at) FROM ticks"
                 " WHERE script_id = %s AND trade_id BETWEEN %s AND %s AND traded_at >= %s AND traded_at < %s",

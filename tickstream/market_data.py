@@ -3,13 +3,13 @@
 Exact decimal arithmetic in SQL (DECIMAL columns, never floats); results come back as decimal strings. Each
 query reads one time range of one script, so its cost follows the rows in that range, not the table:
 
-- candles: bars are computed from the ticks of the range — its trade-id span found on the (script_id, traded_at)
-  index alone (which holds the primary key), then one pass over that span of the primary key (the clustered rows,
-  in order) with the time range as a filter, grouped by bar; open and close are the prices of the bar's lowest and
-  highest trade id, read by primary key. Bars of a minute or longer are built from one-minute bars, and a minute
-  that can no longer change is kept in `candles_1m` (see the migration), so a day's bars read 1,440 rows instead
-  of its trades, and only minutes not yet sealed (the live edge, holes awaiting backfill) are computed again.
-  Sealing relies on what the producer's gap detection relies on: trade ids increase with trade time.
+- candles: bars are computed from the ticks of the range — its trade-id bounds found in the time index
+  (tickstream.time_index, two dives into tick_minutes), then one pass over that span of the primary key (the clustered
+  rows, in order) with the time range as a filter, grouped by bar; open and close are the prices of the bar's lowest
+  and highest trade id, read by primary key. Bars of a minute or longer are built from one-minute bars, and a minute
+  that can no longer change is kept in `candles_1m` (see the migration), so a day's bars read 1,440 rows instead of
+  its trades, and only minutes not yet sealed (the live edge, holes awaiting backfill) are computed again. Sealing
+  relies on what the producer's gap detection relies on: trade ids increase with trade time.
 - exports: keyset pages by trade id, as the JSON tick pages.
 """
 

@@ -134,6 +134,17 @@ def trade_id_bounds(conn: pymysql.Connection, script_id: int, start: datetime | 
     return min(low, high), max(low, high)
 
 
+def trade_id_span(conn: pymysql.Connection, script_id: int, start: datetime, end: datetime) -> tuple[int, int] | None:
+    """Like `trade_id_bounds`, assuming nothing about ids across minutes: MIN/MAX over every bucket of [start, end),
+    so O(minutes in the range). For bounded ranges where every tick must be found whatever its id (a day's
+    recount)."""
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT MIN(first_trade_id), MAX(last_trade_id) FROM tick_minutes WHERE script_id = %s"
+                       " AND minute BETWEEN %s AND %s", (script_id, minute_of(start), _last_minute_before(end)))
+        low, high = cursor.fetchone()
+    return None if low is None else (int(low), int(high))
+
+
 def last_trade_id_before(cursor: pymysql.cursors.Cursor, script_id: int, cutoff: datetime) -> int | None:
     """An id at or above every tick of the script traded before `cutoff`: the last id of the last bucket before
     it (one dive); None when there is none."""
