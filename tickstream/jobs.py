@@ -31,8 +31,8 @@ CHUNK_ROWS = 10_000  # per transaction: ~0.1 s of work here, and a few MB of und
 # After each chunk a job pauses this many times the chunk's own duration, so it holds at most 1 / (1 + 3) = 25 % of
 # one server connection's time, however fast or slow the server is at the moment (a loaded server makes chunks
 # slower, and the pauses with them). Back to back, chunked deletes took a core of this 2-core server's time and the
-# ingest beside them ran at 0.3–0.7× of its rate; paced, ≥ 0.8× (README, Retention and purge). The price is a job
-# four times as long: minutes a day for retention, which runs in the background anyway.
+# ingest beside them ran at 0.3–0.7× of its rate (goal ≥ 0.8×; measured with pacing: README, Retention and purge).
+# The price is a job four times as long: minutes a day for retention, which runs in the background anyway.
 PAUSE_PER_WORK = 3.0
 MAX_PAUSE_SECONDS = 5.0  # a chunk slowed by a lock wait does not make the job sleep past its deadline margin
 SCRIPTS_PER_STEP = 200  # retention passes at most this many scripts per transaction (two index dives each)
@@ -265,8 +265,7 @@ def create_retention_job(conn: pymysql.Connection, now: datetime | None = None) 
 def _retention_step(conn: pymysql.Connection, job_id: int, chunk_rows: int, days: int) -> int | None:
     """Up to `chunk_rows` ticks traded before the cutoff, from the cursor's script on (a script with nothing old
     costs two index dives; its old coverage, candle and time-index rows go as it is passed), in one transaction;
-    after the last script,
-    finished gaps older than the window, and the job is done (returns None then)."""
+    after the last script, finished gaps older than the window, and the job is done (returns None then)."""
     with _transaction(conn) as cursor:
         job = _locked_job(cursor, job_id)
         if job is None:
