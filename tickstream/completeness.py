@@ -11,9 +11,10 @@ pymysql connection.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from typing import Any
 
 import pymysql
 
@@ -224,16 +225,24 @@ def recent_tick_counts(conn: pymysql.Connection, script_ids: Sequence[int], wind
     part = ("(SELECT script_id, COUNT(*) FROM ticks WHERE script_id = %s"
             f" AND trade_id >= {FIRST_ID_IN_LAST_SECONDS_SQL}"
             " AND traded_at >= UTC_TIMESTAMP(6) - INTERVAL %s SECOND GROUP BY script_id)")
-    counts: dict[int, int] = {}
+    rows = _per_script_union(conn, part, script_ids, lambda script_id: (script_id, script_id, window_seconds,
+                                                                         window_seconds))
+    return {row[0]: int(row[1]) for row in rows}
+
+
+def _per_script_union(conn: pymysql.Connection, part: str, script_ids: Sequence[int],
+                      params: Callable[[int], tuple[object, ...]]) -> list[tuple[Any, ...]]:
+    """The rows of `part` (one SELECT per script, its parameters from `params`) for every script: one UNION ALL
+    statement per `LAG_SAMPLE_SCRIPTS_PER_STATEMENT` scripts."""
+    rows: list[tuple[Any, ...]] = []
     step = LAG_SAMPLE_SCRIPTS_PER_STATEMENT
     for start in range(0, len(script_ids), step):
         chunk = script_ids[start:start + step]
         with conn.cursor() as cursor:
             cursor.execute(" UNION ALL ".join([part] * len(chunk)),
-                           [value for script_id in chunk
-                            for value in (script_id, script_id, window_seconds, window_seconds)])
-            counts.update((row[0], int(row[1])) for row in cursor.fetchall())
-    return counts
+                           [value for script_id in chunk for value in params(script_id)])
+            rows.extend(cursor.fetchall())
+    return rows
 
 
 def _percentile(ordered: Sequence[int], fraction: float) -> int:
@@ -250,15 +259,9 @@ def sampled_lags(conn: pymysql.Connection, script_ids: Sequence[int], window_sec
     part = ("(SELECT script_id, TIMESTAMPDIFF(MICROSECOND, received_at_producer, stored_at) FROM ticks"
             f" WHERE script_id = %s AND trade_id >= {FIRST_ID_IN_LAST_SECONDS_SQL}"
             " AND traded_at >= UTC_TIMESTAMP(6) - INTERVAL %s SECOND ORDER BY trade_id DESC LIMIT %s)")
-    step = LAG_SAMPLE_SCRIPTS_PER_STATEMENT
-    for start in range(0, len(script_ids), step):
-        chunk = script_ids[start:start + step]
-        with conn.cursor() as cursor:
-            cursor.execute(" UNION ALL ".join([part] * len(chunk)),
-                           [value for script_id in chunk
-                            for value in (script_id, script_id, window_seconds, window_seconds, sample)])
-            for script_id, lag_us in cursor.fetchall():
-                lags.setdefault(script_id, []).append(int(lag_us))
+    for script_id, lag_us in _per_script_union(conn, part, script_ids, lambda script_id: (
+            script_id, script_id, window_seconds, window_seconds, sample)):
+        lags.setdefault(script_id, []).append(int(lag_us))
     result = {}
     for script_id, values in lags.items():
         values.sort()
