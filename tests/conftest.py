@@ -57,7 +57,7 @@ def db(db_settings: DatabaseSettings) -> Iterator[pymysql.Connection]:
     """An autocommit connection to an empty schema."""
     conn = connect(db_settings, autocommit=True)
     with conn.cursor() as cursor:
-        for table in ("ticks", "tick_coverage", "gaps", "producer_status", "jobs", "candles_1m"):
+        for table in ("ticks", "tick_coverage", "tick_minutes", "gaps", "producer_status", "jobs", "candles_1m"):
             cursor.execute(f"DELETE FROM {table}")
         cursor.execute("DELETE FROM scripts")
         cursor.execute("DELETE FROM brokers")

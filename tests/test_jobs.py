@@ -14,7 +14,7 @@ import pymysql
 import pytest
 
 from tests.conftest import make_broker, make_script
-from tickstream import jobs
+from tickstream import jobs, time_index
 from tickstream.settings import DatabaseSettings
 
 NOW = datetime(2026, 11, 30, 15, 0, tzinfo=UTC)
@@ -29,6 +29,7 @@ def add_ticks(conn: pymysql.Connection, script_id: int, first_id: int, count: in
             " received_at_producer) SELECT %s, %s + seq, 1.5, 2, seq MOD 2, t, t, t FROM"
             f" (SELECT seq, %s + INTERVAL (seq * %s) MICROSECOND AS t FROM seq_0_to_{count - 1}) s",
             (script_id, first_id, start.replace(tzinfo=None), interval_us))
+        time_index.index_id_range(cursor, script_id, first_id, first_id + count - 1)  # as the ingest would
 
 
 def scalar(conn: pymysql.Connection, sql: str, args: tuple = ()) -> object:
@@ -153,7 +154,7 @@ def test_broker_purge_of_an_active_broker_is_refused(db: pymysql.Connection) -> 
 
 _WORKER = textwrap.dedent("""
     import sys, time
-    from tickstream import jobs
+    from tickstream import jobs, time_index
     from tickstream.db import connect
     from tickstream.settings import DatabaseSettings
     db = DatabaseSettings(*sys.argv[1:6])

@@ -22,6 +22,7 @@ from typing import Any
 
 import pymysql
 
+from tickstream import time_index
 from tickstream.venues import DEFAULT_TYPE, VENUES
 
 DEFAULT_STREAM = "aggTrade"
@@ -467,24 +468,22 @@ def tick_range(conn: pymysql.Connection, script_id: int, start: datetime | None,
     """`FROM ticks … WHERE …` (and its parameters) of a keyset page: traded in [start, end), after the cursor id;
     None when nothing was traded then.
 
-    A time range is first turned into trade-id bounds through the (script_id, traded_at) index (two O(log n)
-    probes: trade ids increase with trade time, as on Binance), then rows are read on the primary key between them:
+    A time range is first turned into trade-id bounds through the time index (tickstream.time_index: two O(log n)
+    dives into tick_minutes), then rows are read on the primary key between them, re-checked on traded_at:
     O(log n + page), however many rows lie outside the range or inside it.
     """
     where, params = ["script_id = %s"], [script_id]
-    index = ""
     if start is not None or end is not None:
-        bounds = _trade_id_bounds(conn, script_id, start, end)
+        bounds = time_index.trade_id_bounds(conn, script_id, start, end)
         if bounds is None:
             return None
         where.append("trade_id BETWEEN %s AND %s")
         params.extend(bounds)
-        index = " FORCE INDEX (PRIMARY)"  # the time predicates below only re-check rows the bounds already hold
     _add_time_range(where, params, start, end)
     if after is not None:
         where.append("trade_id < %s" if descending else "trade_id > %s")
         params.append(after)
-    return f"FROM ticks{index} WHERE {' AND '.join(where)}", params
+    return f"FROM ticks WHERE {' AND '.join(where)}", params
 
 
 def read_ticks(conn: pymysql.Connection, script_id: int, *, start: datetime | None = None,
@@ -517,26 +516,6 @@ def _add_time_range(where: list[str], params: list[Any], start: datetime | None,
     if end is not None:
         where.append("traded_at < %s")
         params.append(_db_time(end))
-
-
-def _trade_id_bounds(conn: pymysql.Connection, script_id: int, start: datetime | None,
-                     end: datetime | None) -> tuple[int, int] | None:
-    """The first and last trade id traded in [start, end) (either end open), each one probe of the
-    (script_id, traded_at) index; None when nothing was traded then."""
-    where, params = ["script_id = %s"], [script_id]
-    _add_time_range(where, params, start, end)
-    probe = (f"SELECT trade_id FROM ticks FORCE INDEX (ix_ticks_script_traded_at) WHERE {' AND '.join(where)}"
-             " ORDER BY traded_at {0}, trade_id {0} LIMIT 1")
-    with conn.cursor() as cursor:
-        cursor.execute(probe.format("ASC"), params)
-        first = cursor.fetchone()
-        if first is None:
-            return None
-        cursor.execute(probe.format("DESC"), params)
-        last = cursor.fetchone()
-    if last is None:
-        return None
-    return min(first[0], last[0]), max(first[0], last[0])
 
 
 def _stored_tick(row: Sequence[Any]) -> StoredTick:

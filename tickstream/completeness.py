@@ -4,19 +4,22 @@ per-script figures of /stats and GET /scripts/{id}.
 Every read here costs O(scripts), O(days asked) or O(gaps asked), never O(stored ticks): totals come from
 tick_coverage (kept by the ingest, tickstream.coverage), what the producer is doing from producer_status, and the
 lag percentiles from a bounded sample (the newest `LAG_SAMPLE_TICKS` ticks of each script traded in the window,
-read backwards through the (script_id, traded_at) index). Plain functions over an (autocommit) pymysql connection.
+read backwards on the primary key down to the bound the time index gives). Plain functions over an (autocommit)
+pymysql connection.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from typing import Any
 
 import pymysql
 
 from tickstream.coverage import CoverageDay, coverage_days
+from tickstream.time_index import FIRST_ID_IN_LAST_SECONDS_SQL
 
 STATS_WINDOW_SECONDS = 60
 LAG_SAMPLE_TICKS = 1000  # per script: enough for a p99 (the 10th largest), bounded however busy the script is
@@ -217,16 +220,29 @@ def producer_statuses(conn: pymysql.Connection, script_ids: Sequence[int]) -> di
 
 
 def recent_tick_counts(conn: pymysql.Connection, script_ids: Sequence[int], window_seconds: int) -> dict[int, int]:
-    """Ticks traded in the last `window_seconds` per script: an index-only range of (script_id, traded_at), so
-    its cost follows the trade rate, not the table."""
-    if not script_ids:
-        return {}
-    with conn.cursor() as cursor:
-        cursor.execute("SELECT script_id, COUNT(*) FROM ticks FORCE INDEX (ix_ticks_script_traded_at)"
-                       f" WHERE script_id IN {_in_list(script_ids)}"
-                       " AND traded_at >= UTC_TIMESTAMP(6) - INTERVAL %s SECOND GROUP BY script_id",
-                       (*script_ids, window_seconds))
-        return {row[0]: int(row[1]) for row in cursor.fetchall()}
+    """Ticks traded in the last `window_seconds` per script: per script a primary-key range from the first id of
+    the window's first minute (tickstream.time_index), so its cost follows the trade rate, not the table."""
+    part = ("(SELECT script_id, COUNT(*) FROM ticks WHERE script_id = %s"
+            f" AND trade_id >= {FIRST_ID_IN_LAST_SECONDS_SQL}"
+            " AND traded_at >= UTC_TIMESTAMP(6) - INTERVAL %s SECOND GROUP BY script_id)")
+    rows = _per_script_union(conn, part, script_ids, lambda script_id: (script_id, script_id, window_seconds,
+                                                                         window_seconds))
+    return {row[0]: int(row[1]) for row in rows}
+
+
+def _per_script_union(conn: pymysql.Connection, part: str, script_ids: Sequence[int],
+                      params: Callable[[int], tuple[object, ...]]) -> list[tuple[Any, ...]]:
+    """The rows of `part` (one SELECT per script, its parameters from `params`) for every script: one UNION ALL
+    statement per `LAG_SAMPLE_SCRIPTS_PER_STATEMENT` scripts."""
+    rows: list[tuple[Any, ...]] = []
+    step = LAG_SAMPLE_SCRIPTS_PER_STATEMENT
+    for start in range(0, len(script_ids), step):
+        chunk = script_ids[start:start + step]
+        with conn.cursor() as cursor:
+            cursor.execute(" UNION ALL ".join([part] * len(chunk)),
+                           [value for script_id in chunk for value in params(script_id)])
+            rows.extend(cursor.fetchall())
+    return rows
 
 
 def _percentile(ordered: Sequence[int], fraction: float) -> int:
@@ -238,19 +254,14 @@ def sampled_lags(conn: pymysql.Connection, script_ids: Sequence[int], window_sec
                  sample: int = LAG_SAMPLE_TICKS) -> dict[int, tuple[float, float]]:
     """script id → (p50, p99) in ms of stored_at − received_at_producer over the newest `sample` ticks traded in
     the window; one UNION ALL statement per `LAG_SAMPLE_SCRIPTS_PER_STATEMENT` scripts, each part a backward
-    index range that stops after `sample` rows."""
+    primary-key range (bounded below by the time index) that stops after `sample` rows."""
     lags: dict[int, list[int]] = {}
     part = ("(SELECT script_id, TIMESTAMPDIFF(MICROSECOND, received_at_producer, stored_at) FROM ticks"
-            " WHERE script_id = %s AND traded_at >= UTC_TIMESTAMP(6) - INTERVAL %s SECOND"
-            " ORDER BY traded_at DESC LIMIT %s)")
-    step = LAG_SAMPLE_SCRIPTS_PER_STATEMENT
-    for start in range(0, len(script_ids), step):
-        chunk = script_ids[start:start + step]
-        with conn.cursor() as cursor:
-            cursor.execute(" UNION ALL ".join([part] * len(chunk)),
-                           [value for script_id in chunk for value in (script_id, window_seconds, sample)])
-            for script_id, lag_us in cursor.fetchall():
-                lags.setdefault(script_id, []).append(int(lag_us))
+            f" WHERE script_id = %s AND trade_id >= {FIRST_ID_IN_LAST_SECONDS_SQL}"
+            " AND traded_at >= UTC_TIMESTAMP(6) - INTERVAL %s SECOND ORDER BY trade_id DESC LIMIT %s)")
+    for script_id, lag_us in _per_script_union(conn, part, script_ids, lambda script_id: (
+            script_id, script_id, window_seconds, window_seconds, sample)):
+        lags.setdefault(script_id, []).append(int(lag_us))
     result = {}
     for script_id, values in lags.items():
         values.sort()

@@ -13,7 +13,8 @@ missing = expected − stored. The audit's read side lives here too: `incomplete
 (ids missing between one day's last id and the next day's first).
 
 Data stored before coverage existed (or written around the ingest): `python -m tickstream.coverage rebuild`
-recounts it day by day through the (script_id, traded_at) index, safely while the ingest runs.
+widens the time index from the ticks (tickstream.time_index.reindex, a walk of the primary key), then recounts
+coverage day by day (each day a primary-key range from the time index's bounds), safely while the ingest runs.
 """
 
 from __future__ import annotations
@@ -24,10 +25,14 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import NamedTuple
 
 import pymysql
 
+from tickstream import time_index
+
 DAY_US = 86_400_000_000
+MINUTE_US = time_index.MINUTE_US
 _EPOCH = datetime(1970, 1, 1)
 _EPOCH_DAY = date(1970, 1, 1)
 MISSING_RANGES_CHUNK_ROWS = 50_000  # ids read per statement by the audit's walk: bounded work per round trip
@@ -55,16 +60,34 @@ class RowGroup:
                         max(self.last_traded_us, other.last_traded_us))
 
 
-def summarize(rows: bytes) -> dict[Key, RowGroup]:
-    """The (script, day) groups of validated rows (tickstream.codec's format).
+class Summary(NamedTuple):
+    """A batch's coverage groups and its time-index spans (tickstream.time_index), made in one pass."""
 
-    The hot path of coverage (~0.5 µs per row, run on the handler's thread while the writer loads the previous
-    chunk): one split of the whole batch, then per block of consecutive rows of one script, min/max over C-level
-    lists; only a block that crosses midnight UTC is split row by row.
+    groups: dict[Key, RowGroup]
+    minutes: dict[time_index.Bucket, time_index.Span]
+
+    def for_scripts(self, keep: set[int] | frozenset[int]) -> Summary:
+        return Summary({key: group for key, group in self.groups.items() if key[0] in keep},
+                       {key: span for key, span in self.minutes.items() if key[0] in keep})
+
+
+def summarize(rows: bytes) -> dict[Key, RowGroup]:
+    """The (script, day) groups of validated rows (tickstream.codec's format)."""
+    return summarize_batch(rows).groups
+
+
+def summarize_batch(rows: bytes) -> Summary:
+    """The (script, day) groups and (script, minute) spans of validated rows (tickstream.codec's format).
+
+    The hot path of coverage and the time index (~0.5 µs per row, run on the handler's thread while the writer
+    loads the previous chunk): one split of the whole batch, then per block of consecutive rows of one script,
+    min/max over C-level lists; only a block whose times span two minutes is split row by row (a live stream's
+    block of ~1,000 rows is a second or less of one script's trades, so few do).
     """
     fields = rows.replace(b"\n", b"\t").split(b"\t")
     scripts, ids, times = fields[0:-1:_FIELDS], fields[1:-1:_FIELDS], fields[5:-1:_FIELDS]
     groups: dict[Key, RowGroup] = {}
+    minutes: dict[time_index.Bucket, time_index.Span] = {}
     position = 0
     for script, block in itertools.groupby(scripts):
         count = len(list(block))
@@ -72,12 +95,18 @@ def summarize(rows: bytes) -> dict[Key, RowGroup]:
         position += count
         (first_id, last_id), (first_time, last_time) = _span(block_ids), _span(block_times)
         script_id = int(script)
-        if first_time // DAY_US == last_time // DAY_US:
+        if first_time // MINUTE_US == last_time // MINUTE_US:
             _add(groups, RowGroup(script_id, first_time // DAY_US, count, first_id, last_id, first_time, last_time))
+            time_index.widen(minutes, (script_id, first_time // MINUTE_US), first_id, last_id)
             continue
-        for trade_id, traded in zip(map(int, block_ids), map(int, block_times), strict=True):  # crosses midnight
-            _add(groups, RowGroup(script_id, traded // DAY_US, 1, trade_id, trade_id, traded, traded))
-    return groups
+        same_day = first_time // DAY_US == last_time // DAY_US
+        if same_day:
+            _add(groups, RowGroup(script_id, first_time // DAY_US, count, first_id, last_id, first_time, last_time))
+        for trade_id, traded in zip(map(int, block_ids), map(int, block_times), strict=True):
+            time_index.widen(minutes, (script_id, traded // MINUTE_US), trade_id, trade_id)
+            if not same_day:  # crosses midnight
+                _add(groups, RowGroup(script_id, traded // DAY_US, 1, trade_id, trade_id, traded, traded))
+    return Summary(groups, minutes)
 
 
 def _span(numbers: list[bytes]) -> tuple[int, int]:
@@ -298,8 +327,9 @@ class RebuildResult:
 
 
 def rebuild(conn: pymysql.Connection, script_ids: Sequence[int] | None = None) -> RebuildResult:
-    """Recount tick_coverage from the ticks, one transaction per script and day (each an index range scan of
-    (script_id, traded_at) over that day only). Safe while the ingest runs: see `rebuild_day`."""
+    """Widen each script's time index to its stored ticks, then recount its tick_coverage, one transaction per
+    day (each a primary-key range between the lowest and highest id of the day's buckets). Safe while the ingest
+    runs: see `time_index.reindex` and `rebuild_day`."""
     if script_ids is None:
         with conn.cursor() as cursor:
             cursor.execute("SELECT id FROM scripts ORDER BY id")
@@ -307,6 +337,7 @@ def rebuild(conn: pymysql.Connection, script_ids: Sequence[int] | None = None) -
         conn.commit()
     days = ticks = 0
     for script_id in script_ids:
+        time_index.reindex(conn, script_id)
         day = _next_day_with_ticks(conn, script_id, None)
         while day is not None:
             ticks += rebuild_day(conn, script_id, day)
@@ -316,16 +347,11 @@ def rebuild(conn: pymysql.Connection, script_ids: Sequence[int] | None = None) -
 
 
 def _next_day_with_ticks(conn: pymysql.Connection, script_id: int, since: date | None) -> date | None:
-    sql = "SELECT traded_at FROM ticks WHERE script_id = %s"
-    params: list[object] = [script_id]
-    if since is not None:
-        sql += " AND traded_at >= %s"
-        params.append(since)
-    with conn.cursor() as cursor:
-        cursor.execute(sql + " ORDER BY traded_at LIMIT 1", params)
-        row = cursor.fetchone()
+    """The first UTC day at or after `since` with a bucket in the time index."""
+    moment = None if since is None else datetime.combine(since, datetime.min.time())
+    minute = time_index.first_minute_from(conn, script_id, moment)
     conn.commit()
-    return None if row is None else row[0].date()
+    return None if minute is None else minute.date()
 
 
 def rebuild_day(conn: pymysql.Connection, script_id: int, day: date) -> int:
@@ -342,11 +368,11 @@ def rebuild_day(conn: pymysql.Connection, script_id: int, day: date) -> int:
         with conn.cursor() as cursor:
             cursor.execute("SELECT stored FROM tick_coverage WHERE script_id = %s AND day = %s FOR UPDATE",
                            (script_id, day))
+            bounds = time_index.trade_id_span(conn, script_id, start, start + timedelta(days=1)) or (1, 0)
             cursor.execute(
-                "SELECT COUNT(*), MIN(trade_id), MAX(trade_id), MIN(traded_at), MAX(traded_at)"
-                " FROM ticks FORCE INDEX (ix_ticks_script_traded_at)"
-                " WHERE script_id = %s AND traded_at >= %s AND traded_at < %s",
-                (script_id, start, start + timedelta(days=1)))
+                "SELECT COUNT(*), MIN(trade_id), MAX(trade_id), MIN(traded_at), MAX(traded_at) FROM ticks"
+                " WHERE script_id = %s AND trade_id BETWEEN %s AND %s AND traded_at >= %s AND traded_at < %s",
+                (script_id, *bounds, start, start + timedelta(days=1)))
             count, first_id, last_id, first_at, last_at = cursor.fetchone()
             if count:
                 cursor.execute(

@@ -21,7 +21,7 @@ from types import TracebackType
 import pymysql
 
 from tickstream.codec import TickBatch
-from tickstream.coverage import Key, RowGroup, summarize
+from tickstream.coverage import Summary, summarize_batch
 from tickstream.db import CONNECTION_ERRORS, connect
 from tickstream.settings import DatabaseSettings
 from tickstream.tick_store import InsertResult, TickStore
@@ -87,15 +87,15 @@ class TickIngestor:
             raise
         return outcome
 
-    def write(self, batch: TickBatch, groups: dict[Key, RowGroup] | None = None) -> StoreOutcome:
-        """Write the batch's ticks of existing scripts into the open transaction (no commit); `groups` is the
-        batch's coverage summary when the caller computed it already."""
+    def write(self, batch: TickBatch, summary: Summary | None = None) -> StoreOutcome:
+        """Write the batch's ticks of existing scripts into the open transaction (no commit); `summary` is
+        the batch's coverage and time-index summary when the caller computed it already."""
         store = self._connected_store()
         known = self._known_script_ids(store, batch.script_ids)
         storable = batch.for_scripts(known)
-        if groups is not None and storable is not batch:
-            groups = {key: group for key, group in groups.items() if key[0] in known}
-        result: InsertResult = store.write(storable, groups)
+        if summary is not None and storable is not batch:
+            summary = summary.for_scripts(known)
+        result: InsertResult = store.write(storable, summary)
         return StoreOutcome(result.inserted, result.duplicates, batch.count - storable.count,
                             batch.script_ids - storable.script_ids)
 
@@ -139,7 +139,7 @@ class IngestPipeline:
         self._batches: list[TickBatch] = []
         self._pending: list[TickBatch] = []
         self._pending_rows = 0
-        self._chunks: queue.SimpleQueue[tuple[TickBatch, dict[Key, RowGroup] | None] | None] = queue.SimpleQueue()
+        self._chunks: queue.SimpleQueue[tuple[TickBatch, Summary | None] | None] = queue.SimpleQueue()
         self._error: BaseException | None = None
         self._writer = threading.Thread(target=self._write_chunks, name="ingest-writer", daemon=True)
 
@@ -175,7 +175,7 @@ class IngestPipeline:
         while the writer waits for MySQL on the previous chunk: the two overlap instead of adding up."""
         if self._pending:
             chunk = TickBatch.join(self._pending)
-            self._chunks.put((chunk, summarize(chunk.rows) if self.ingestor.keep_coverage else None))
+            self._chunks.put((chunk, summarize_batch(chunk.rows) if self.ingestor.keep_coverage else None))
             self._pending, self._pending_rows = [], 0
 
     def _write_chunks(self) -> None:

@@ -23,11 +23,19 @@ from typing import Any
 
 import pymysql
 
+from tickstream import time_index
 from tickstream.catalog import transaction as _transaction
 
 log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 10_000  # per transaction: ~0.1 s of work here, and a few MB of undo log
+# After each chunk a job pauses this many times the chunk's own duration, so it holds at most 1 / (1 + 3) = 25 % of
+# one server connection's time, however fast or slow the server is at the moment (a loaded server makes chunks
+# slower, and the pauses with them). Back to back, chunked deletes took a core of this 2-core server's time and the
+# ingest beside them ran at 0.3–0.7× of its rate (goal ≥ 0.8×; measured with pacing: README, Retention and purge).
+# The price is a job four times as long: minutes a day for retention, which runs in the background anyway.
+PAUSE_PER_WORK = 3.0
+MAX_PAUSE_SECONDS = 5.0  # a chunk slowed by a lock wait does not make the job sleep past its deadline margin
 SCRIPTS_PER_STEP = 200  # retention passes at most this many scripts per transaction (two index dives each)
 PURGE_SCRIPT = "purge_script"
 PURGE_BROKER = "purge_broker"
@@ -125,10 +133,17 @@ class RunResult:
     rows_deleted: int  # by this run
 
 
+def pause_after(work_seconds: float) -> float:
+    """The pause after a chunk that took `work_seconds` (see PAUSE_PER_WORK)."""
+    return min(MAX_PAUSE_SECONDS, max(0.0, work_seconds) * PAUSE_PER_WORK)
+
+
 def run_job(conn: pymysql.Connection, job_id: int, *, retention_days: int | None = None,
-            should_stop: Callable[[], bool] = lambda: False, chunk_rows: int = CHUNK_ROWS) -> RunResult:
-    """Work on a job until it is done or `should_stop()` says so (checked between chunks). A retention job
-    needs `retention_days`; without it (retention switched off meanwhile) it is left as it is."""
+            should_stop: Callable[[], bool] = lambda: False, chunk_rows: int = CHUNK_ROWS,
+            clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> RunResult:
+    """Work on a job until it is done or `should_stop()` says so (checked between chunks), pausing after each
+    chunk (`pause_after`). A retention job needs `retention_days`; without it (retention switched off meanwhile)
+    it is left as it is."""
     job = get_job(conn, job_id)
     if job is None or job.state not in UNFINISHED:
         return RunResult(job_id, True, 0)
@@ -142,10 +157,12 @@ def run_job(conn: pymysql.Connection, job_id: int, *, retention_days: int | None
     deleted = 0
     try:
         while not should_stop():
+            started = clock()
             progress = step(conn, job_id, chunk_rows)
             if progress is None:
                 return RunResult(job_id, True, deleted)
             deleted += progress
+            sleep(pause_after(clock() - started))
     except Exception as error:
         log.exception("job %s failed", job_id)
         _fail(conn, job_id, f"{type(error).__name__}: {error}")
@@ -255,7 +272,7 @@ def _purge_script_chunk(cursor: pymysql.cursors.Cursor, script_id: int, start: i
     straggler = cursor.fetchone()[0]
     if straggler is not None:
         return deleted, straggler
-    for table in ("tick_coverage", "gaps", "producer_status", "candles_1m"):
+    for table in ("tick_coverage", "gaps", "producer_status", "candles_1m", "tick_minutes"):
         cursor.execute(f"DELETE FROM {table} WHERE script_id = %s", (script_id,))  # fixed table names
     cursor.execute("DELETE FROM scripts WHERE id = %s", (script_id,))
     return deleted, None
@@ -286,8 +303,8 @@ def create_retention_job(conn: pymysql.Connection, now: datetime | None = None) 
 
 def _retention_step(conn: pymysql.Connection, job_id: int, chunk_rows: int, days: int) -> int | None:
     """Up to `chunk_rows` ticks traded before the cutoff, from the cursor's script on (a script with nothing old
-    costs two index dives; its old coverage rows go as it is passed), in one transaction; after the last script,
-    finished gaps older than the window, and the job is done (returns None then)."""
+    costs two index dives; its old coverage, candle and time-index rows go as it is passed), in one transaction;
+    after the last script, finished gaps older than the window, and the job is done (returns None then)."""
     with _transaction(conn) as cursor:
         job = _locked_job(cursor, job_id)
         if job is None:
@@ -307,14 +324,15 @@ def _retention_step(conn: pymysql.Connection, job_id: int, chunk_rows: int, days
                 return None
             if row[0] != script_id:
                 script_id, start = row[0], 0
-            last = _last_trade_before(cursor, script_id, cutoff)
+            last = time_index.last_trade_id_before(cursor, script_id, cutoff)
             end = None if last is None or last < start else _chunk_end(cursor, script_id, start,
                                                                       chunk_rows - deleted, last)
             if end is None:  # nothing (more) of this script before the cutoff
                 cursor.execute("DELETE FROM tick_coverage WHERE script_id = %s AND day < %s",
                                (script_id, cutoff.date()))
-                cursor.execute("DELETE FROM candles_1m WHERE script_id = %s AND minute < %s",  # the candle cache
-                               (script_id, int(cutoff.timestamp()) // 60))
+                for table in ("candles_1m", "tick_minutes"):  # the candle cache, the time index
+                    cursor.execute(f"DELETE FROM {table} WHERE script_id = %s AND minute < %s",  # fixed names
+                                   (script_id, time_index.minute_of(cutoff)))
                 script_id, start, passed = script_id + 1, 0, passed + 1
                 continue
             deleted += _delete_range(cursor, script_id, start, end, before=cutoff)
@@ -323,24 +341,16 @@ def _retention_step(conn: pymysql.Connection, job_id: int, chunk_rows: int, days
         return deleted
 
 
-def _last_trade_before(cursor: pymysql.cursors.Cursor, script_id: int, cutoff: datetime) -> int | None:
-    """The id of the script's last tick traded before `cutoff`: one dive into (script_id, traded_at). Trade ids
-    grow with trade time (Binance's do), so every tick to delete has an id at or below it."""
-    cursor.execute("SELECT trade_id FROM ticks WHERE script_id = %s AND traded_at < %s"
-                   " ORDER BY traded_at DESC, trade_id DESC LIMIT 1", (script_id, cutoff.replace(tzinfo=None)))
-    row = cursor.fetchone()
-    return None if row is None else row[0]
-
-
 def _in(values: tuple[str, ...]) -> str:
     return "(" + ", ".join(["%s"] * len(values)) + ")"
 
 
 def run_retention(conn: pymysql.Connection, days: int, *, should_stop: Callable[[], bool] = lambda: False,
-                  now: datetime | None = None, chunk_rows: int = CHUNK_ROWS) -> RunResult:
+                  now: datetime | None = None, chunk_rows: int = CHUNK_ROWS,
+                  sleep: Callable[[float], None] = time.sleep) -> RunResult:
     """Delete what is older than `days` UTC days (resuming an unfinished retention job first)."""
     job_id = create_retention_job(conn, now)
-    return run_job(conn, job_id, retention_days=days, should_stop=should_stop, chunk_rows=chunk_rows)
+    return run_job(conn, job_id, retention_days=days, should_stop=should_stop, chunk_rows=chunk_rows, sleep=sleep)
 
 
 def deadline_after(seconds: float) -> Callable[[], bool]:

@@ -3,13 +3,13 @@
 Exact decimal arithmetic in SQL (DECIMAL columns, never floats); results come back as decimal strings. Each
 query reads one time range of one script, so its cost follows the rows in that range, not the table:
 
-- candles: bars are computed from the ticks of the range — its trade-id span found on the (script_id, traded_at)
-  index alone (which holds the primary key), then one pass over that span of the primary key (the clustered rows,
-  in order) with the time range as a filter, grouped by bar; open and close are the prices of the bar's lowest and
-  highest trade id, read by primary key. Bars of a minute or longer are built from one-minute bars, and a minute
-  that can no longer change is kept in `candles_1m` (see the migration), so a day's bars read 1,440 rows instead
-  of its trades, and only minutes not yet sealed (the live edge, holes awaiting backfill) are computed again.
-  Sealing relies on what the producer's gap detection relies on: trade ids increase with trade time.
+- candles: bars are computed from the ticks of the range — its trade-id bounds found in the time index
+  (tickstream.time_index, two dives into tick_minutes), then one pass over that span of the primary key (the clustered
+  rows, in order) with the time range as a filter, grouped by bar; open and close are the prices of the bar's lowest
+  and highest trade id, read by primary key. Bars of a minute or longer are built from one-minute bars, and a minute
+  that can no longer change is kept in `candles_1m` (see the migration), so a day's bars read 1,440 rows instead of
+  its trades, and only minutes not yet sealed (the live edge, holes awaiting backfill) are computed again. Sealing
+  relies on what the producer's gap detection relies on: trade ids increase with trade time.
 - exports: keyset pages by trade id, as the JSON tick pages.
 """
 
@@ -24,6 +24,7 @@ from typing import Any
 
 import pymysql
 
+from tickstream import time_index
 from tickstream.catalog import _db_time, _decimal_text, tick_range
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -60,9 +61,6 @@ def bucket_floor(moment: datetime, interval_seconds: int) -> datetime:
     return EPOCH + timedelta(seconds=seconds)
 
 
-_SPAN_SQL = ("SELECT MIN(trade_id), MAX(trade_id) FROM ticks FORCE INDEX (ix_ticks_script_traded_at)"
-             " WHERE script_id = %s AND traded_at >= %s AND traded_at < %s")
-
 # The bucket is whole seconds since the epoch divided by the interval (no time-zone dependence). Grouped in a
 # derived table, then open and close joined by primary key.
 _CANDLES_SQL = """
@@ -72,7 +70,7 @@ FROM (
     SELECT TIMESTAMPDIFF(SECOND, '1970-01-01', traded_at) DIV %s AS bucket, MIN(trade_id) AS first_id,
            MAX(trade_id) AS last_id, MAX(price) AS high, MIN(price) AS low, SUM(quantity) AS volume,
            SUM(price * quantity) AS quote_volume, COUNT(*) AS trades
-    FROM ticks FORCE INDEX (PRIMARY)
+    FROM ticks
     WHERE script_id = %s AND trade_id BETWEEN %s AND %s AND traded_at >= %s AND traded_at < %s
     GROUP BY bucket
 ) g
@@ -94,12 +92,12 @@ def candles(conn: pymysql.Connection, script_id: int, start: datetime, end: date
 
 def candles_from_ticks(conn: pymysql.Connection, script_id: int, start: datetime, end: datetime,
                      interval_seconds: int) -> list[Candle]:
+    bounds = time_index.trade_id_bounds(conn, script_id, start, end)
+    if bounds is None:
+        return []
+    first_id, last_id = bounds
     window = (_db_time(start), _db_time(end))
     with conn.cursor() as cursor:
-        cursor.execute(_SPAN_SQL, (script_id, *window))
-        first_id, last_id = cursor.fetchone()
-        if first_id is None:
-            return []
         cursor.execute(_CANDLES_SQL, (interval_seconds, script_id, first_id, last_id, *window, script_id, script_id))
         rows = cursor.fetchall()
     return [_candle(row, interval_seconds) for row in rows]

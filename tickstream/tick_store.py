@@ -8,6 +8,9 @@ Two paths, both idempotent (a duplicate key is skipped, never an error and never
 Callers pass validated ticks (a decoded `TickBatch`, or ticks checked by `tickstream.ticks.validate_tick`): both
 paths would otherwise coerce bad values.
 
+Both keep the sparse time index (tick_minutes, tickstream.time_index) in the same transaction as the rows, which
+needs no counts: a minute's bounds are widened by every row offered, stored or duplicate.
+
 `TickStore` also keeps tick_coverage (tickstream.coverage) in the same transaction, exactly: it needs, per
 (script, UTC day), how many rows were really inserted, and a statement only reports its total. A chunk of one
 (script, day) group — or one whose rows are all new, or all duplicates — is loaded in one statement and its total
@@ -25,8 +28,9 @@ from dataclasses import dataclass
 
 import pymysql
 
+from tickstream import time_index
 from tickstream.codec import TickBatch
-from tickstream.coverage import DAY_US, CoverageDelta, Key, RowGroup, rows_by_group, summarize
+from tickstream.coverage import DAY_US, CoverageDelta, Key, RowGroup, Summary, rows_by_group, summarize_batch
 from tickstream.db import Connection
 from tickstream.ticks import Tick
 
@@ -62,7 +66,13 @@ def server_allows_load_data(conn: pymysql.Connection) -> bool:
 
 
 def insert_ticks_ignore(conn: pymysql.Connection, ticks: Sequence[Tick]) -> InsertResult:
-    """Multi-row INSERT IGNORE in chunks; does not commit."""
+    """Multi-row INSERT IGNORE in chunks, and the ticks' minutes in the time index; does not commit."""
+    result = _insert_ignore(conn, ticks)
+    time_index.write(conn, time_index.spans_of((t.script_id, t.trade_id, t.traded_at_us) for t in ticks))
+    return result
+
+
+def _insert_ignore(conn: pymysql.Connection, ticks: Sequence[Tick]) -> InsertResult:
     inserted = 0
     with conn.cursor() as cursor:
         for start in range(0, len(ticks), INSERT_CHUNK_ROWS):
@@ -99,9 +109,10 @@ class LoadDataFile:
 
 class TickStore:
     """One connection's tick writer: picks the fastest idempotent path the server and the connection allow (LOAD
-    DATA LOCAL needs a connection opened with `local_infile=True`), and keeps tick_coverage.
+    DATA LOCAL needs a connection opened with `local_infile=True`), and keeps tick_coverage and the time index.
 
-    `keep_coverage=False` exists only to measure what coverage costs (bench/ingest.py); the ingest always keeps it.
+    `keep_coverage=False` (neither coverage nor the time index) exists only to measure what they cost
+    (bench/ingest.py); the ingest always keeps both.
     """
 
     def __init__(self, conn: pymysql.Connection, use_load_data: bool | None = None, *,
@@ -111,6 +122,7 @@ class TickStore:
             use_load_data = isinstance(conn, Connection) and conn.local_infile and server_allows_load_data(conn)
         self._load_file = LoadDataFile() if use_load_data else None
         self._coverage = CoverageDelta() if keep_coverage else None
+        self._time_index = time_index.TimeIndexDelta() if keep_coverage else None
 
     @property
     def method(self) -> str:
@@ -129,19 +141,19 @@ class TickStore:
             raise
         return result
 
-    def write(self, batch: TickBatch, groups: dict[Key, RowGroup] | None = None) -> InsertResult:
+    def write(self, batch: TickBatch, summary: Summary | None = None) -> InsertResult:
         """Store the batch (duplicates skipped) in the open transaction; the caller commits or rolls back.
 
-        `groups` is `coverage.summarize(batch.rows)` when the caller already has it (the ingest computes it on the
-        handler's thread, in parallel with the previous chunk's load)."""
+        `summary` is `coverage.summarize_batch(batch.rows)` when the caller already has it (the ingest computes it
+        on the handler's thread, in parallel with the previous chunk's load)."""
         if not batch.count:
             return InsertResult(0, 0)
         if self._coverage is None:
             if self._load_file:
                 return self._load_file.insert(self.conn, batch)
-            return insert_ticks_ignore(self.conn, batch.ticks())
-        if groups is None:
-            groups = summarize(batch.rows)
+            return _insert_ignore(self.conn, batch.ticks())
+        groups, minutes = summary if summary is not None else summarize_batch(batch.rows)
+        self._time_index.add(minutes)
         inserted = self._load_counted(batch, groups) if self._load_file else self._insert_counted(batch, groups)
         return InsertResult(inserted, batch.count - inserted)
 
@@ -175,22 +187,27 @@ class TickStore:
             by_group.setdefault((tick.script_id, tick.traded_at_us // DAY_US), []).append(tick)
         inserted = 0
         for key, ticks in by_group.items():
-            stored = insert_ticks_ignore(self.conn, ticks).inserted
+            stored = _insert_ignore(self.conn, ticks).inserted
             self._coverage.add(groups[key], stored)
             inserted += stored
         return inserted
 
     def commit(self) -> None:
-        """Coverage of the transaction's ticks, then COMMIT: both or neither."""
+        """The time index and coverage of the transaction's ticks, then COMMIT: all or nothing. Every writer
+        upserts tick_minutes before tick_coverage, each in key order, so two writers never wait for each other in a
+        cycle."""
         if self._coverage is not None:
+            self._time_index.write(self.conn)
             self._coverage.write(self.conn)
         self.conn.commit()
         if self._coverage is not None:
             self._coverage.clear()
+            self._time_index.clear()
 
     def rollback(self) -> None:
         if self._coverage is not None:
             self._coverage.clear()
+            self._time_index.clear()
         _rollback_quietly(self.conn)
 
     def existing_script_ids(self) -> set[int]:
