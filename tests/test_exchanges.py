@@ -57,7 +57,20 @@ def test_an_unknown_type_is_refused_by_name() -> None:
 def test_binance_us_is_binances_protocol_on_its_own_hosts() -> None:
     us = adapter_for("binance_us")
     assert isinstance(us, BinanceAdapter) and type(us) is type(binance.ADAPTER), "no copied logic"
-    assert (us.limits, us.rest_limits) == (binance.ADAPTER.limits, binance.ADAPTER.rest_limits)
+    assert us.rest_limits == binance.ADAPTER.rest_limits
+    # Spot's limits, but Binance.US pings every 3 min (pong within 10): the producer pings a quiet connection itself
+    assert dataclasses.replace(us.limits, keepalive=binance.ADAPTER.limits.keepalive) == binance.ADAPTER.limits
+    assert us.limits.keepalive.server_ping_seconds == 180.0
+
+
+def test_venues_that_ping_rarely_are_pinged_before_the_watchdog_fires() -> None:
+    """A quiet, healthy connection must be heard within the watchdog: either the venue pings more often than half
+    the default watchdog, or the adapter has the producer ping first (its pong is heard)."""
+    watchdog = ProducerSettings().watchdog_seconds
+    for venue_type, adapter in registry.ADAPTERS.items():
+        keepalive = adapter.limits.keepalive
+        heard_every = min(x for x in (keepalive.server_ping_seconds, keepalive.client_ping_seconds) if x is not None)
+        assert heard_every <= watchdog / 2, venue_type
     assert (BINANCE_US.ws_url, BINANCE_US.rest_url) == ("wss://stream.binance.us:9443", "https://api.binance.us")
     assert endpoint_problem(BINANCE_US.ws_url, "ws", frozenset(), BINANCE_US) is None
     assert endpoint_problem(BINANCE_US.rest_url, "rest", frozenset(), BINANCE_US) is None

@@ -437,7 +437,8 @@ class ProducerStatusOut(Out):
     """What the producer last reported for the script (producer_status, upserted every few seconds)."""
 
     broker_id: int
-    state: str = Field(description="subscribed | unknown_symbol | backfilling | lagging | connecting")
+    state: str = Field(description="subscribed | unknown_symbol | unknown_type (no adapter for the broker's type)"
+                       " | backfilling | lagging | connecting")
     detail: str | None
     connection: str | None
     last_trade_id: int | None

@@ -18,7 +18,9 @@ from tickstream.venues import BINANCE_USDM
 USDM_LIMITS = Limits(
     streams_per_connection=1024, messages_per_second=10.0, streams_per_message=200,
     connection_lifetime_seconds=24 * 3600.0, connection_attempts=300, connection_attempts_seconds=300.0,
-    keepalive=Keepalive(server_ping_seconds=180.0, idle_timeout_seconds=600.0),
+    # The venue pings only every 3 minutes: the producer pings (a WS ping frame) after 15 s of silence, so a quiet
+    # but healthy connection is heard (its pong) well within the watchdog and never reconnected for nothing.
+    keepalive=Keepalive(server_ping_seconds=180.0, idle_timeout_seconds=600.0, client_ping_seconds=15.0),
 )
 USDM_REST = RestLimits(weight_per_window=2400, window_seconds=60.0, page_size=1000,
                        used_weight_header="X-MBX-USED-WEIGHT-1M")

@@ -158,6 +158,7 @@
   // The producer's own view (producer_status) when it has reported the script, else what /stats can tell.
   function producerStatus(status, generatedAt) {
     const labels = { subscribed: ['live', 'subscribed'], unknown_symbol: ['bad', 'unknown symbol'],
+      unknown_type: ['bad', 'unknown broker type'],
       lagging: ['lagging', 'lagging'], connecting: ['idle', 'connecting'] };
     let [kind, label] = labels[status.state] || ['idle', status.state];
     if (status.state === 'backfilling') {
