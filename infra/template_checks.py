@@ -25,11 +25,9 @@ beside it. Each check returns a list of Findings (empty = pass); tests/test_depl
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,6 +40,7 @@ from unittest import mock
 
 import yaml
 
+from infra import stack
 from infra.compose.deploy import OUTPUT_VARIABLES
 from infra.localstack import localstack_environment
 from infra.localstack_config import REGION, REPO_ROOT, settings_from_env
@@ -556,33 +555,18 @@ def iam_coverage(templates: Sequence[Path] = (DEFAULT_TEMPLATE,)) -> dict[Path, 
 
 # --- sam build (slower: fetches the layer's wheels) --------------------------------------------------------------
 
-def find_python312() -> Path | None:
-    """A real python3.12 (pyenv shims fail in a clean environment), as the Makefile's find_python does."""
-    candidates = [os.environ.get("PYTHON312", ""),
-                  *sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.12.*/bin/python3.12")), reverse=True),
-                  "/usr/local/bin/python3.12", "/usr/bin/python3.12", shutil.which("python3.12") or ""]
-    for candidate in filter(None, candidates):
-        if Path(candidate).is_file() and "shims" not in candidate:
-            return Path(candidate)
-    return None
-
-
-def sam_build(template: Path = DEFAULT_TEMPLATE, build_dir: Path | None = None,
-              tools: Tools | None = None) -> list[Finding]:
-    """`sam build` without a container: python3.12 first on PATH builds the functions, `make` the layer."""
-    tools = tools or tools_from_env()
-    if missing := _missing_tool("sam-build", tools.sam_cli):
+def sam_build(template: Path = DEFAULT_TEMPLATE) -> list[Finding]:
+    """`sam build` without a container, through the deploys' one build path (infra.stack.sam_build): a build of
+    the same work tree is reused from its cache, not made again."""
+    settings = settings_from_env()
+    if missing := _missing_tool("sam-build", settings.sam_cli):
         return missing
-    python = find_python312()
-    if python is None:
-        return [Finding("sam-build", "no python3.12 found (set PYTHON312=/path/to/python3.12)")]
     with tempfile.TemporaryDirectory(prefix="tickstream-sam-build-") as scratch:
-        target = build_dir or Path(scratch) / "build"
-        result = _run([tools.sam_cli, "build", "--template", template.resolve(), "--build-dir", target],
-                      cwd=template.resolve().parent, env=tool_environment([python.parent, tools.bin_dir]))
-    if result.returncode == 0:
-        return []
-    return [Finding("sam-build", f"sam build failed ({result.returncode}):\n{_output_tail(result)}")]
+        try:
+            stack.sam_build(settings, template, Path(scratch))
+        except stack.DeployError as exc:
+            return [Finding("sam-build", str(exc)[-4000:])]
+    return []
 
 
 # --- CLI ---------------------------------------------------------------------------------------------------------

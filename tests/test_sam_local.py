@@ -34,7 +34,8 @@ import pymysql
 import pytest
 
 from events import generate
-from infra import template_checks
+from infra import stack, template_checks
+from infra.localstack_config import settings_from_env
 from infra.sam_local import base_image, engine
 from infra.sam_local.sam_launcher import UnsupportedSam, free_loopback_port, host_network_kwargs, with_skip_pull
 from tickstream.codec import decode_message
@@ -183,9 +184,8 @@ def docker_engine() -> Iterator[engine.EnginePaths]:
 
 @pytest.fixture(scope="module")
 def built_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    build_dir = tmp_path_factory.mktemp("sam") / "build"
-    assert template_checks.sam_build(build_dir=build_dir) == []
-    return build_dir / "template.yaml"
+    """The deploys' build of template.yaml (infra.stack.sam_build: reused from its cache when the tree is unchanged)."""
+    return stack.sam_build(settings_from_env(), stack.DEFAULT_TEMPLATE, tmp_path_factory.mktemp("sam"))
 
 
 def sam_environment(paths: engine.EnginePaths) -> dict[str, str]:
