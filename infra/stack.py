@@ -124,7 +124,9 @@ def sam_build(settings: LocalStackSettings, template: Path, work_dir: Path) -> P
 
 
 def _relink(work_dir: Path, build: Path) -> Path:
-    """`work_dir`/build → `build`; returns the built template there."""
+    """`work_dir`/build → `build`; returns the built template by its real path: the built template names what sam
+    did not copy (a layer's ContentUri) relative to the directory it was built in, and a path through the link
+    would resolve those against `work_dir` instead."""
     link = work_dir / "build"
     if link.is_symlink():
         link.unlink()
@@ -132,7 +134,7 @@ def _relink(work_dir: Path, build: Path) -> Path:
         shutil.rmtree(link)
     work_dir.mkdir(parents=True, exist_ok=True)
     link.symlink_to(build, target_is_directory=True)
-    return link / "template.yaml"
+    return build / "template.yaml"
 
 
 def _build_into(settings: LocalStackSettings, template: Path, build_dir: Path) -> Path:
