@@ -43,6 +43,7 @@ from tests.drill_harness import (
     results_document,
 )
 from tests.mariadb_control import mariadb_stopped
+from tests.producer_harness import wait_for
 from tests.tcp_proxy import TcpProxy
 from tickstream.settings import DatabaseSettings
 
@@ -325,15 +326,6 @@ def test_localstack_stopped_for_20_seconds(
     record_and_check(results, result)
     assert drained, "the queue drained before LocalStack stopped"
     assert replayed >= 1
-
-
-def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.25)
-    return condition()
 
 
 # --- completeness: the gap ledger and the audit (issue 13) ------------------------------------------------------
