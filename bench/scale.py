@@ -4,7 +4,8 @@ For each size (default 1M, 10M, 100M rows; bench.scale_build, kept between runs)
 ingest handler as stage 2 and the same API over HTTP (`chalice local`) as the tests:
 - ingest rows/s appending to the hot symbols, against the same into an empty table, in interleaved pairs (goal
   ≥ 0.9×, the median of the pairs' ratios);
-- p50/p99 of /stats, a tick page with from/to in the middle of the 30 days, 30 days of coverage and /gaps (each
+- p50/p99 of /stats (after the same 60,000 ticks traded in the last minute at every size), a full page of 100
+  ticks with from/to (one hour) in the middle of the 30 days, 30 days of coverage and /gaps (each
   only if the API has the route; goal ≤ 50 ms p99 and ≤ 1.5× its figure at the smallest size);
 - bytes per stored tick, (data + index) / rows of ticks and of its time index tick_minutes (goal ≤ 125 B);
 - retention removing the oldest day (tickstream.jobs, as the maintenance function runs it): its duration and the
@@ -61,6 +62,7 @@ TOKEN = "bench-scale-token"
 SLOW_READ_SECONDS = 2.0  # a read slower than this is sampled 3 times only (it would take minutes otherwise)
 DATABASE_WAIT_SECONDS = 600  # other sessions' drills stop MariaDB for minutes at a time
 INGEST_PAIRS = 3
+RECENT_TICKS = 60_000  # traded in the minute before the reads (1,000 a second): what /stats counts and samples
 ENDPOINTS = ("stats", "tick page", "coverage 30 days", "gaps")
 
 
@@ -82,8 +84,10 @@ def run(sizes: Sequence[int], ingest_rows: int, samples: int, workers: int = 2) 
 
 # --- ingest ----------------------------------------------------------------------------------------------------
 
-def fresh_ticks(next_ids: dict[int, int], count: int, start_us: int) -> list[Tick]:
-    """`count` ticks interleaved over the scripts from their next trade ids, 1 ms apart: what a live feed adds."""
+def fresh_ticks(next_ids: dict[int, int], count: int) -> list[Tick]:
+    """`count` ticks interleaved over the scripts from their next trade ids, 1 ms apart, the last one traded now:
+    what a live feed adds (never traded in the future: a later read of the last minute would count them)."""
+    start_us = now_us() - count * 1000
     scripts = sorted(next_ids)
     ticks = []
     for i in range(count):
@@ -106,7 +110,7 @@ def empty_table_ingest(rows: int) -> dict[str, float]:
         conn = connect(db, autocommit=True)
         ids = make_scripts(conn, scale_build.HOT).values()
         conn.close()
-        return timed_ingest(db, fresh_ticks(dict.fromkeys(ids, 1), rows, now_us()))
+        return timed_ingest(db, fresh_ticks(dict.fromkeys(ids, 1), rows))
 
 
 def paired_ingest(db: DatabaseSettings, conn: pymysql.Connection, rows: int) -> dict[str, Any]:
@@ -115,7 +119,7 @@ def paired_ingest(db: DatabaseSettings, conn: pymysql.Connection, rows: int) -> 
     pairs = []
     for _ in range(INGEST_PAIRS):
         empty = empty_table_ingest(rows)["rows_per_s"]
-        full = timed_ingest(db, fresh_ticks(hot_next_ids(conn), rows, now_us()))["rows_per_s"]
+        full = timed_ingest(db, fresh_ticks(hot_next_ids(conn), rows))["rows_per_s"]
         pairs.append({"empty_rows_per_s": empty, "rows_per_s": full, "ratio": full / empty})
     return {"rows_per_s": statistics.median(p["rows_per_s"] for p in pairs),
             "empty_rows_per_s": statistics.median(p["empty_rows_per_s"] for p in pairs),
@@ -175,12 +179,11 @@ def measure(db: DatabaseSettings, ingest_rows: int, samples: int) -> dict[str, A
 
 
 def stored_rows(conn: pymysql.Connection) -> int:
-    """From tick_coverage (the build writes it to match; O(scripts × days)), plus rows a previous run ingested."""
+    """From tick_coverage, O(scripts × days): the build writes the 30 days' rows to match, and the ingest keeps
+    the rows of the days it appended to (today's) exact."""
     with conn.cursor() as cursor:
         cursor.execute("SELECT COALESCE(SUM(stored), 0) FROM tick_coverage")
-        covered = int(cursor.fetchone()[0])
-        cursor.execute("SELECT COUNT(*) FROM ticks WHERE traded_at >= UTC_DATE()")  # today's, not in coverage
-        return covered + int(cursor.fetchone()[0])
+        return int(cursor.fetchone()[0])
 
 
 def storage_bytes(conn: pymysql.Connection, rows: int) -> dict[str, Any]:
@@ -203,7 +206,7 @@ def table_bytes(conn: pymysql.Connection, table: str, rows: int) -> dict[str, fl
 
 def coverage_days(conn: pymysql.Connection) -> list[date]:
     with conn.cursor() as cursor:
-        cursor.execute("SELECT DISTINCT day FROM tick_coverage ORDER BY day")
+        cursor.execute("SELECT DISTINCT day FROM tick_coverage WHERE day < UTC_DATE() ORDER BY day")  # the 30 days
         return [row[0] for row in cursor.fetchall()]
 
 
@@ -211,10 +214,11 @@ def read_latencies(db: DatabaseSettings, conn: pymysql.Connection, samples: int)
     days = coverage_days(conn)
     hot = min(hot_next_ids(conn))
     middle = datetime.combine(days[len(days) // 2], datetime.min.time(), UTC) + timedelta(hours=12)
+    timed_ingest(db, fresh_ticks(hot_next_ids(conn), RECENT_TICKS))  # the same last minute at every size
     paths = {
         "stats": "/stats",
         "tick page": f"/scripts/{hot}/ticks?order=asc&limit=100&from={middle:%Y-%m-%dT%H:%M:%SZ}"
-                     f"&to={middle + timedelta(minutes=10):%Y-%m-%dT%H:%M:%SZ}",
+                     f"&to={middle + timedelta(hours=1):%Y-%m-%dT%H:%M:%SZ}",
         "coverage 30 days": f"/scripts/{hot}/coverage?from={days[0].isoformat()}&to={days[-1].isoformat()}",
         "gaps": f"/gaps?script_id={hot}",
     }
@@ -268,15 +272,14 @@ def time_request(base_url: str, path: str) -> tuple[float, int]:
 def retention_under_ingest(db: DatabaseSettings, conn: pymysql.Connection, next_ids: dict[int, int],
                            ingest_rows: int) -> dict[str, Any]:
     """Delete the oldest day (retention with the window that keeps the rest) on its own connection, as the
-    maintenance function would, while the ingest handler appends; the ingest rate counts only while both run."""
+    maintenance function would, while the ingest handler appends until it has finished; the ingest rate is the
+    rows stored over the handler's own time."""
     oldest = coverage_days(conn)[0]
     days = (datetime.now(UTC).date() - oldest).days  # the cutoff is then oldest + 1 day
     with conn.cursor() as cursor:
         cursor.execute("SELECT COALESCE(SUM(stored), 0) FROM tick_coverage WHERE day = %s", (oldest,))
         day_rows = int(cursor.fetchone()[0])
     start_ids = dict(next_ids)
-    events = [sqs_event(*[sqs_record(body) for body in batch])
-              for batch in _batches(bodies_of(fresh_ticks(next_ids, ingest_rows * 4, now_us())), BATCH_MESSAGES)]
     outcome: dict[str, Any] = {}
 
     def retention() -> None:
@@ -291,20 +294,28 @@ def retention_under_ingest(db: DatabaseSettings, conn: pymysql.Connection, next_
     with loaded_handler(db) as handler:
         use_store(handler, db, "load_data")
         thread = threading.Thread(target=retention)
-        watch = Stopwatch()
         thread.start()
+        ingest_seconds = 0.0  # handler time only: blocks of ticks are made between the timed calls
         with contextlib.redirect_stdout(io.StringIO()):
-            for event in events:
-                if not thread.is_alive():
-                    break
-                handler.handler(event, FakeLambdaContext())
-        ingest_seconds = watch.seconds
+            while thread.is_alive():
+                for event in ingest_events(next_ids, ingest_rows):
+                    if not thread.is_alive():
+                        break
+                    watch = Stopwatch()
+                    handler.handler(event, FakeLambdaContext())
+                    ingest_seconds += watch.seconds
         thread.join()
     ingested = rows_from(conn, start_ids)
     outcome.update(day=oldest.isoformat(), day_rows=day_rows, ingest_seconds=ingest_seconds,
                    ingest_rows=ingested, ingest_rows_per_s=rate(ingested, ingest_seconds),
                    overlap=min(1.0, ingest_seconds / outcome["seconds"]) if outcome.get("seconds") else None)
     return outcome
+
+
+def ingest_events(next_ids: dict[int, int], rows: int) -> list[dict[str, Any]]:
+    """`rows` fresh ticks as SQS events of BATCH_MESSAGES messages each."""
+    return [sqs_event(*[sqs_record(body) for body in batch])
+            for batch in _batches(bodies_of(fresh_ticks(next_ids, rows)), BATCH_MESSAGES)]
 
 
 def _batches(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:

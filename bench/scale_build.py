@@ -168,7 +168,9 @@ def is_built(db: DatabaseSettings) -> bool:
         return False
     try:
         with conn.cursor() as cursor:
-            cursor.execute("SELECT COUNT(DISTINCT script_id), COUNT(DISTINCT day) FROM tick_coverage")
+            days = days_ending_yesterday()
+            cursor.execute("SELECT COUNT(DISTINCT script_id), COUNT(DISTINCT day) FROM tick_coverage"
+                           " WHERE day BETWEEN %s AND %s", (days[0], days[-1]))
             return cursor.fetchone() == (SCRIPTS, DAYS)
     except pymysql.err.ProgrammingError:
         return False
@@ -180,10 +182,34 @@ def build_or_reuse(total_rows: int, workers: int = 2) -> tuple[DatabaseSettings,
     """The scale database for `total_rows`, built unless a finished build is there; (settings, reused)."""
     db = scale_database(total_rows)
     migrate(db)  # a kept table gets the newest schema (what a deploy would do to it) before it is measured
-    if is_built(db):
-        return db, True
-    build(db, total_rows, workers)  # a build interrupted (the server restarted, ^C) resumes where it stopped
-    return db, False
+    reused = is_built(db)
+    if not reused:
+        build(db, total_rows, workers)  # a build interrupted (the server restarted, ^C) resumes where it stopped
+    conn = connect(db, autocommit=True)
+    try:
+        remove_appended(conn)
+    finally:
+        conn.close()
+    return db, reused
+
+
+def remove_appended(conn: pymysql.Connection) -> int:
+    """Delete what measuring appended (ticks traded from today on, after the 30 days, and their coverage, minutes
+    and candles), so every run measures the table as built; returns the ticks deleted."""
+    today_minute = time_index.minute_of(datetime.combine(days_ending_yesterday()[-1] + timedelta(days=1),
+                                                         datetime.min.time(), UTC))
+    deleted = 0
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT script_id, MIN(first_trade_id) FROM tick_minutes WHERE minute >= %s"
+                       " GROUP BY script_id", (today_minute,))
+        for script_id, first_id in cursor.fetchall():
+            while cursor.execute("DELETE FROM ticks WHERE script_id = %s AND trade_id >= %s ORDER BY trade_id"
+                                 " LIMIT 50000", (script_id, first_id)):
+                deleted += cursor.rowcount
+        for table in ("tick_minutes", "candles_1m"):  # fixed names
+            cursor.execute(f"DELETE FROM {table} WHERE minute >= %s", (today_minute,))
+        cursor.execute("DELETE FROM tick_coverage WHERE day > %s", (days_ending_yesterday()[-1],))
+    return deleted
 
 
 def build(db: DatabaseSettings, total_rows: int, workers: int = 2) -> list[ScriptPlan]:
@@ -215,7 +241,7 @@ def build(db: DatabaseSettings, total_rows: int, workers: int = 2) -> list[Scrip
         raise errors[0]
     with conn.cursor() as cursor:
         rows = [coverage_row(b) for plan in plans for b in day_builds(plan, days)]
-        cursor.execute("DELETE FROM tick_coverage")
+        cursor.execute("DELETE FROM tick_coverage WHERE day BETWEEN %s AND %s", (days[0], days[-1]))
         cursor.executemany("INSERT INTO tick_coverage (script_id, day, stored, first_trade_id, last_trade_id,"
                            " first_traded_at, last_traded_at) VALUES (%s, %s, %s, %s, %s, %s, %s)", rows)
     conn.close()
