@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import os
 import re
@@ -14,7 +15,7 @@ import sys
 import threading
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,18 +51,18 @@ from producer_service.sequencer import Gap, Sequencer
 from producer_service.service import ProducerService
 from producer_service.sink import TickBuffer
 from simulator.harness import ExchangeSimulator
-from tests.conftest import SIMULATOR_HOSTS, make_script
+from tests.conftest import SIMULATOR_HOSTS, broker_of, make_script
 from tests.producer_harness import (
     FAST_PRODUCER,
     QueueReader,
     expected_ids,
-    fresh_queue,
     register_simulator,
     running_producer,
     sqs,
     start_trading,
     stop_trading,
     store_with_coverage,
+    wait_for,
 )
 from tests.tcp_proxy import TcpProxy
 from tickstream.db import connect
@@ -82,13 +83,6 @@ def sim() -> Iterator[ExchangeSimulator]:
 @pytest.fixture
 def sqs_client(localstack: Any) -> Any:
     return sqs(localstack.endpoint_url)
-
-
-@pytest.fixture
-def queue(sqs_client: Any) -> Iterator[str]:
-    url = fresh_queue(sqs_client)
-    yield url
-    sqs_client.delete_queue(QueueUrl=url)
 
 
 def assert_exactly_once(reader: QueueReader, sim: ExchangeSimulator, scripts: dict[str, int],
@@ -139,7 +133,7 @@ def test_scripts_added_and_removed_live_without_restart(db: pymysql.Connection, 
                                                         localstack: Any, sqs_client: Any, queue: str,
                                                         sim: ExchangeSimulator, tmp_path: Path) -> None:
     scripts = register_simulator(db, sim, ["BTCUSDT"])
-    broker_id = _broker_of(db, scripts["BTCUSDT"])
+    broker_id = broker_of(db, scripts["BTCUSDT"])
     reader = QueueReader(sqs_client, queue)
     with running_producer(db_settings, localstack.endpoint_url, queue, tmp_path) as producer:
         start_trading(sim, producer)
@@ -229,12 +223,6 @@ def test_resumes_from_what_is_stored_after_a_restart(db: pymysql.Connection, db_
         assert reader.wait_for(lambda: reader.ids(script_id) >= wanted, timeout=20)
         assert reader.ids(script_id) == wanted
         assert reader.duplicates() == []
-
-
-def _broker_of(conn: pymysql.Connection, script_id: int) -> int:
-    with conn.cursor() as cursor:
-        cursor.execute("SELECT broker_id FROM scripts WHERE id = %s", (script_id,))
-        return cursor.fetchone()[0]
 
 
 
@@ -634,11 +622,8 @@ class FragmentFloodServer(CraftedServer):
             self._record(sock, number)
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return condition()
+# Socket and thread events here follow each other within milliseconds: poll often.
+wait_until = functools.partial(wait_for, timeout=10.0, interval=0.02)
 
 
 def collecting_connection(url: str, streams: set[str], watchdog_seconds: float = 10.0,

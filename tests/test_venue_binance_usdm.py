@@ -11,7 +11,6 @@ import dataclasses
 import itertools
 import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +25,11 @@ from producer_service.exchanges.registry import adapter_for
 from producer_service.rest import RestClient
 from simulator import venues as simulator_venues
 from simulator.harness import ExchangeSimulator, MultiVenueSimulator
-from tests.conftest import SIMULATOR_HOSTS, make_broker, make_script
+from tests.conftest import SIMULATOR_HOSTS, broker_of, make_broker, make_script, stored_ids
 from tests.producer_harness import (
     RunningProducer,
-    fresh_queue,
     register_simulator,
     running_producer,
-    sqs,
     start_trading,
     stop_trading,
     wait_for,
@@ -89,12 +86,6 @@ def test_rest_pages_and_symbols_come_from_fapi() -> None:
 
 
 # --- the drill: every trade exactly once through the real pipeline --------------------------------------------
-
-def stored_ids(db: pymysql.Connection, script_id: int) -> list[int]:
-    with db.cursor() as cursor:
-        cursor.execute("SELECT trade_id FROM ticks WHERE script_id = %s ORDER BY trade_id", (script_id,))
-        return [row[0] for row in cursor.fetchall()]
-
 
 def ledger_kind(sim: ExchangeSimulator) -> str:
     """The simulator's ledger of the venue's default stream (binance*: aggTrade; okx: its trades)."""
@@ -176,14 +167,6 @@ def clear_faults(sim: ExchangeSimulator) -> None:
 
 # --- live subscribe and unsubscribe within 10 messages/s --------------------------------------------------------
 
-@pytest.fixture
-def queue(localstack: Any) -> Iterator[str]:
-    client = sqs(localstack.endpoint_url)
-    url = fresh_queue(client)
-    yield url
-    client.delete_queue(QueueUrl=url)
-
-
 def resubscribe_live(db: pymysql.Connection, db_settings: DatabaseSettings, localstack: Any, queue: str,
                      tmp_path: Path) -> tuple[int, bool]:
     """30 streams, then in one change 25 of them unsubscribed (one UNSUBSCRIBE each) and 30 others subscribed,
@@ -192,7 +175,7 @@ def resubscribe_live(db: pymysql.Connection, db_settings: DatabaseSettings, loca
     symbols = tuple(f"S{n:03d}USDT" for n in range(60))
     with ExchangeSimulator(venue=USDM, symbols=symbols, rate=0, seed=7, ping_interval=0.5) as sim:
         first = register_simulator(db, sim, list(symbols[:30]), name="USD-M live")
-        broker_id = _broker_of(db, next(iter(first.values())))
+        broker_id = broker_of(db, next(iter(first.values())))
         with running_producer(db_settings, localstack.endpoint_url, queue, tmp_path) as producer:
             assert wait_for(lambda: len(sim.subscriptions()) == 30, timeout=15)
             with db.cursor() as cursor:
@@ -207,12 +190,6 @@ def resubscribe_live(db: pymysql.Connection, db_settings: DatabaseSettings, loca
             time.sleep(1.5)  # past the limit's one-second window
             sessions = max(conn.sessions for feed in producer.service.feeds.values() for conn in feed.connections)
     return sessions, settled
-
-
-def _broker_of(db: pymysql.Connection, script_id: int) -> int:
-    with db.cursor() as cursor:
-        cursor.execute("SELECT broker_id FROM scripts WHERE id = %s", (script_id,))
-        return cursor.fetchone()[0]
 
 
 @pytest.mark.localstack
