@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import os
@@ -40,6 +41,7 @@ from producer_service.connection import (
     MessageTooBig,
     StreamConnection,
 )
+from producer_service.exchanges import registry
 from producer_service.exchanges.base import script_target
 from producer_service.exchanges.binance import ADAPTER as BINANCE
 from producer_service.feed import Feed
@@ -150,6 +152,38 @@ def test_scripts_added_and_removed_live_without_restart(db: pymysql.Connection, 
         assert sim.connection_count() == 1, "changes went over the open connection, no reconnect"
         feed = next(iter(producer.service.feeds.values()))
         assert set(feed.by_stream) == {"btcusdt@aggTrade"}
+
+
+def control_requests(sim: ExchangeSimulator, method: str) -> list[list[str]]:
+    """The streams of each `method` request ("SUBSCRIBE", "UNSUBSCRIBE") the clients sent, in order."""
+    requests = [orjson.loads(message) for message in sim.client_messages()]
+    return [request["params"] for request in requests if request.get("method") == method]
+
+
+def test_one_change_unsubscribes_in_batches_as_it_subscribes(db: pymysql.Connection, db_settings: DatabaseSettings,
+                                                             localstack: Any, queue: str, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ten of twelve scripts deactivated in one change go out as UNSUBSCRIBEs of up to the venue's streams per
+    message (4 here, as the SUBSCRIBEs went): three messages over the open connection, not ten."""
+    limits = dataclasses.replace(BINANCE.limits, streams_per_message=4)
+    monkeypatch.setitem(registry.ADAPTERS, "binance", dataclasses.replace(BINANCE, limits=limits))
+    symbols = [f"S{n:02d}USDT" for n in range(12)]
+    kept, gone = symbols[10:], symbols[:10]
+    with ExchangeSimulator(symbols=tuple(symbols), rate=0, seed=13) as sim:
+        scripts = register_simulator(db, sim, symbols)
+        with running_producer(db_settings, localstack.endpoint_url, queue, tmp_path):
+            assert wait_for(lambda: len(sim.subscriptions()) == len(symbols), timeout=15)
+            with db.cursor() as cursor:
+                cursor.execute("UPDATE scripts SET is_active = FALSE WHERE id IN %s",
+                               (tuple(scripts[symbol] for symbol in gone),))
+            assert wait_for(lambda: sim.subscriptions() == {BINANCE.stream_key(s, "aggTrade") for s in kept}, 15)
+            subscribed, unsubscribed = (control_requests(sim, method) for method in ("SUBSCRIBE", "UNSUBSCRIBE"))
+            connections = sim.connection_count()
+    assert [len(streams) for streams in subscribed] == [4, 4, 4]
+    assert sorted(len(streams) for streams in unsubscribed) == [2, 4, 4], unsubscribed
+    assert sorted(stream for streams in unsubscribed for stream in streams) == sorted(
+        BINANCE.stream_key(symbol, "aggTrade") for symbol in gone)
+    assert connections == 1, "over the open connection"
 
 
 def test_streams_are_sharded_over_connections(db: pymysql.Connection, db_settings: DatabaseSettings,

@@ -168,25 +168,30 @@ def clear_faults(sim: ExchangeSimulator) -> None:
 # --- live subscribe and unsubscribe within 10 messages/s --------------------------------------------------------
 
 def resubscribe_live(db: pymysql.Connection, db_settings: DatabaseSettings, localstack: Any, queue: str,
-                     tmp_path: Path) -> tuple[int, bool]:
-    """30 streams, then in one change 25 of them unsubscribed (one UNSUBSCRIBE each) and 30 others subscribed,
-    while the server pings every 0.5 s: ~28 messages owed at once. Returns (sessions of the connection, whether
-    the simulator ended up with exactly the wanted streams)."""
-    symbols = tuple(f"S{n:03d}USDT" for n in range(60))
+                     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, messages_per_second: float) -> tuple[int, bool]:
+    """6 streams, then in one change 5 of them unsubscribed and 30 others subscribed, one stream a message (the
+    adapter's streams per message cut to 1, so that one change owes many messages; the first 6 fit in USD-M's
+    second even unpaced), while the server pings every 0.5 s: ~35 messages owed at once, paced at
+    `messages_per_second`. Returns (sessions of the connection, whether the simulator ended up with exactly the
+    wanted streams)."""
+    limits = dataclasses.replace(binance_usdm.USDM_LIMITS, streams_per_message=1,
+                                 messages_per_second=messages_per_second)
+    monkeypatch.setitem(registry.ADAPTERS, USDM, dataclasses.replace(binance_usdm.ADAPTER, limits=limits))
+    symbols = tuple(f"S{n:03d}USDT" for n in range(36))
     with ExchangeSimulator(venue=USDM, symbols=symbols, rate=0, seed=7, ping_interval=0.5) as sim:
-        first = register_simulator(db, sim, list(symbols[:30]), name="USD-M live")
+        first = register_simulator(db, sim, list(symbols[:6]), name="USD-M live")
         broker_id = broker_of(db, next(iter(first.values())))
         with running_producer(db_settings, localstack.endpoint_url, queue, tmp_path) as producer:
-            assert wait_for(lambda: len(sim.subscriptions()) == 30, timeout=15)
+            assert wait_for(lambda: len(sim.subscriptions()) == 6, timeout=15)
             with db.cursor() as cursor:
                 db.begin()
                 cursor.execute("UPDATE scripts SET is_active = 0 WHERE id IN %s",
-                               (tuple(first[symbol] for symbol in symbols[:25]),))
-                for symbol in symbols[30:]:
+                               (tuple(first[symbol] for symbol in symbols[:5]),))
+                for symbol in symbols[6:]:
                     make_script(db, broker_id, symbol)
                 db.commit()
-            wanted = {f"{symbol.lower()}@aggTrade" for symbol in symbols[25:]}
-            settled = wait_for(lambda: sim.subscriptions() == wanted, timeout=15)
+            wanted = {f"{symbol.lower()}@aggTrade" for symbol in symbols[5:]}
+            settled = wait_for(lambda: sim.subscriptions() == wanted, timeout=20)
             time.sleep(1.5)  # past the limit's one-second window
             sessions = max(conn.sessions for feed in producer.service.feeds.values() for conn in feed.connections)
     return sessions, settled
@@ -194,8 +199,10 @@ def resubscribe_live(db: pymysql.Connection, db_settings: DatabaseSettings, loca
 
 @pytest.mark.localstack
 def test_live_subscribe_and_unsubscribe_stay_within_10_messages_per_second(
-        db: pymysql.Connection, db_settings: DatabaseSettings, localstack: Any, queue: str, tmp_path: Path) -> None:
-    sessions, settled = resubscribe_live(db, db_settings, localstack, queue, tmp_path)
+        db: pymysql.Connection, db_settings: DatabaseSettings, localstack: Any, queue: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    pace = binance_usdm.USDM_LIMITS.messages_per_second
+    sessions, settled = resubscribe_live(db, db_settings, localstack, queue, tmp_path, monkeypatch, pace)
     assert settled, "the live changes reached the exchange"
     assert sessions == 1, "the exchange cut the connection for exceeding USD-M's 10 messages/s"
 
@@ -205,10 +212,7 @@ def test_without_pacing_usdm_cuts_the_connection(db: pymysql.Connection, db_sett
                                                  localstack: Any, queue: str, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """The counter-test: the same changes with the pace lifted far above 10 messages/s get the connection cut."""
-    unpaced = dataclasses.replace(binance_usdm.ADAPTER, limits=dataclasses.replace(binance_usdm.USDM_LIMITS,
-                                                                                   messages_per_second=1000.0))
-    monkeypatch.setitem(registry.ADAPTERS, USDM, unpaced)
-    sessions, _ = resubscribe_live(db, db_settings, localstack, queue, tmp_path)
+    sessions, _ = resubscribe_live(db, db_settings, localstack, queue, tmp_path, monkeypatch, 1000.0)
     assert sessions >= 2, "unpaced, the exchange cut the connection"
 
 
