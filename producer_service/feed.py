@@ -101,8 +101,7 @@ class Feed:
     def apply(self, targets: list[ScriptTarget]) -> list[ScriptTarget]:
         """Make the subscriptions match `targets`; returns the targets newly subscribed."""
         wanted = {target.stream: target for target in self._listed(targets)}
-        for stream in set(self.by_stream) - set(wanted):
-            self._unsubscribe(stream)
+        self._unsubscribe(set(self.by_stream) - set(wanted))
         added = [target for stream, target in wanted.items() if stream not in self.by_stream]
         for target in added:
             self.by_stream[target.stream] = target
@@ -146,11 +145,16 @@ class Feed:
             self._open_connection(set(remaining[:cap]))
             remaining = remaining[cap:]
 
-    def _unsubscribe(self, stream: str) -> None:
-        self.by_stream.pop(stream)
-        self.refused.pop(stream, None)
+    def _unsubscribe(self, streams: set[str]) -> None:
+        """All of one change at once: each connection batches its share up to the venue's streams per message
+        and paces the messages like subscriptions (StreamConnection.unsubscribe)."""
+        if not streams:
+            return
+        for stream in streams:
+            del self.by_stream[stream]
+            self.refused.pop(stream, None)
         for conn in self.connections:
-            conn.unsubscribe({stream})
+            conn.unsubscribe(streams)
         for conn in [conn for conn in self.connections if not conn.streams]:
             self.connections.remove(conn)
             threading.Thread(target=conn.close, daemon=True).start()

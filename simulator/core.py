@@ -46,6 +46,9 @@ log = logging.getLogger("simulator")
 
 MAX_CATCH_UP = 1.0  # seconds of trades generated at most after a stalled tick
 IDLE_CLOSE = (4004, "No data received in 30s")  # OKX's close for an idle connection (the only venue with one)
+# Client messages kept for tests to inspect (what a client sent, not only its effect); bounded, since a benchmark's
+# clients keep pinging for as long as it runs.
+CLIENT_MESSAGES_KEPT = 10_000
 
 
 class Endpoints(NamedTuple):
@@ -93,6 +96,7 @@ class SimulatorCore:
         # the session of each accepted handshake, until served (weak: a handshake may fail after being accepted)
         self.handshakes: weakref.WeakKeyDictionary[ServerConnection, Any] = weakref.WeakKeyDictionary()
         self.handshake_times: dict[str, deque[float]] = {}  # per IP, the last second's
+        self.client_messages: deque[str | bytes] = deque(maxlen=CLIENT_MESSAGES_KEPT)  # every client's, oldest first
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -178,6 +182,7 @@ class SimulatorCore:
         helpers = [asyncio.create_task(job) for job in jobs]
         try:
             async for message in ws:
+                self.client_messages.append(message)
                 reply = self.venue.on_message(message, session, self.config)
                 for text in reply.texts:
                     client.enqueue(text)

@@ -206,6 +206,11 @@ class ExchangeSimulator(_Started):
         """Every stream some connected client is subscribed to."""
         return self._call(lambda: {stream for client in self.core.clients for stream in client.session.streams})
 
+    def client_messages(self) -> list[str | bytes]:
+        """The data messages clients sent (subscribe requests, text pings ...), oldest first: the newest
+        simulator.core.CLIENT_MESSAGES_KEPT."""
+        return self._call(lambda: list(self.core.client_messages))
+
     def connection_count(self) -> int:
         return self._call(lambda: len(self.core.clients))
 

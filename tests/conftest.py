@@ -83,6 +83,19 @@ def make_script(conn: pymysql.Connection, broker_id: int, symbol: str, stream: s
         return cursor.lastrowid
 
 
+def broker_of(conn: pymysql.Connection, script_id: int) -> int:
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT broker_id FROM scripts WHERE id = %s", (script_id,))
+        return cursor.fetchone()[0]
+
+
+def stored_ids(conn: pymysql.Connection, script_id: int) -> list[int]:
+    """The script's stored trade ids, ascending."""
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT trade_id FROM ticks WHERE script_id = %s ORDER BY trade_id", (script_id,))
+        return [int(row[0]) for row in cursor.fetchall()]
+
+
 def stored_ticks(conn: pymysql.Connection, script_id: int) -> list[tuple]:
     with conn.cursor() as cursor:
         cursor.execute(

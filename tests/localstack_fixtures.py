@@ -17,6 +17,7 @@ import pytest
 from infra.localstack import is_healthy, start_localstack, stop_localstack
 from infra.localstack_config import REPO_ROOT, LocalStackSettings, aws_client, settings_from_env
 from infra.stack import DEFAULT_STACK_NAME, DEFAULT_TEMPLATE, deploy_stack
+from tests.producer_harness import fresh_queue
 
 EXECUTOR_FIXTURE_TEMPLATE = Path(__file__).parent / "fixtures" / "executor_stack" / "template.yaml"
 # template.yaml's defaults (30 s timeout, 180 s visibility) take 5 x 180 s to dead-letter a poison message;
@@ -92,3 +93,13 @@ def tickstream_stack(deploy: Deployer, db_env: dict[str, str]) -> dict[str, str]
 def aws(localstack: LocalStackSettings) -> Callable[[str], Any]:
     """``aws("sqs")`` → a boto3 client for the session's LocalStack."""
     return lambda service: aws_client(service, localstack)
+
+
+@pytest.fixture
+def queue(aws: Callable[[str], Any]) -> Iterator[str]:
+    """A fresh SQS queue of the session's LocalStack for one test (what a producer under test sends to), deleted
+    afterwards."""
+    client = aws("sqs")
+    url = fresh_queue(client)
+    yield url
+    client.delete_queue(QueueUrl=url)

@@ -122,13 +122,14 @@ class QueueReader:
         return done()
 
 
-def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
-    """Poll `condition` until it holds or `timeout` passes; its last answer."""
+def wait_for[T](condition: Callable[[], T], timeout: float, interval: float = 0.25) -> T:
+    """Poll `condition` every `interval` seconds until its answer is truthy or `timeout` passes; that answer, or
+    its last one (so `assert wait_for(...)` fails on time out, and a caller can keep what it waited for)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.25)
+        if answer := condition():
+            return answer
+        time.sleep(interval)
     return condition()
 
 

@@ -182,7 +182,39 @@ def test_scripts_take_their_venues_symbol_format_and_streams(api: InProcessApi, 
 def test_okx_options_do_not_fit_the_symbol_column(api: InProcessApi) -> None:
     okx = broker(api, "okx")
     reply = api.post("/scripts", {"broker_id": okx["id"], "name": "option", "trading_symbol": "BTC-USD-250627-5000-C"})
-    assert_422(reply, ["trading_symbol"])
+    assert_422(reply, ["trading_symbol"], "at most 20 characters")
+
+
+# type → (the longest symbol of each instrument kind its venue takes: 20 characters, all scripts.trading_symbol
+# holds; the same one character longer)
+LONGEST: dict[str, list[tuple[str, str]]] = {
+    "binance": [("ABCDEFGHIJKLMNOPUSDT", "ABCDEFGHIJKLMNOPQUSDT")],
+    "binance_us": [("ABCDEFGHIJKLMNOPUSDT", "ABCDEFGHIJKLMNOPQUSDT")],
+    "binance_usdm": [("ABCDEFGHIJKLMNOPUSDT", "ABCDEFGHIJKLMNOPQUSDT"),
+                     ("ABCDEFGHIUSDT_250627", "ABCDEFGHIJUSDT_250627")],
+    "okx": [("ABCDEFGHIJKL-USDTUSD", "ABCDEFGHIJKL-USDTUSDT"), ("ABCDEFGHIJ-USDT-SWAP", "ABCDEFGHIJK-USDT-SWAP"),
+            ("ABCDEFGHI-USD-261225", "ABCDEFGHIJ-USD-261225")],
+}
+
+
+@pytest.mark.parametrize("type_", sorted(VENUES))
+def test_every_symbol_the_api_takes_fits_the_column_whole(api: InProcessApi, db: pymysql.Connection,
+                                                          type_: str) -> None:
+    """VARCHAR(20): a symbol of 20 characters is stored and read back whole, one of 21 is a 422 naming
+    trading_symbol (never a 500 from the database, nor a symbol cut short), on create and on patch."""
+    assert set(LONGEST) == set(VENUES)
+    broker_id = broker(api, type_)["id"]
+    for longest, too_long in LONGEST[type_]:
+        assert (len(longest), len(too_long)) == (20, 21)
+        created = api.post("/scripts", {"broker_id": broker_id, "name": longest, "trading_symbol": longest.lower()})
+        assert created.status == 201, created.body
+        with db.cursor() as cursor:
+            cursor.execute("SELECT trading_symbol FROM scripts WHERE id = %s", (created.json()["id"],))
+            assert cursor.fetchone()[0] == longest
+        assert_422(api.post("/scripts", {"broker_id": broker_id, "name": "long", "trading_symbol": too_long}),
+                   ["trading_symbol"], "at most 20 characters")
+        assert_422(api.patch(f"/scripts/{created.json()['id']}", {"trading_symbol": too_long}), ["trading_symbol"],
+                   "at most 20 characters")
 
 
 def test_patching_a_symbol_or_stream_checks_the_brokers_venue(api: InProcessApi) -> None:

@@ -32,7 +32,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from tests.api_fixtures import TOKEN, load_api_app
 from tests.conftest import make_broker, make_script
-from tests.producer_harness import QueueReader, fresh_queue, running_producer, sqs
+from tests.producer_harness import QueueReader, fresh_queue, running_producer, sqs, wait_for
 from tickstream.codec import V2_PREFIX
 from tickstream.settings import DatabaseSettings
 from tickstream.venues import VENUES
@@ -259,15 +259,6 @@ def arrived(collected: list[dict[str, Any]], client: Any, queue_url: str, bodies
     return bodies <= {message["Body"] for message in collected}
 
 
-def wait_until(condition: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.5)
-    return bool(condition())
-
-
 def stored_count(conn: pymysql.Connection, script_id: int) -> int:
     with conn.cursor() as cursor:
         cursor.execute("SELECT COUNT(*) FROM ticks WHERE script_id = %s", (script_id,))
@@ -306,8 +297,8 @@ def test_poison_bodies_fail_alone_and_land_in_the_dlq(aws: Any, tickstream_stack
     try:
         sent = send_all(client, tickstream_stack["TicksQueueUrl"], interleaved)
         expected_stored = 3000 + len(VALID_ROWS_OF_BAD_ROW_BODIES)
-        assert wait_until(lambda: stored_count(db, script_id) == expected_stored, timeout=60), "every valid tick"
-        assert wait_until(lambda: arrived(dead, client, dlq, set(poison.values())), timeout=120), "poison in the DLQ"
+        assert wait_for(lambda: stored_count(db, script_id) == expected_stored, timeout=60), "every valid tick"
+        assert wait_for(lambda: arrived(dead, client, dlq, set(poison.values())), timeout=120), "poison in the DLQ"
     finally:
         dead += drain(client, dlq)
     mine = [m for m in dead if m["Body"] in set(poison.values())]

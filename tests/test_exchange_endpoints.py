@@ -10,7 +10,6 @@ import http.server
 import logging
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -25,6 +24,7 @@ from producer_service.pacing import RateLimiter
 from producer_service.rest import RestClient, RestError
 from tests.api_fixtures import InProcessApi, reset_api_state
 from tests.conftest import SIMULATOR_HOSTS
+from tests.producer_harness import wait_for
 from tickstream import catalog
 from tickstream.exchange_endpoints import EndpointRefused, endpoint_problem, parse_host_allowlist
 
@@ -264,13 +264,6 @@ def connection(url: str) -> StreamConnection:
                             lambda *_: None, lambda _conn: None, SIMULATOR_HOSTS)
     conn.start({"btcusdt@aggTrade"})
     return conn
-
-
-def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return condition()
 
 
 def test_the_websocket_does_not_follow_a_redirect(servers: list[Any]) -> None:

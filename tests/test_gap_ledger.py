@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections import Counter
@@ -19,13 +20,13 @@ from simulator.harness import ExchangeSimulator
 from tests.producer_harness import (
     QueueReader,
     expected_ids,
-    fresh_queue,
     register_simulator,
     running_producer,
     sqs,
     start_trading,
     stop_trading,
     store_with_coverage,
+    wait_for,
 )
 from tickstream.db import connect
 from tickstream.settings import DatabaseSettings
@@ -40,14 +41,6 @@ def sim() -> Iterator[ExchangeSimulator]:
     with ExchangeSimulator(symbols=("BTCUSDT", "ETHUSDT"), rate=0, seed=5, ping_interval=2.0,
                            rest_hang_seconds=2.5) as simulator:
         yield simulator
-
-
-@pytest.fixture
-def queue(localstack: Any) -> Iterator[str]:
-    client = sqs(localstack.endpoint_url)
-    url = fresh_queue(client)
-    yield url
-    client.delete_queue(QueueUrl=url)
 
 
 def gap_rows(conn: pymysql.Connection, script_id: int) -> list[dict[str, Any]]:
@@ -66,13 +59,8 @@ def status_rows(conn: pymysql.Connection) -> dict[int, dict[str, Any]]:
     return rows
 
 
-def wait_until(condition: Any, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return bool(condition())
+# A backfill under way moves thousands of ids a second, and a test stops it midway: poll often.
+wait_until = functools.partial(wait_for, timeout=20.0, interval=0.05)
 
 
 def tick(script_id: int, trade_id: int, at_us: int) -> Tick:

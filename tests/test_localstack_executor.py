@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from infra.localstack_config import REPO_ROOT
+from tests.producer_harness import wait_for
 
 pytestmark = pytest.mark.localstack
 FIXTURE_TIMEOUT_SECONDS = 2  # Globals.Function.Timeout of the fixture template
@@ -31,15 +32,6 @@ def invoke(aws: Any, function: str, payload: dict[str, Any]) -> tuple[dict[str, 
     response = aws("lambda").invoke(FunctionName=function, Payload=json.dumps(payload), LogType="Tail")
     logs = base64.b64decode(response.get("LogResult", "")).decode()
     return json.loads(response["Payload"].read()), response.get("FunctionError"), logs
-
-
-def wait_until(condition: Any, timeout: float, interval: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := condition():
-            return result
-        time.sleep(interval)
-    return condition()
 
 
 class TestDirectInvoke:
@@ -116,7 +108,7 @@ class TestDirectInvoke:
             found = [e["message"] for e in events if request_id in e["message"] or marker in e["message"]]
             return found if any(m.startswith("REPORT") for m in found) else []
 
-        found = wait_until(messages, timeout=10)
+        found = wait_for(messages, timeout=10)
         assert any(m.startswith(f"START RequestId: {request_id}") for m in found)
         assert f"fixture stdout {marker}\n" in found and f"fixture stderr {marker}\n" in found
         assert any(m.startswith(f"END RequestId: {request_id}") for m in found)
@@ -142,8 +134,8 @@ class TestSqsEventSourceMapping:
             entries = [{"Id": str(i), "MessageBody": body} for i, body in enumerate(bodies[start:start + 10])]
             sqs.send_message_batch(QueueUrl=executor_stack["WorkQueueUrl"], Entries=entries)
 
-        dead = wait_until(lambda: sqs.receive_message(QueueUrl=executor_stack["DeadLetterQueueUrl"],
-                                                      WaitTimeSeconds=1).get("Messages"), timeout=40)
+        dead = wait_for(lambda: sqs.receive_message(QueueUrl=executor_stack["DeadLetterQueueUrl"],
+                                                    WaitTimeSeconds=1).get("Messages"), timeout=40)
         assert dead and [m["Body"] for m in dead] == [poison]
 
         deliveries = Counter(record["body"] for record in read_deliveries(executor_stack["RecordDir"])

@@ -17,8 +17,9 @@ import requests
 
 from tests.conftest import make_broker, make_script
 from tests.localstack_fixtures import TEST_API_TOKEN
+from tests.producer_harness import wait_for
 from tests.test_jobs import NOW, add_ticks, scalar
-from tests.test_pipeline_e2e import send, ticks, wait_for
+from tests.test_pipeline_e2e import send, ticks
 from tickstream.codec import pack_ticks
 
 pytestmark = pytest.mark.localstack

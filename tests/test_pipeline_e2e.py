@@ -23,6 +23,7 @@ from infra.localstack_config import REPO_ROOT
 from tests.conftest import make_broker, make_script, stored_ticks
 from tests.localstack_fixtures import TEST_API_TOKEN
 from tests.mariadb_control import mariadb_stopped
+from tests.producer_harness import wait_for
 from tickstream.codec import pack_ticks
 from tickstream.settings import DatabaseSettings
 from tickstream.ticks import Tick
@@ -40,15 +41,6 @@ def send(aws: Any, queue_url: str, bodies: list[str]) -> None:
         entries = [{"Id": str(n), "MessageBody": body} for n, body in enumerate(bodies[start:start + 10])]
         response = aws("sqs").send_message_batch(QueueUrl=queue_url, Entries=entries)
         assert not response.get("Failed"), response["Failed"]
-
-
-def wait_for(condition: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.25)
-    return bool(condition())
 
 
 def count(db: pymysql.Connection, script_id: int) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
+import functools
 import hashlib
 import os
 import re
@@ -14,7 +16,7 @@ import sys
 import threading
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,7 @@ from producer_service.connection import (
     MessageTooBig,
     StreamConnection,
 )
+from producer_service.exchanges import registry
 from producer_service.exchanges.base import script_target
 from producer_service.exchanges.binance import ADAPTER as BINANCE
 from producer_service.feed import Feed
@@ -50,18 +53,18 @@ from producer_service.sequencer import Gap, Sequencer
 from producer_service.service import ProducerService
 from producer_service.sink import TickBuffer
 from simulator.harness import ExchangeSimulator
-from tests.conftest import SIMULATOR_HOSTS, make_script
+from tests.conftest import SIMULATOR_HOSTS, broker_of, make_script
 from tests.producer_harness import (
     FAST_PRODUCER,
     QueueReader,
     expected_ids,
-    fresh_queue,
     register_simulator,
     running_producer,
     sqs,
     start_trading,
     stop_trading,
     store_with_coverage,
+    wait_for,
 )
 from tests.tcp_proxy import TcpProxy
 from tickstream.db import connect
@@ -82,13 +85,6 @@ def sim() -> Iterator[ExchangeSimulator]:
 @pytest.fixture
 def sqs_client(localstack: Any) -> Any:
     return sqs(localstack.endpoint_url)
-
-
-@pytest.fixture
-def queue(sqs_client: Any) -> Iterator[str]:
-    url = fresh_queue(sqs_client)
-    yield url
-    sqs_client.delete_queue(QueueUrl=url)
 
 
 def assert_exactly_once(reader: QueueReader, sim: ExchangeSimulator, scripts: dict[str, int],
@@ -139,7 +135,7 @@ def test_scripts_added_and_removed_live_without_restart(db: pymysql.Connection, 
                                                         localstack: Any, sqs_client: Any, queue: str,
                                                         sim: ExchangeSimulator, tmp_path: Path) -> None:
     scripts = register_simulator(db, sim, ["BTCUSDT"])
-    broker_id = _broker_of(db, scripts["BTCUSDT"])
+    broker_id = broker_of(db, scripts["BTCUSDT"])
     reader = QueueReader(sqs_client, queue)
     with running_producer(db_settings, localstack.endpoint_url, queue, tmp_path) as producer:
         start_trading(sim, producer)
@@ -156,6 +152,38 @@ def test_scripts_added_and_removed_live_without_restart(db: pymysql.Connection, 
         assert sim.connection_count() == 1, "changes went over the open connection, no reconnect"
         feed = next(iter(producer.service.feeds.values()))
         assert set(feed.by_stream) == {"btcusdt@aggTrade"}
+
+
+def control_requests(sim: ExchangeSimulator, method: str) -> list[list[str]]:
+    """The streams of each `method` request ("SUBSCRIBE", "UNSUBSCRIBE") the clients sent, in order."""
+    requests = [orjson.loads(message) for message in sim.client_messages()]
+    return [request["params"] for request in requests if request.get("method") == method]
+
+
+def test_one_change_unsubscribes_in_batches_as_it_subscribes(db: pymysql.Connection, db_settings: DatabaseSettings,
+                                                             localstack: Any, queue: str, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ten of twelve scripts deactivated in one change go out as UNSUBSCRIBEs of up to the venue's streams per
+    message (4 here, as the SUBSCRIBEs went): three messages over the open connection, not ten."""
+    limits = dataclasses.replace(BINANCE.limits, streams_per_message=4)
+    monkeypatch.setitem(registry.ADAPTERS, "binance", dataclasses.replace(BINANCE, limits=limits))
+    symbols = [f"S{n:02d}USDT" for n in range(12)]
+    kept, gone = symbols[10:], symbols[:10]
+    with ExchangeSimulator(symbols=tuple(symbols), rate=0, seed=13) as sim:
+        scripts = register_simulator(db, sim, symbols)
+        with running_producer(db_settings, localstack.endpoint_url, queue, tmp_path):
+            assert wait_for(lambda: len(sim.subscriptions()) == len(symbols), timeout=15)
+            with db.cursor() as cursor:
+                cursor.execute("UPDATE scripts SET is_active = FALSE WHERE id IN %s",
+                               (tuple(scripts[symbol] for symbol in gone),))
+            assert wait_for(lambda: sim.subscriptions() == {BINANCE.stream_key(s, "aggTrade") for s in kept}, 15)
+            subscribed, unsubscribed = (control_requests(sim, method) for method in ("SUBSCRIBE", "UNSUBSCRIBE"))
+            connections = sim.connection_count()
+    assert [len(streams) for streams in subscribed] == [4, 4, 4]
+    assert sorted(len(streams) for streams in unsubscribed) == [2, 4, 4], unsubscribed
+    assert sorted(stream for streams in unsubscribed for stream in streams) == sorted(
+        BINANCE.stream_key(symbol, "aggTrade") for symbol in gone)
+    assert connections == 1, "over the open connection"
 
 
 def test_streams_are_sharded_over_connections(db: pymysql.Connection, db_settings: DatabaseSettings,
@@ -229,12 +257,6 @@ def test_resumes_from_what_is_stored_after_a_restart(db: pymysql.Connection, db_
         assert reader.wait_for(lambda: reader.ids(script_id) >= wanted, timeout=20)
         assert reader.ids(script_id) == wanted
         assert reader.duplicates() == []
-
-
-def _broker_of(conn: pymysql.Connection, script_id: int) -> int:
-    with conn.cursor() as cursor:
-        cursor.execute("SELECT broker_id FROM scripts WHERE id = %s", (script_id,))
-        return cursor.fetchone()[0]
 
 
 
@@ -634,11 +656,8 @@ class FragmentFloodServer(CraftedServer):
             self._record(sock, number)
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return condition()
+# Socket and thread events here follow each other within milliseconds: poll often.
+wait_until = functools.partial(wait_for, timeout=10.0, interval=0.02)
 
 
 def collecting_connection(url: str, streams: set[str], watchdog_seconds: float = 10.0,

@@ -10,7 +10,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,6 +23,7 @@ from simulator import ExchangeSimulator, spec_for
 from simulator.connection import ascii_text_frames, text_frame
 from simulator.market import SymbolMarket
 from simulator.protocol import agg_event, dumps, tape_texts, to_microseconds, trade_event
+from tests.producer_harness import wait_for
 
 AGG_KEYS = {"e", "E", "s", "a", "p", "q", "f", "l", "T", "m", "M"}
 TRADE_KEYS = {"e", "E", "s", "t", "p", "q", "T", "m", "M"}
@@ -88,13 +89,6 @@ def read_until_close(ws: websocket.WebSocket, answer_pings: bool = True) -> tupl
         frames.append(frame)
         if frame.opcode == ABNF.OPCODE_CLOSE:
             return frames, struct.unpack("!H", frame.data[:2])[0]
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 def get(base: str, path: str, **params: Any) -> requests.Response:
@@ -356,7 +350,7 @@ def test_rest_paging_returns_every_emitted_id_including_skipped() -> None:
 
 def test_rest_trades_and_historical_trades() -> None:
     with ExchangeSimulator(symbols="PEPEUSDT", rate=1000, seed=5) as sim:
-        wait_for(lambda: len(sim.emitted_ids("PEPEUSDT", "trade")) > 100)
+        assert wait_for(lambda: len(sim.emitted_ids("PEPEUSDT", "trade")) > 100, timeout=5)
         recent = get(sim.rest_url, "/api/v3/trades", symbol="PEPEUSDT", limit=5).json()
         assert len(recent) == 5 and set(recent[0]) == {
             "id", "price", "qty", "quoteQty", "time", "isBuyerMaker", "isBestMatch",
@@ -435,7 +429,7 @@ def test_a_client_too_far_behind_is_cut_off() -> None:
         )
         _opened.append(sleeper)
         reader = connect(sim.stream_url("btcusdt@trade"))
-        wait_for(lambda: sim.connection_count() == 1, timeout=20)  # the sleeper, which never reads
+        assert wait_for(lambda: sim.connection_count() == 1, timeout=20)  # the sleeper, which never reads
         assert len(collect(reader, 1000)) == 1000  # the other client is served throughout
         with pytest.raises((websocket.WebSocketConnectionClosedException, ConnectionError)):
             while True:  # what was sent before the abort, then no close frame
@@ -479,7 +473,7 @@ def test_rest_parameter_errors(sim: ExchangeSimulator) -> None:
 
 def first_aggs(seed: int, count: int = 50) -> list[tuple[Any, ...]]:
     with ExchangeSimulator(symbols="BTCUSDT,PEPEUSDT", rate=2000, seed=seed) as sim:
-        wait_for(lambda: len(sim.emitted_ids("PEPEUSDT")) >= count)
+        assert wait_for(lambda: len(sim.emitted_ids("PEPEUSDT")) >= count, timeout=5)
         rows = []
         for symbol in ("BTCUSDT", "PEPEUSDT"):
             start = sim.emitted_ids(symbol).start

@@ -22,7 +22,8 @@ from simulator import ExchangeSimulator, MultiVenueSimulator
 from simulator.market import AGG_TRADE, TRADE, SymbolMarket
 from simulator.protocol import Session
 from simulator.venues import VENUES, config_for
-from tests.test_simulator import _close_sockets, connect, get, read_until_close, recv_json, wait_for
+from tests.producer_harness import wait_for
+from tests.test_simulator import _close_sockets, connect, get, read_until_close, recv_json
 
 __all__ = ["_close_sockets"]  # the autouse fixture closing every socket a test opened
 
@@ -373,7 +374,7 @@ def test_okx_refuses_a_fourth_connection_within_a_second() -> None:
 
 
 def test_okx_history_trades_pages_newest_first_by_trade_id(okx: ExchangeSimulator) -> None:
-    wait_for(lambda: len(okx.emitted_ids("BTC-USDT", TRADE)) > 400)
+    assert wait_for(lambda: len(okx.emitted_ids("BTC-USDT", TRADE)) > 400, timeout=5)
     newest = okx.emitted_ids("BTC-USDT", TRADE).stop - 1
     page = get(okx.rest_url, "/api/v5/market/history-trades", instId="BTC-USDT", type=1, after=newest - 50).json()
     assert page["code"] == "0" and page["msg"] == ""

@@ -11,7 +11,6 @@ import dataclasses
 import itertools
 import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +25,11 @@ from producer_service.exchanges.registry import adapter_for
 from producer_service.rest import RestClient
 from simulator import venues as simulator_venues
 from simulator.harness import ExchangeSimulator, MultiVenueSimulator
-from tests.conftest import SIMULATOR_HOSTS, make_broker, make_script
+from tests.conftest import SIMULATOR_HOSTS, broker_of, make_broker, make_script, stored_ids
 from tests.producer_harness import (
     RunningProducer,
-    fresh_queue,
     register_simulator,
     running_producer,
-    sqs,
     start_trading,
     stop_trading,
     wait_for,
@@ -89,12 +86,6 @@ def test_rest_pages_and_symbols_come_from_fapi() -> None:
 
 
 # --- the drill: every trade exactly once through the real pipeline --------------------------------------------
-
-def stored_ids(db: pymysql.Connection, script_id: int) -> list[int]:
-    with db.cursor() as cursor:
-        cursor.execute("SELECT trade_id FROM ticks WHERE script_id = %s ORDER BY trade_id", (script_id,))
-        return [row[0] for row in cursor.fetchall()]
-
 
 def ledger_kind(sim: ExchangeSimulator) -> str:
     """The simulator's ledger of the venue's default stream (binance*: aggTrade; okx: its trades)."""
@@ -176,49 +167,42 @@ def clear_faults(sim: ExchangeSimulator) -> None:
 
 # --- live subscribe and unsubscribe within 10 messages/s --------------------------------------------------------
 
-@pytest.fixture
-def queue(localstack: Any) -> Iterator[str]:
-    client = sqs(localstack.endpoint_url)
-    url = fresh_queue(client)
-    yield url
-    client.delete_queue(QueueUrl=url)
-
-
 def resubscribe_live(db: pymysql.Connection, db_settings: DatabaseSettings, localstack: Any, queue: str,
-                     tmp_path: Path) -> tuple[int, bool]:
-    """30 streams, then in one change 25 of them unsubscribed (one UNSUBSCRIBE each) and 30 others subscribed,
-    while the server pings every 0.5 s: ~28 messages owed at once. Returns (sessions of the connection, whether
-    the simulator ended up with exactly the wanted streams)."""
-    symbols = tuple(f"S{n:03d}USDT" for n in range(60))
+                     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, messages_per_second: float) -> tuple[int, bool]:
+    """6 streams, then in one change 5 of them unsubscribed and 30 others subscribed, one stream a message (the
+    adapter's streams per message cut to 1, so that one change owes many messages; the first 6 fit in USD-M's
+    second even unpaced), while the server pings every 0.5 s: ~35 messages owed at once, paced at
+    `messages_per_second`. Returns (sessions of the connection, whether the simulator ended up with exactly the
+    wanted streams)."""
+    limits = dataclasses.replace(binance_usdm.USDM_LIMITS, streams_per_message=1,
+                                 messages_per_second=messages_per_second)
+    monkeypatch.setitem(registry.ADAPTERS, USDM, dataclasses.replace(binance_usdm.ADAPTER, limits=limits))
+    symbols = tuple(f"S{n:03d}USDT" for n in range(36))
     with ExchangeSimulator(venue=USDM, symbols=symbols, rate=0, seed=7, ping_interval=0.5) as sim:
-        first = register_simulator(db, sim, list(symbols[:30]), name="USD-M live")
-        broker_id = _broker_of(db, next(iter(first.values())))
+        first = register_simulator(db, sim, list(symbols[:6]), name="USD-M live")
+        broker_id = broker_of(db, next(iter(first.values())))
         with running_producer(db_settings, localstack.endpoint_url, queue, tmp_path) as producer:
-            assert wait_for(lambda: len(sim.subscriptions()) == 30, timeout=15)
+            assert wait_for(lambda: len(sim.subscriptions()) == 6, timeout=15)
             with db.cursor() as cursor:
                 db.begin()
                 cursor.execute("UPDATE scripts SET is_active = 0 WHERE id IN %s",
-                               (tuple(first[symbol] for symbol in symbols[:25]),))
-                for symbol in symbols[30:]:
+                               (tuple(first[symbol] for symbol in symbols[:5]),))
+                for symbol in symbols[6:]:
                     make_script(db, broker_id, symbol)
                 db.commit()
-            wanted = {f"{symbol.lower()}@aggTrade" for symbol in symbols[25:]}
-            settled = wait_for(lambda: sim.subscriptions() == wanted, timeout=15)
+            wanted = {f"{symbol.lower()}@aggTrade" for symbol in symbols[5:]}
+            settled = wait_for(lambda: sim.subscriptions() == wanted, timeout=20)
             time.sleep(1.5)  # past the limit's one-second window
             sessions = max(conn.sessions for feed in producer.service.feeds.values() for conn in feed.connections)
     return sessions, settled
 
 
-def _broker_of(db: pymysql.Connection, script_id: int) -> int:
-    with db.cursor() as cursor:
-        cursor.execute("SELECT broker_id FROM scripts WHERE id = %s", (script_id,))
-        return cursor.fetchone()[0]
-
-
 @pytest.mark.localstack
 def test_live_subscribe_and_unsubscribe_stay_within_10_messages_per_second(
-        db: pymysql.Connection, db_settings: DatabaseSettings, localstack: Any, queue: str, tmp_path: Path) -> None:
-    sessions, settled = resubscribe_live(db, db_settings, localstack, queue, tmp_path)
+        db: pymysql.Connection, db_settings: DatabaseSettings, localstack: Any, queue: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    pace = binance_usdm.USDM_LIMITS.messages_per_second
+    sessions, settled = resubscribe_live(db, db_settings, localstack, queue, tmp_path, monkeypatch, pace)
     assert settled, "the live changes reached the exchange"
     assert sessions == 1, "the exchange cut the connection for exceeding USD-M's 10 messages/s"
 
@@ -228,10 +212,7 @@ def test_without_pacing_usdm_cuts_the_connection(db: pymysql.Connection, db_sett
                                                  localstack: Any, queue: str, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """The counter-test: the same changes with the pace lifted far above 10 messages/s get the connection cut."""
-    unpaced = dataclasses.replace(binance_usdm.ADAPTER, limits=dataclasses.replace(binance_usdm.USDM_LIMITS,
-                                                                                   messages_per_second=1000.0))
-    monkeypatch.setitem(registry.ADAPTERS, USDM, unpaced)
-    sessions, _ = resubscribe_live(db, db_settings, localstack, queue, tmp_path)
+    sessions, _ = resubscribe_live(db, db_settings, localstack, queue, tmp_path, monkeypatch, 1000.0)
     assert sessions >= 2, "unpaced, the exchange cut the connection"
 
 

@@ -13,7 +13,7 @@ import http.server
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -32,8 +32,8 @@ from producer_service.rest import RestClient, RestError
 from producer_service.sequencer import Gap, Sequencer
 from simulator import TRADE
 from simulator.harness import ExchangeSimulator
-from tests.conftest import make_broker, make_script
-from tests.producer_harness import FAST_PRODUCER, fresh_queue, running_producer, sqs
+from tests.conftest import stored_ids
+from tests.producer_harness import FAST_PRODUCER, fresh_queue, register_simulator, running_producer, sqs, wait_for
 from tickstream.settings import DatabaseSettings
 from tickstream.ticks import Tick
 from tickstream.venues import OKX
@@ -278,15 +278,6 @@ def connection(sim: ExchangeSimulator, limits: Limits, listener: Listener) -> It
         conn.close()
 
 
-def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
-
-
 FAST_PACE = dataclasses.replace(OKX_LIMITS, messages_per_second=400.0)  # the per-second pace out of the way
 
 
@@ -297,15 +288,15 @@ def test_live_subscribe_and_unsubscribe_stay_within_480_requests_per_hour(budget
     listener = Listener()
     with ExchangeSimulator(venue="okx", symbols=("BTC-USDT", "ETH-USDT"), rate=0, seed=8) as sim, \
             connection(sim, dataclasses.replace(FAST_PACE, requests_per_hour=budget), listener) as conn:
-        assert wait_until(lambda: conn.frames > 0, 10), "subscribed"
+        assert wait_for(lambda: conn.frames > 0, 10), "subscribed"
         for _ in range(300):
             conn.subscribe({"trades-all:ETH-USDT"})
             conn.unsubscribe({"trades-all:ETH-USDT"})
         refused = lambda: any(kind is ControlKind.ERROR and "60014" in detail for kind, detail in listener.events)  # noqa: E731
         if budget is None:
-            assert wait_until(lambda: refused() and conn.sessions >= 2, 15), "OKX cut the unpaced connection"
+            assert wait_for(lambda: refused() and conn.sessions >= 2, 15), "OKX cut the unpaced connection"
             return
-        assert wait_until(lambda: len(listener.events) >= int(480 * 0.8), 15)
+        assert wait_for(lambda: len(listener.events) >= int(480 * 0.8), 15)
         time.sleep(1.0)  # what is over the budget waits: nothing more may go out
         acks = [detail for kind, detail in listener.events if kind is ControlKind.ACK]
         assert not refused() and conn.sessions == 1
@@ -331,18 +322,9 @@ def test_the_text_ping_keeps_an_idle_connection_alive(pinging: bool) -> None:
 # --- the producer against the simulator's OKX, into the real pipeline ------------------------------------------
 
 def okx_broker(conn: pymysql.Connection, sim: ExchangeSimulator, symbols: list[str]) -> dict[str, int]:
-    """A broker of type okx on the simulator, one trades-all script per symbol; symbol → script id."""
-    api_config = orjson.dumps({"ws_url": sim.ws_url, "rest_url": sim.rest_url}).decode()
-    broker = make_broker(conn, f"OKX (simulated, port {sim.port})", api_config)
-    with conn.cursor() as cursor:
-        cursor.execute("UPDATE brokers SET type = 'okx' WHERE id = %s", (broker,))
-    return {symbol: make_script(conn, broker, symbol, "trades-all") for symbol in symbols}
-
-
-def stored_ids(conn: pymysql.Connection, script_id: int) -> list[int]:
-    with conn.cursor() as cursor:
-        cursor.execute("SELECT trade_id FROM ticks WHERE script_id = %s ORDER BY trade_id", (script_id,))
-        return [int(row[0]) for row in cursor.fetchall()]
+    """A broker of type okx on the simulator (named by its port: a test may run two), one trades-all script per
+    symbol; symbol → script id."""
+    return register_simulator(conn, sim, symbols, name=f"OKX (simulated, port {sim.port})")
 
 
 def ledger_rows(conn: pymysql.Connection, script_ids: list[int]) -> list[tuple[Any, ...]]:
@@ -360,7 +342,7 @@ def status_of(conn: pymysql.Connection, script_id: int) -> tuple[str, str | None
 
 
 def wait_subscribed(sim: ExchangeSimulator, streams: set[str], timeout: float = 20.0) -> None:
-    assert wait_until(lambda: streams <= sim.subscriptions(), timeout), f"subscribed: {sim.subscriptions()}"
+    assert wait_for(lambda: streams <= sim.subscriptions(), timeout), f"subscribed: {sim.subscriptions()}"
 
 
 @pytest.mark.localstack
@@ -400,8 +382,8 @@ def test_okx_drill_stores_every_trade_exactly_once(db: pymysql.Connection, db_se
                 time.sleep(2)
                 sim.config.rate = 0
                 emitted = {symbol: list(sim.emitted_ids(symbol, TRADE)) for symbol in symbols}
-                assert wait_until(lambda: all(len(stored_ids(db, scripts[s])) >= len(emitted[s]) for s in symbols),
-                                  60), "everything emitted reached MariaDB"
+                assert wait_for(lambda: all(len(stored_ids(db, scripts[s])) >= len(emitted[s]) for s in symbols),
+                                60), "everything emitted reached MariaDB"
             counts = {key: sum(sim.counts(symbol, TRADE)[key] for symbol in symbols)
                       for key in ("duplicated", "malformed")}
         gaps = ledger_rows(db, list(scripts.values()))
@@ -432,8 +414,8 @@ def test_an_instrument_okx_does_not_have_is_reported_unknown(db: pymysql.Connect
             with running_producer(db_settings, localstack.endpoint_url, queue, tmp_path, status_seconds=0.5):
                 wait_subscribed(listed, {"trades-all:BTC-USDT"})
                 wait_subscribed(rest_down, {"trades-all:BTC-USDT"})
-                assert wait_until(lambda: (status_of(db, checked["XYZ-USDT"]) or ("",))[0] == "unknown_symbol"
-                                  and (status_of(db, refused["XYZ-USDT"]) or ("",))[0] == "unknown_symbol", 15)
+                assert wait_for(lambda: (status_of(db, checked["XYZ-USDT"]) or ("",))[0] == "unknown_symbol"
+                                and (status_of(db, refused["XYZ-USDT"]) or ("",))[0] == "unknown_symbol", 15)
                 statuses = {key: status_of(db, script) for key, script in
                             [("checked", checked["XYZ-USDT"]), ("refused", refused["XYZ-USDT"]),
                              ("good", refused["BTC-USDT"])]}

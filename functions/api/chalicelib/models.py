@@ -107,9 +107,12 @@ HttpUrl = Annotated[str, StringConstraints(max_length=2048, pattern=r"^https?://
                     _url_check("http", "https")]
 # Lower case is accepted and upper-cased; checked before upper-casing, since str.upper() maps some non-ASCII
 # letters (ı, ſ) onto ASCII ones. This is what every venue's format has in common; the broker's venue's own format
-# (ScriptMarket) is checked once the broker is known.
+# (ScriptMarket) is checked once the broker is known. The length is checked first, so that a symbol too long for
+# the column is told so.
+TRADING_SYMBOL_MAX_CHARS = 20  # scripts.trading_symbol is VARCHAR(20) (migrations/0001_initial.sql)
 TradingSymbol = Annotated[
-    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{1,19}$"), AfterValidator(str.upper),
+    str, StringConstraints(min_length=2, max_length=TRADING_SYMBOL_MAX_CHARS, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]+$"),
+    AfterValidator(str.upper),
     Field(description="in the broker's venue's format: " + "; ".join(
         f"{venue.type}: like {venue.symbol_example}" for venue in VENUES.values()) + " (422 otherwise; the"
         " formats: components.schemas.ScriptMarket)")]
