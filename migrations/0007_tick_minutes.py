@@ -4,10 +4,10 @@ same transaction as its ticks; readers take trade-id bounds here, then scan the 
 
 The populate reads the old index (covering: script_id, traded_at and the primary key's trade_id) one script and
 UTC day at a time: each chunk groups at most 1,440 minutes (an in-memory temporary table) and costs that day's
-rows, whatever the table's size, and commits with the script's cursor in `tick_minutes_fill`. A run cut off
-anywhere (a deadline, kill -9) loses at most its open chunk; the next run goes on from the cursors. Days before
-today (UTC) come first; today's rows, where an older ingest may still be writing, are grouped last, just before
-the index goes. The upserts only widen bounds, so a chunk done twice changes nothing. Rows an older ingest commits
+rows, whatever the table's size, and writes the script's cursor in `tick_minutes_fill` in the same transaction
+(committed every COMMIT_EVERY_SECONDS). A run cut off anywhere (a deadline, kill -9) loses at most its open
+transaction; the next run goes on from the cursors. Days before today (UTC) come first; today's rows, where an
+older ingest may still be writing, are grouped last, just before the index goes. The upserts only widen bounds, so a chunk done twice changes nothing. Rows an older ingest commits
 after that are not indexed: `python -m tickstream.coverage rebuild` widens the buckets from the ticks (see the
 README's upgrade note).
 """
@@ -29,6 +29,7 @@ __transactional__ = False  # the populate commits chunk by chunk (MySQL's DDL co
 log = logging.getLogger("tickstream.migrate")
 OLD_INDEX = "ix_ticks_script_traded_at"
 PROGRESS_EVERY_SECONDS = 10.0
+COMMIT_EVERY_SECONDS = 0.2  # a kill loses at most this much work
 _EPOCH_DAY = date(1970, 1, 1)  # minutes are unsigned: no tick is older
 _END_OF_TIME = datetime(9999, 12, 31)
 DROP_LOCK_WAIT_SECONDS = 30  # an older ingest's open transaction holds ticks' metadata lock: queue briefly
@@ -92,7 +93,7 @@ class Populate:
         self.conn = conn
         self.cursor = conn.cursor()
         self.chunks = 0
-        self.started = self.reported = time.monotonic()
+        self.started = self.reported = self.committed = time.monotonic()
 
     def run(self) -> None:
         self.cursor.execute("SELECT UTC_DATE()")
@@ -104,12 +105,13 @@ class Populate:
             cursors[script_id] = self.days_before(script_id, cursors.get(script_id, _EPOCH_DAY), today)
         for script_id in scripts:  # the tail, not recorded: redone by a run that stops here, cheaply
             self.chunk(script_id, cursors[script_id], None)
+        self.conn.commit()
         log.info("0007: tick_minutes filled from %d chunk(s) in this run, %.1f s", self.chunks,
                  time.monotonic() - self.started)
 
     def days_before(self, script_id: int, day: date, today: date) -> date:
-        """Fill the script's days from `day` up to (not including) `today`, one committed chunk per day with
-        trades; returns the day its tail starts."""
+        """Fill the script's days from `day` up to (not including) `today`, one chunk per day with trades;
+        returns the day its tail starts."""
         while (found := first_day_from(self.cursor, script_id, day)) is not None and found < today:
             self.chunk(script_id, found, found + timedelta(days=1))
             day = found + timedelta(days=1)
@@ -117,7 +119,7 @@ class Populate:
 
     def chunk(self, script_id: int, start: date, end: date | None) -> None:
         if stop_requested():
-            self.conn.rollback()
+            self.conn.commit()  # the chunks done so far are whole: keep them
             raise MigrationPaused(f"0007: populate of tick_minutes stopped after {self.chunks} chunk(s) in this run"
                                   "; run migrate again to continue (its progress is kept in tick_minutes_fill)")
         self.cursor.execute(_GROUP_RANGE, (script_id, datetime.combine(start, datetime.min.time()),
@@ -125,12 +127,15 @@ class Populate:
         if end is not None:
             self.cursor.execute("INSERT INTO tick_minutes_fill (script_id, next_day) VALUES (%s, %s)"
                                 " ON DUPLICATE KEY UPDATE next_day = VALUES(next_day)", (script_id, end))
-        self.conn.commit()
         self.chunks += 1
-        if time.monotonic() - self.reported >= PROGRESS_EVERY_SECONDS:
-            self.reported = time.monotonic()
-            log.info("0007: %d chunk(s) in %.0f s, at script %d day %s", self.chunks, self.reported - self.started,
-                     script_id, start)
+        now = time.monotonic()
+        if now - self.committed >= COMMIT_EVERY_SECONDS:  # a sparse script's day is a few rows: one commit for many
+            self.conn.commit()
+            self.committed = now
+        if now - self.reported >= PROGRESS_EVERY_SECONDS:
+            self.reported = now
+            log.info("0007: %d chunk(s) in %.0f s, at script %d day %s", self.chunks, now - self.started, script_id,
+                     start)
 
 
 def apply(conn: pymysql.Connection) -> None:

@@ -27,7 +27,7 @@ from tests.sqs_events import FakeLambdaContext
 from tests.test_pipeline_e2e import cloudformation_response_url
 from tests.test_time_index import stored_spans
 from tickstream.db import connect
-from tickstream.migrate import MIGRATIONS_DIR, MigrationPaused, backend_url, create_database, migrate
+from tickstream.migrate import MIGRATIONS_DIR, MigrationPaused, backend_url, migrate
 from tickstream.settings import DatabaseSettings, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -76,21 +76,12 @@ def insert_old_ticks(conn: pymysql.Connection, rows: list[tuple[int, int, dateti
                            [(script, trade, at, at, at) for script, trade, at in reversed(rows)])
 
 
-def apply_up_to_0006(settings: DatabaseSettings) -> None:
-    backend = get_backend(backend_url(settings))
-    with backend.lock():
-        backend.apply_migrations(backend.to_apply(read_migrations(str(MIGRATIONS_DIR)).filter(
-            lambda m: m.id < "0007")))
-    backend.connection.close()
-
-
 @pytest.fixture
 def old_table(db_settings: DatabaseSettings) -> Iterator[OldTable]:
     """A database migrated up to 0006 (ticks still with its (script_id, traded_at) index), filled."""
     settings = DatabaseSettings(db_settings.host, db_settings.port, db_settings.user, db_settings.password,
                                 f"tickstream_test_{uuid.uuid4().hex[:10]}")
-    create_database(settings)
-    apply_up_to_0006(settings)
+    migrate(settings, before="0007")
     conn = connect(settings, autocommit=True)
     rows = old_ticks()
     insert_old_ticks(conn, rows)

@@ -90,14 +90,17 @@ def migration_lock(db: DatabaseSettings) -> Iterator[None]:
 
 
 def migrate(db: DatabaseSettings, migrations_dir: Path = MIGRATIONS_DIR,
-            should_stop: Callable[[], bool] = lambda: False) -> list[str]:
-    """Create the database if needed and apply pending migrations; returns the ids applied. Raises
-    MigrationPaused when `should_stop` said so during a long migration (the ones before it stay applied)."""
+            should_stop: Callable[[], bool] = lambda: False, before: str | None = None) -> list[str]:
+    """Create the database if needed and apply pending migrations (only those with ids below `before`, if given:
+    an older schema, for tests and benches); returns the ids applied. Raises MigrationPaused when `should_stop`
+    said so during a long migration (the ones before it stay applied)."""
     create_database(db)
     with migration_lock(db):
         backend = get_backend(backend_url(db))
         backend.break_lock()  # a row left by a killed run: no live migrate holds it (we hold the server lock)
         migrations = read_migrations(str(migrations_dir))
+        if before is not None:
+            migrations = migrations.filter(lambda migration: migration.id < before)
         token = _should_stop.set(should_stop)
         try:
             with backend.lock():
