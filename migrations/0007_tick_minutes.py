@@ -7,9 +7,9 @@ UTC day at a time: each chunk groups at most 1,440 minutes (an in-memory tempora
 rows, whatever the table's size, and writes the script's cursor in `tick_minutes_fill` in the same transaction
 (committed every COMMIT_EVERY_SECONDS). A run cut off anywhere (a deadline, kill -9) loses at most its open
 transaction; the next run goes on from the cursors. Days before today (UTC) come first; today's rows, where an
-older ingest may still be writing, are grouped last, just before the index goes. The upserts only widen bounds, so a chunk done twice changes nothing. Rows an older ingest commits
-after that are not indexed: `python -m tickstream.coverage rebuild` widens the buckets from the ticks (see the
-README's upgrade note).
+older ingest may still be writing, are grouped last, just before the index goes. The upserts only widen bounds,
+so a chunk done twice changes nothing. Rows an older ingest commits after that are not indexed: `python -m
+tickstream.coverage rebuild` widens the buckets from the ticks (see the README's upgrade note).
 """
 
 from __future__ import annotations
