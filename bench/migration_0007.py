@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pymysql
+from yoyo import get_backend, read_migrations
 
 from bench import scale_build
 from tickstream.db import connect
-from tickstream.migrate import migrate
+from tickstream.migrate import MIGRATIONS_DIR, backend_url, migrate
 from tickstream.settings import DatabaseSettings, database_settings
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -71,10 +72,6 @@ def scalar_row(db: DatabaseSettings, sql: str) -> tuple:
 
 
 def rollback_0007(db: DatabaseSettings) -> None:
-    from yoyo import get_backend, read_migrations
-
-    from tickstream.migrate import MIGRATIONS_DIR, backend_url
-
     backend = get_backend(backend_url(db))
     with backend.lock():
         backend.rollback_migrations(backend.to_rollback(read_migrations(str(MIGRATIONS_DIR)).filter(
