@@ -128,9 +128,10 @@ FROM (SELECT seq, %(day)s + INTERVAL (seq * %(interval)s) MICROSECOND AS traded 
 """
 
 
-def insert_day(cursor: pymysql.cursors.Cursor, build: DayBuild) -> None:
+def insert_day(cursor: pymysql.cursors.Cursor, build: DayBuild, with_time_index: bool = True) -> None:
     """The day's rows in id order: one statement, or two around the hole. A day whose last id is stored is done
-    (an interrupted build resumes here); a day begun but not finished is deleted and made again."""
+    (an interrupted build resumes here); a day begun but not finished is deleted and made again. Without the time
+    index: a table of the schema before migration 0007 (bench/migration_0007.py)."""
     cursor.execute("SELECT 1 FROM ticks WHERE script_id = %s AND trade_id = %s", (build.plan.script_id,
                                                                                   build.last_id))
     if cursor.fetchone():
@@ -144,7 +145,8 @@ def insert_day(cursor: pymysql.cursors.Cursor, build: DayBuild) -> None:
               "day": build.traded_at(0).replace(tzinfo=None)}
     for lo, hi in ranges:
         cursor.execute(_INSERT.format(lo=lo, hi=hi), params)  # lo/hi: ints computed here, never input
-    time_index.index_id_range(cursor, build.plan.script_id, build.first_id, build.last_id)
+    if with_time_index:
+        time_index.index_id_range(cursor, build.plan.script_id, build.first_id, build.last_id)
 
 
 def coverage_row(build: DayBuild) -> tuple:
@@ -212,7 +214,7 @@ def remove_appended(conn: pymysql.Connection) -> int:
     return deleted
 
 
-def build(db: DatabaseSettings, total_rows: int, workers: int = 2) -> list[ScriptPlan]:
+def build(db: DatabaseSettings, total_rows: int, workers: int = 2, with_time_index: bool = True) -> list[ScriptPlan]:
     """Fill the (migrated, empty) database `db`; returns the scripts' plans. Scripts are split over `workers`
     connections, each writing its scripts in key order (two cores: the server, not Python, is the limit)."""
     conn = connect(db, autocommit=True)
@@ -226,7 +228,7 @@ def build(db: DatabaseSettings, total_rows: int, workers: int = 2) -> list[Scrip
             with worker.cursor() as cursor:
                 for plan in mine:
                     for day_build in day_builds(plan, days):
-                        insert_day(cursor, day_build)
+                        insert_day(cursor, day_build, with_time_index)
         except BaseException as error:  # re-raised in the caller's thread
             errors.append(error)
         finally:

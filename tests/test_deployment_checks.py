@@ -70,6 +70,33 @@ def test_sam_build_without_container() -> None:
     assert not findings, _messages(findings)
 
 
+class _IntrinsicsLoader(yaml.SafeLoader):
+    """Short-form intrinsics kept with their arguments ({"If": [...]}), unlike template_checks' shape-only loader."""
+
+
+def _intrinsic(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[str, object]:
+    if isinstance(node, yaml.SequenceNode):
+        return {suffix: loader.construct_sequence(node, deep=True)}
+    if isinstance(node, yaml.MappingNode):
+        return {suffix: loader.construct_mapping(node, deep=True)}
+    return {suffix: loader.construct_scalar(node)}
+
+
+_IntrinsicsLoader.add_multi_constructor("!", _intrinsic)
+
+
+def test_functions_are_updated_only_after_the_schema_migration() -> None:
+    """Every function but MigrateFunction references SchemaMigration (an implicit dependency: CloudFormation
+    updates it only once the migrations succeeded), so new code never reads a schema still being migrated, and a
+    FAILED migration rolls the stack back before any of it ran."""
+    resources = yaml.load((REPO_ROOT / "template.yaml").read_text(), Loader=_IntrinsicsLoader)["Resources"]
+    functions = {name for name, resource in resources.items() if resource["Type"] == "AWS::Serverless::Function"}
+    assert {"IngestFunction", "MaintenanceFunction", "ApiFunction", "MigrateFunction"} <= functions
+    for name in functions - {"MigrateFunction"}:
+        assert '{"Ref": "SchemaMigration"}' in json.dumps(resources[name]["Properties"]), name
+    assert "SchemaMigration" not in json.dumps(resources["MigrateFunction"])  # it runs the migration: no cycle
+
+
 # --- translated lint catches what plain cfn-lint misses --------------------------------------------------------
 
 # name → (text in template.yaml, its bad replacement, what the translated lint must report)

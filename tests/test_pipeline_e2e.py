@@ -25,6 +25,7 @@ from tests.localstack_fixtures import TEST_API_TOKEN
 from tests.mariadb_control import mariadb_stopped
 from tests.producer_harness import wait_for
 from tickstream.codec import pack_ticks
+from tickstream.migrate import migration_ids
 from tickstream.settings import DatabaseSettings
 from tickstream.ticks import Tick
 
@@ -133,8 +134,7 @@ def test_migrate_function_creates_and_migrates_the_database(deploy: Any, aws: An
                      "ResourceType": "AWS::CloudFormation::CustomResource", "ResourceProperties": {}}
             aws("lambda").invoke(FunctionName=outputs["MigrateFunctionName"], Payload=orjson.dumps(event))
         assert responses[0]["Status"] == "SUCCESS", responses
-        every_migration = sorted(path.stem for path in (REPO_ROOT / "migrations").glob("*.sql")
-                                 if not path.stem.endswith(".rollback"))
+        every_migration = sorted(migration_ids())
         assert responses[0]["Data"]["Applied"] == ",".join(every_migration)
         with db.cursor() as cursor:
             cursor.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (fresh,))

@@ -1,24 +1,21 @@
 """The sparse time index (tick_minutes, tickstream.time_index) against the real MariaDB: kept by every write path
 in any arrival order, read by tick pages, candles, retention and /stats exactly as a brute-force scan of the ticks
-answers; migration 0007 carries an existing table over from the old secondary index (and back); retention's pacing
-leaves the server headroom."""
+answers; retention's pacing leaves the server headroom (migration 0007, which fills it for an existing table:
+tests/test_migration_0007.py)."""
 
 from __future__ import annotations
 
 import random
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pymysql
 import pytest
-from yoyo import get_backend, read_migrations
 
 from tests.conftest import make_broker, make_script
 from tickstream import catalog, coverage, jobs, market_data, time_index
 from tickstream.codec import TickBatch
 from tickstream.db import connect
-from tickstream.migrate import MIGRATIONS_DIR, backend_url, create_database
 from tickstream.settings import DatabaseSettings
 from tickstream.tick_store import TickStore, insert_ticks_ignore
 from tickstream.ticks import Tick
@@ -164,62 +161,6 @@ def test_stats_reads_only_the_last_minutes_ticks(db: pymysql.Connection) -> None
     assert completeness.recent_tick_counts(db, [btc], 60) == {btc: 40}
     assert set(completeness.sampled_lags(db, [btc], 60, sample=10)) == {btc}
     assert handler_reads(db) - before < 200
-
-
-# --- migration 0007 ------------------------------------------------------------------------------------------
-
-@pytest.fixture
-def old_schema(db_settings: DatabaseSettings) -> Iterator[DatabaseSettings]:
-    """A database migrated up to 0006: ticks still with its (script_id, traded_at) index."""
-    settings = DatabaseSettings(db_settings.host, db_settings.port, db_settings.user, db_settings.password,
-                                f"tickstream_test_{uuid.uuid4().hex[:10]}")
-    create_database(settings)
-    backend = get_backend(backend_url(settings))
-    migrations = read_migrations(str(MIGRATIONS_DIR))
-    with backend.lock():
-        backend.apply_migrations(backend.to_apply(migrations.filter(lambda m: m.id < "0007")))
-    yield settings
-    conn = connect(settings, database=False, autocommit=True)
-    with conn.cursor() as cursor:
-        cursor.execute(f"DROP DATABASE `{settings.name}`")
-    conn.close()
-
-
-def indexes(conn: pymysql.Connection) -> set[str]:
-    with conn.cursor() as cursor:
-        cursor.execute("SHOW INDEX FROM ticks")
-        return {row[2] for row in cursor.fetchall()}
-
-
-def test_migration_0007_carries_every_stored_tick_over_and_rolls_back(old_schema: DatabaseSettings) -> None:
-    conn = connect(old_schema, autocommit=True)
-    old_ticks = trading(1, 2000, 4) + trading(2, 300, 5)
-    with conn.cursor() as cursor:  # as the old ingest stored them: no time index yet, late rows out of order
-        cursor.executemany("INSERT INTO ticks (script_id, trade_id, price, quantity, is_buyer_maker, traded_at,"
-                           " event_at, received_at_producer) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                           [(t.script_id, t.trade_id, t.price, t.quantity, t.is_buyer_maker,
-                             at(t.traded_at_us).replace(tzinfo=None), at(t.event_at_us).replace(tzinfo=None),
-                             at(t.received_at_us).replace(tzinfo=None)) for t in reversed(old_ticks)])
-    assert "ix_ticks_script_traded_at" in indexes(conn)
-    backend = get_backend(backend_url(old_schema))
-    migrations = read_migrations(str(MIGRATIONS_DIR))
-    with backend.lock():
-        backend.apply_migrations(backend.to_apply(migrations))
-    assert indexes(conn) == {"PRIMARY"}
-    assert stored_spans(conn) == spans_from_ticks(conn) and len(stored_spans(conn)) > 100
-    start, end = at(T0_US + 1800 * 1_000_000), at(T0_US + 5400 * 1_000_000)
-    page = catalog.read_ticks(conn, 1, start=start, end=end, limit=10**6)
-    assert [t.trade_id for t in page.ticks] == brute_force_ids(conn, 1, start, end) != []
-
-    with backend.lock():
-        backend.rollback_migrations(backend.to_rollback(migrations.filter(lambda m: m.id >= "0007")))
-    assert "ix_ticks_script_traded_at" in indexes(conn)
-    with conn.cursor() as cursor:
-        cursor.execute("SHOW TABLES LIKE 'tick_minutes'")
-        assert cursor.fetchone() is None
-        cursor.execute("SELECT COUNT(*) FROM ticks")
-        assert cursor.fetchone()[0] == len(old_ticks)
-    conn.close()
 
 
 # --- pacing --------------------------------------------------------------------------------------------------
