@@ -166,8 +166,8 @@ def handler_reads(conn: pymysql.Connection) -> int:
 
 
 def test_stats_reads_do_not_grow_with_the_ticks_table(db: pymysql.Connection) -> None:
-    """30,000 old ticks and 2,000 in the last minute: /stats' reads stay near the sample (2 × 1,000 newest) and the
-    coverage rows, not the table; with 60,000 more old ticks, the same."""
+    """30,000 old ticks and 2,000 in the last minute: /stats' reads stay near the window and the sample (2 × 1,000
+    newest) and the coverage rows, not the table; with 60,000 more old ticks, the same."""
     broker = make_broker(db)
     scripts = [make_script(db, broker, f"S{n}USDT") for n in range(2)]
     now_us = int(datetime.now(UTC).timestamp() * 1e6)
@@ -191,7 +191,9 @@ def test_stats_reads_do_not_grow_with_the_ticks_table(db: pymysql.Connection) ->
     small = reads()
     old_ticks(100_000)
     large = reads()
-    assert small <= 2 * (2000 + 1000 + 1000) + 100, small  # window count + sample (index + row) per script
+    # per script: the window's count and the sample on the primary key, then the server's ranking of the sample
+    # (its temporary table read a few times per sampled row): bounded by the window and the sample, not the table
+    assert small <= 2 * (2000 + 1000 + 10 * 1000), small
     assert large <= small + 20, (small, large)
 
 

@@ -10,7 +10,6 @@ pymysql connection.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -19,7 +18,6 @@ from typing import Any
 import pymysql
 
 from tickstream.coverage import CoverageDay, coverage_days
-from tickstream.time_index import FIRST_ID_IN_LAST_SECONDS_SQL
 
 STATS_WINDOW_SECONDS = 60
 LAG_SAMPLE_TICKS = 1000  # per script: enough for a p99 (the 10th largest), bounded however busy the script is
@@ -219,54 +217,73 @@ def producer_statuses(conn: pymysql.Connection, script_ids: Sequence[int]) -> di
                                        row[8], row[9], row[10], _utc(row[11])) for row in cursor.fetchall()}
 
 
+def window_first_ids(conn: pymysql.Connection, script_ids: Sequence[int], window_seconds: int) -> dict[int, int]:
+    """script id → a lower trade-id bound for its ticks traded in the last `window_seconds` (the lowest first id of
+    the window's minutes in the time index), for the scripts that traded in them only: one statement, an index
+    range of at most a few minutes per script."""
+    if not script_ids:
+        return {}
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT script_id, MIN(first_trade_id) FROM tick_minutes"
+                       f" WHERE script_id IN {_in_list(script_ids)}"
+                       " AND minute >= TIMESTAMPDIFF(MINUTE, '1970-01-01', UTC_TIMESTAMP(6) - INTERVAL %s SECOND)"
+                       " GROUP BY script_id", [*script_ids, window_seconds])
+        return {int(row[0]): int(row[1]) for row in cursor.fetchall()}
+
+
 def recent_tick_counts(conn: pymysql.Connection, script_ids: Sequence[int], window_seconds: int) -> dict[int, int]:
-    """Ticks traded in the last `window_seconds` per script: per script a primary-key range from the first id of
-    the window's first minute (tickstream.time_index), so its cost follows the trade rate, not the table."""
-    part = ("(SELECT script_id, COUNT(*) FROM ticks WHERE script_id = %s"
-            f" AND trade_id >= {FIRST_ID_IN_LAST_SECONDS_SQL}"
+    """Ticks traded in the last `window_seconds` per script (scripts without any are left out): per script that
+    traded in the window's minutes, a primary-key range from its bound in the time index, so the cost follows the
+    trade rate, not the table nor the number of quiet scripts."""
+    part = ("(SELECT script_id, COUNT(*) FROM ticks WHERE script_id = %s AND trade_id >= %s"
             " AND traded_at >= UTC_TIMESTAMP(6) - INTERVAL %s SECOND GROUP BY script_id)")
-    rows = _per_script_union(conn, part, script_ids, lambda script_id: (script_id, script_id, window_seconds,
-                                                                         window_seconds))
+    bounds = window_first_ids(conn, script_ids, window_seconds)
+    rows = _per_script_union(conn, "{}", part, bounds, lambda script_id: (script_id, bounds[script_id],
+                                                                          window_seconds))
     return {row[0]: int(row[1]) for row in rows}
 
 
-def _per_script_union(conn: pymysql.Connection, part: str, script_ids: Sequence[int],
+def _per_script_union(conn: pymysql.Connection, outer: str, part: str, script_ids: Sequence[int],
                       params: Callable[[int], tuple[object, ...]]) -> list[tuple[Any, ...]]:
-    """The rows of `part` (one SELECT per script, its parameters from `params`) for every script: one UNION ALL
-    statement per `LAG_SAMPLE_SCRIPTS_PER_STATEMENT` scripts."""
+    """The rows of `outer` around a UNION ALL of `part` (one SELECT per script, its parameters from `params`), for
+    every script: one statement per `LAG_SAMPLE_SCRIPTS_PER_STATEMENT` scripts."""
     rows: list[tuple[Any, ...]] = []
+    ordered = list(script_ids)
     step = LAG_SAMPLE_SCRIPTS_PER_STATEMENT
-    for start in range(0, len(script_ids), step):
-        chunk = script_ids[start:start + step]
+    for start in range(0, len(ordered), step):
+        chunk = ordered[start:start + step]
         with conn.cursor() as cursor:
-            cursor.execute(" UNION ALL ".join([part] * len(chunk)),
+            cursor.execute(outer.format(" UNION ALL ".join([part] * len(chunk))),
                            [value for script_id in chunk for value in params(script_id)])
             rows.extend(cursor.fetchall())
     return rows
 
 
-def _percentile(ordered: Sequence[int], fraction: float) -> int:
-    """Nearest rank."""
-    return ordered[max(1, math.ceil(fraction * len(ordered))) - 1]
+# Nearest rank (the ceil(p × n)-th smallest of n) of p50 and p99 per script, ranked by the server over each
+# script's sample, so two rows per script cross the wire instead of the whole sample.
+_LAG_PERCENTILES_SQL = (
+    "SELECT script_id, lag_rank, lag_us FROM ("
+    " SELECT script_id, lag_us, ROW_NUMBER() OVER (PARTITION BY script_id ORDER BY lag_us) AS lag_rank,"
+    " COUNT(*) OVER (PARTITION BY script_id) AS sample_size FROM ({}) AS sample) AS ranked"
+    " WHERE lag_rank IN (GREATEST(1, CEIL(0.5 * sample_size)), GREATEST(1, CEIL(0.99 * sample_size)))"
+    " ORDER BY script_id, lag_rank")
 
 
 def sampled_lags(conn: pymysql.Connection, script_ids: Sequence[int], window_seconds: int,
                  sample: int = LAG_SAMPLE_TICKS) -> dict[int, tuple[float, float]]:
     """script id → (p50, p99) in ms of stored_at − received_at_producer over the newest `sample` ticks traded in
-    the window; one UNION ALL statement per `LAG_SAMPLE_SCRIPTS_PER_STATEMENT` scripts, each part a backward
-    primary-key range (bounded below by the time index) that stops after `sample` rows."""
-    lags: dict[int, list[int]] = {}
-    part = ("(SELECT script_id, TIMESTAMPDIFF(MICROSECOND, received_at_producer, stored_at) FROM ticks"
-            f" WHERE script_id = %s AND trade_id >= {FIRST_ID_IN_LAST_SECONDS_SQL}"
-            " AND traded_at >= UTC_TIMESTAMP(6) - INTERVAL %s SECOND ORDER BY trade_id DESC LIMIT %s)")
-    for script_id, lag_us in _per_script_union(conn, part, script_ids, lambda script_id: (
-            script_id, script_id, window_seconds, window_seconds, sample)):
-        lags.setdefault(script_id, []).append(int(lag_us))
-    result = {}
-    for script_id, values in lags.items():
-        values.sort()
-        result[script_id] = (_percentile(values, 0.5) / 1000, _percentile(values, 0.99) / 1000)
-    return result
+    the window, for the scripts that have some; each script's sample a backward primary-key range (bounded below
+    by the time index) that stops after `sample` rows."""
+    part = ("(SELECT script_id, TIMESTAMPDIFF(MICROSECOND, received_at_producer, stored_at) AS lag_us FROM ticks"
+            " WHERE script_id = %s AND trade_id >= %s AND traded_at >= UTC_TIMESTAMP(6) - INTERVAL %s SECOND"
+            " ORDER BY trade_id DESC LIMIT %s)")
+    bounds = window_first_ids(conn, script_ids, window_seconds)
+    ranked: dict[int, list[int]] = {}
+    for script_id, _rank, lag_us in _per_script_union(conn, _LAG_PERCENTILES_SQL, part, bounds, lambda script_id: (
+            script_id, bounds[script_id], window_seconds, sample)):
+        ranked.setdefault(int(script_id), []).append(int(lag_us))
+    # one row when both ranks are the same (a sample of one), else p50's then p99's
+    return {script_id: (lags[0] / 1000, lags[-1] / 1000) for script_id, lags in ranked.items()}
 
 
 def script_stats(conn: pymysql.Connection, script_ids: Sequence[int],

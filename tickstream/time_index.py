@@ -100,12 +100,6 @@ _FIRST_SQL = ("SELECT minute, first_trade_id FROM tick_minutes WHERE script_id =
               " ORDER BY minute LIMIT 1")
 _LAST_SQL = ("SELECT minute, last_trade_id FROM tick_minutes WHERE script_id = %s AND minute <= %s"
              " ORDER BY minute DESC LIMIT 1")
-# A lower trade-id bound for the ticks traded in the last N seconds by the server's clock, as a subquery (NULL
-# when nothing was: a comparison with it then selects no row). Parameters: script_id, N.
-FIRST_ID_IN_LAST_SECONDS_SQL = (
-    "(SELECT first_trade_id FROM tick_minutes WHERE script_id = %s"
-    " AND minute >= TIMESTAMPDIFF(MINUTE, '1970-01-01', UTC_TIMESTAMP(6) - INTERVAL %s SECOND)"
-    " ORDER BY minute LIMIT 1)")
 _NO_UPPER_BOUND = 2**64 - 1
 
 
