@@ -102,7 +102,7 @@ def coverage_cost(result: StageResult, conn: Any, handler: ModuleType, db: Datab
         bare_conn = connect(bare_db, autocommit=True)
         if sorted(make_scripts(bare_conn, SYMBOLS).values()) != sorted(script_ids_of(conn)):
             raise RuntimeError("the two databases' script ids differ")
-        sides = {True: (conn, coverage_ingestor(db, True)), False: (bare_conn, coverage_ingestor(bare_db, False))}
+        sides = {True: (conn, CoverageSide(db, True)), False: (bare_conn, CoverageSide(bare_db, False))}
         try:
             for duplicates in (0, REDELIVERY_EVERY):
                 stream = redelivered(sample, duplicates)
@@ -110,8 +110,8 @@ def coverage_cost(result: StageResult, conn: Any, handler: ModuleType, db: Datab
                           for round_ in range(COVERAGE_ROUNDS)]
                 report_coverage_cost(result, 100 // duplicates if duplicates else 0, rows, rounds)
         finally:
-            for _, ingestor in sides.values():
-                ingestor.close()
+            for _, side in sides.values():
+                side.ingestor.close()
             bare_conn.close()
 
 
@@ -121,14 +121,39 @@ def script_ids_of(conn: Any) -> list[int]:
         return [row[0] for row in cursor.fetchall()]
 
 
-def coverage_ingestor(db: DatabaseSettings, keep_coverage: bool) -> TickIngestor:
-    """A warm container's ingestor on the LOAD DATA path, keeping coverage and time index or not."""
-    return TickIngestor(db, open_store=lambda: TickStore(connect(db, local_infile=True), use_load_data=True,
-                                                         keep_coverage=keep_coverage))
+class CoverageSide:
+    """A warm container's ingestor on the LOAD DATA path, keeping coverage and time index or not, and the CPU time
+    of the MariaDB thread serving its connection (Linux: the server's /proc; None when not readable)."""
+
+    def __init__(self, db: DatabaseSettings, keep_coverage: bool) -> None:
+        store = TickStore(connect(db, local_infile=True), use_load_data=True, keep_coverage=keep_coverage)
+        self.ingestor = TickIngestor(db, open_store=lambda: store)
+        self._schedstat = _server_thread_schedstat(store.conn)
+
+    def server_cpu_seconds(self) -> float | None:
+        if self._schedstat is None:
+            return None
+        with contextlib.suppress(OSError):
+            return int(self._schedstat.read_text().split()[0]) / 1e9  # ns on CPU
+        return None
 
 
-def interleaved_round(handler: ModuleType, sides: dict[bool, tuple[Any, TickIngestor]], stream: Sequence[str],
-                      batch_messages: int, rows: int, round_: int) -> dict[str, float]:
+def _server_thread_schedstat(conn: Any) -> Path | None:
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT TID FROM information_schema.PROCESSLIST WHERE ID = CONNECTION_ID()")
+        (tid,) = cursor.fetchone()
+        cursor.execute("SELECT @@pid_file")
+        (pid_file,) = cursor.fetchone()
+    conn.commit()
+    with contextlib.suppress(OSError, ValueError):
+        path = Path(f"/proc/{int(Path(pid_file).read_text())}/task/{int(tid)}/schedstat")
+        if path.exists():
+            return path
+    return None
+
+
+def interleaved_round(handler: ModuleType, sides: dict[bool, tuple[Any, CoverageSide]], stream: Sequence[str],
+                      batch_messages: int, rows: int, round_: int) -> dict[str, float | None]:
     """The stream stored once on each side from empty tables, invocation k of one side next to invocation k of
     the other; the side that goes first alternates from pair to pair and round to round."""
     for side_conn, _ in sides.values():
@@ -136,29 +161,33 @@ def interleaved_round(handler: ModuleType, sides: dict[bool, tuple[Any, TickInge
             side_conn.cursor().execute(f"TRUNCATE TABLE {table}")
     events = invocation_events(stream, batch_messages)
     seconds, cpu = {True: 0.0, False: 0.0}, {True: 0.0, False: 0.0}
+    server_started = {keep: side.server_cpu_seconds() for keep, (_, side) in sides.items()}
     for index, event in enumerate(events):
         for keep in ((True, False) if (index + round_) % 2 == 0 else (False, True)):
-            handler.ingestor = sides[keep][1]
+            handler.ingestor = sides[keep][1].ingestor
             wall, used = invoke(handler, event)
             seconds[keep] += wall
             cpu[keep] += used
+    server = {keep: None if server_started[keep] is None else
+              (side.server_cpu_seconds() - server_started[keep]) * 1e6 / rows for keep, (_, side) in sides.items()}
     if scalar(sides[True][0], "SELECT SUM(stored) FROM tick_coverage") != rows:
         raise RuntimeError("coverage does not count every stored row once")
     for keep, (side_conn, _) in sides.items():
         if scalar(side_conn, "SELECT COUNT(*) FROM ticks") != rows:
             raise RuntimeError(f"{'with' if keep else 'without'} coverage: not every row was stored")
     return {"with_rows_per_s": rate(rows, seconds[True]), "without_rows_per_s": rate(rows, seconds[False]),
-            "with_cpu_us_per_row": cpu[True] * 1e6 / rows, "without_cpu_us_per_row": cpu[False] * 1e6 / rows}
+            "with_cpu_us_per_row": cpu[True] * 1e6 / rows, "without_cpu_us_per_row": cpu[False] * 1e6 / rows,
+            "with_server_cpu_us_per_row": server[True], "without_server_cpu_us_per_row": server[False]}
 
 
-def report_coverage_cost(result: StageResult, pct: int, rows: int, rounds: list[dict[str, float]]) -> None:
+def report_coverage_cost(result: StageResult, pct: int, rows: int, rounds: list[dict[str, float | None]]) -> None:
     ratios = sorted(r["with_rows_per_s"] / r["without_rows_per_s"] for r in rounds)
     ratio = statistics.median(ratios)
     quartiles = statistics.quantiles(ratios, n=4)
     cpu_with = statistics.median(r["with_cpu_us_per_row"] for r in rounds)
     cpu_without = statistics.median(r["without_cpu_us_per_row"] for r in rounds)
     without = statistics.median(r["without_rows_per_s"] for r in rounds)
-    result.data[f"coverage_dup{pct}pct"] = {
+    data = result.data[f"coverage_dup{pct}pct"] = {
         "rows": rows, "rounds": rounds, "median_ratio": ratio, "ratio_quartiles": [quartiles[0], quartiles[2]],
         "ratio_range": [ratios[0], ratios[-1]],
         "handler_cpu_us_per_row": {"with": cpu_with, "without": cpu_without}}
@@ -166,6 +195,16 @@ def report_coverage_cost(result: StageResult, pct: int, rows: int, rounds: list[
     result.add(f"load_data, {pct} % redelivered: new rows/s without {kept} (median)", without, "rows/s")
     result.add(f"load_data, {pct} % redelivered: handler CPU per row, with / without {kept} (median)",
                f"{cpu_with:.2f} / {cpu_without:.2f}", "µs")
+    if all(r["with_server_cpu_us_per_row"] is not None for r in rounds):
+        server_with = statistics.median(r["with_server_cpu_us_per_row"] for r in rounds)
+        server_without = statistics.median(r["without_server_cpu_us_per_row"] for r in rounds)
+        cpu_ratio = (cpu_without + server_without) / (cpu_with + server_with)
+        data["server_thread_cpu_us_per_row"] = {"with": server_with, "without": server_without}
+        data["cpu_ratio"] = cpu_ratio
+        result.add(f"load_data, {pct} % redelivered: CPU per row, handler + its MariaDB thread, with / without"
+                   f" {kept} (median)", f"{cpu_with + server_with:.2f} / {cpu_without + server_without:.2f}", "µs")
+        # On a saturated machine throughput follows CPU per row: the ratio that load would give.
+        result.add(f"load_data, {pct} % redelivered: that CPU without / with {kept}", cpu_ratio, "×")
     result.add(f"load_data, {pct} % redelivered: with {kept} / without, rounds' quartiles and range",
                f"{quartiles[0]:.2f}–{quartiles[2]:.2f}, {ratios[0]:.2f}–{ratios[-1]:.2f}", "×")
     result.add(f"load_data, {pct} % redelivered: with {kept} / without (median of {len(rounds)} interleaved"
