@@ -127,7 +127,7 @@ class CoverageSide:
 
     def __init__(self, db: DatabaseSettings, keep_coverage: bool) -> None:
         store = TickStore(connect(db, local_infile=True), use_load_data=True, keep_coverage=keep_coverage)
-        self.ingestor = TickIngestor(db, open_store=lambda: store)
+        self.ingestor = TickIngestor(db, open_store=lambda: store, keep_coverage=keep_coverage)
         self._schedstat = _server_thread_schedstat(store.conn)
 
     def server_cpu_seconds(self) -> float | None:
@@ -282,7 +282,8 @@ def use_store(handler: ModuleType, db: DatabaseSettings, method: str, keep_cover
     load_data = method == "load_data"
     handler.ingestor = TickIngestor(
         db, open_store=lambda: TickStore(connect(db, local_infile=True), use_load_data=load_data,
-                                         keep_coverage=keep_coverage))
+                                         keep_coverage=keep_coverage),
+        keep_coverage=keep_coverage)
 
 
 def invocation_events(stream: Sequence[str], batch_messages: int) -> list[dict[str, Any]]:

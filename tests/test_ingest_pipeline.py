@@ -9,6 +9,7 @@ import pytest
 
 from tests.conftest import make_broker, make_script, tick_count
 from tickstream.codec import TickBatch
+from tickstream.coverage import Key, RowGroup
 from tickstream.db import connect
 from tickstream.ingest import CHUNK_ROWS, TickIngestor
 from tickstream.settings import DatabaseSettings
@@ -31,12 +32,12 @@ class FailingStore(TickStore):
         self.writes, self.fail_on_write, self.error = 0, fail_on_write, error
         self.threads: set[str] = set()
 
-    def write(self, batch: TickBatch) -> InsertResult:
+    def write(self, batch: TickBatch, groups: dict[Key, RowGroup] | None = None) -> InsertResult:
         self.writes += 1
         self.threads.add(threading.current_thread().name)
         if self.writes == self.fail_on_write:
             raise self.error
-        return super().write(batch)
+        return super().write(batch, groups)
 
 
 def test_many_chunks_are_one_transaction_written_by_one_thread(db_settings: DatabaseSettings,

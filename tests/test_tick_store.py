@@ -10,12 +10,9 @@ import pymysql
 import pytest
 
 from tests.conftest import make_broker, make_script, stored_ticks
-from tickstream import tick_store
-from tickstream.codec import TickBatch
-from tickstream.coverage import Summary
 from tickstream.db import connect
 from tickstream.settings import DatabaseSettings
-from tickstream.tick_store import LoadDataFile, TickStore, server_allows_load_data
+from tickstream.tick_store import TickStore, server_allows_load_data
 from tickstream.ticks import MAX_TIME_US, MIN_TIME_US, Tick
 
 T0 = 1_750_000_000_000_001
@@ -90,50 +87,3 @@ def test_detects_whether_the_server_allows_load_data(db_settings: DatabaseSettin
             conn.close()
         finally:
             cursor.execute("SET GLOBAL local_infile = %s", (int(original),))
-
-
-def test_work_while_loading_runs_once_the_rows_are_sent_and_keeps_the_session_in_step(
-        db_settings: DatabaseSettings, db: pymysql.Connection) -> None:
-    """`LoadDataFile.load`'s `while_loading` runs while the server stores the rows (the file sent, its answer not
-    yet read); if it fails, the answer is still read, so the session goes on."""
-    script = make_script(db, make_broker(db), "BTCUSDT")
-    conn, scratch = connect(db_settings, local_infile=True), LoadDataFile()
-    sent: list[bool] = []
-
-    def fail() -> None:
-        raise ZeroDivisionError
-
-    try:
-        rows = TickBatch.from_ticks(ticks(script, range(0, 100))).rows
-        assert scratch.load(conn, rows, lambda: sent.append(conn.sendable_file is not None)) == 100
-        with pytest.raises(ZeroDivisionError):
-            scratch.load(conn, TickBatch.from_ticks(ticks(script, range(100, 150))).rows, fail)
-        conn.commit()
-    finally:
-        scratch.close()
-        conn.close()
-    assert sent == [True]
-    assert len(stored_ticks(db, script)) == 150
-
-
-def test_the_coverage_summary_is_made_while_the_server_stores_the_chunk(
-        db_settings: DatabaseSettings, db: pymysql.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
-    """On the LOAD DATA path the writer summarises a chunk (coverage, time index) while it waits for the server,
-    not before the load: then it costs the load no time."""
-    broker = make_broker(db)
-    scripts = [make_script(db, broker, name) for name in ("BTCUSDT", "ETHUSDT")]
-    store = TickStore(connect(db_settings, local_infile=True), use_load_data=True)
-    during_load: list[bool] = []
-
-    def summarize(rows: bytes) -> Summary:
-        during_load.append(store.conn.sendable_file is not None)
-        return real_summarize(rows)
-
-    real_summarize = tick_store.summarize_batch
-    monkeypatch.setattr(tick_store, "summarize_batch", summarize)
-    try:
-        store.insert_ticks([tick for script in scripts for tick in ticks(script, range(0, 500))])
-    finally:
-        store.close()
-    assert during_load == [True]
-    assert len(stored_ticks(db, scripts[1])) == 500

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pymysql
 import pymysql.connections
-from pymysql.connections import _send_local_file
-from pymysql.constants import CR
 from pymysql.protocol import LoadLocalPacketWrapper
 
 from tickstream.settings import DatabaseSettings
@@ -36,21 +34,19 @@ class Connection(pymysql.connections.Connection):
 
     def __init__(self, **kwargs: Any) -> None:
         self.sendable_file: bytes | None = None
-        self.while_loading: Callable[[], object] | None = None
         self.local_infile = bool(kwargs.get("local_infile"))
         super().__init__(**kwargs)
 
     @contextlib.contextmanager
-    def sending(self, path: str, while_loading: Callable[[], object] | None = None) -> Iterator[None]:
-        """Allow the server to ask for `path`, and no other file, until the block ends. `while_loading` runs once
-        the file is sent, while the server stores its rows (the client would only wait for the answer)."""
+    def sending(self, path: str) -> Iterator[None]:
+        """Allow the server to ask for `path`, and no other file, until the block ends."""
         if not self.local_infile:
             raise LocalFileRefused("this connection was opened without local_infile")
-        self.sendable_file, self.while_loading = os.fsencode(path), while_loading
+        self.sendable_file = os.fsencode(path)
         try:
             yield
         finally:
-            self.sendable_file, self.while_loading = None, None
+            self.sendable_file = None
 
     def _read_query_result(self, unbuffered: bool = False) -> int:
         # pymysql 1.2.4's body (pinned), with the result class that checks the requested file name.
@@ -76,24 +72,7 @@ class _CheckedResult(pymysql.connections.MySQLResult):
                 conn._read_packet()  # the server's OK or error for the empty load
             raise LocalFileRefused(f"the server asked for local file {requested[:200]!r}; refused (only the buffer"
                                    " of the ingest's own LOAD DATA may be sent)")
-        if conn.while_loading is None:
-            super()._read_load_local_packet(first_packet)
-            return
-        # pymysql 1.2.4's body (pinned), with `while_loading` run between the file's last packet and the answer.
-        try:
-            _send_local_file(requested, conn)
-        except BaseException:
-            conn.write_packet(b"")
-            conn._read_packet()  # the server's answer to the cut-short file: the session stays in step
-            raise
-        conn.write_packet(b"")
-        try:
-            conn.while_loading()
-        finally:
-            ok_packet = conn._read_packet()
-        if not ok_packet.is_ok_packet():
-            raise pymysql.err.OperationalError(CR.CR_COMMANDS_OUT_OF_SYNC, "Commands Out of Sync")
-        self._read_ok_packet(ok_packet)
+        super()._read_load_local_packet(first_packet)
 
 
 def connect(db: DatabaseSettings, *, database: bool = True, autocommit: bool = False, connect_timeout: float = 5,

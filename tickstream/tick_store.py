@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pymysql
@@ -99,11 +99,11 @@ class LoadDataFile:
         inserted = self.load(conn, batch.rows)
         return InsertResult(inserted, batch.count - inserted)
 
-    def load(self, conn: Connection, rows: bytes, while_loading: Callable[[], object] | None = None) -> int:
-        """The rows inserted (duplicates skipped); no commit. `while_loading` runs while the server stores them."""
+    def load(self, conn: Connection, rows: bytes) -> int:
+        """The rows inserted (duplicates skipped); no commit."""
         with open(self.path, "wb") as scratch:
             scratch.write(rows)
-        with conn.sending(self.path, while_loading), conn.cursor() as cursor:  # the one file it may send
+        with conn.sending(self.path), conn.cursor() as cursor:  # the one file this connection may send
             return cursor.execute(LOAD_DATA_SQL, (self.path,))
 
     def close(self) -> None:
@@ -146,37 +146,43 @@ class TickStore:
             raise
         return result
 
-    def write(self, batch: TickBatch) -> InsertResult:
-        """Store the batch (duplicates skipped) in the open transaction; the caller commits or rolls back."""
+    def write(self, batch: TickBatch, summary: Summary | None = None) -> InsertResult:
+        """Store the batch (duplicates skipped) in the open transaction; the caller commits or rolls back.
+
+        `summary` is `coverage.summarize_batch(batch.rows)` when the caller already has it (the
+        ingest computes it on the handler's thread, in parallel with the previous chunk's load)."""
         if not batch.count:
             return InsertResult(0, 0)
         if self._coverage is None:
             if self._load_file:
                 return self._load_file.insert(self.conn, batch)
             return _insert_ignore(self.conn, batch.ticks())
-        if self._load_file:
-            inserted = self._load_counted(batch)
-        else:
-            groups, minutes = summarize_batch(batch.rows)
-            self._time_index.add(minutes)
-            inserted = self._insert_counted(batch, groups)
+        groups, minutes = summary if summary is not None else summarize_batch(batch.rows)
+        self._time_index.add(minutes)
+        inserted = self._load_counted(batch, groups) if self._load_file else self._insert_counted(batch, groups)
         return InsertResult(inserted, batch.count - inserted)
 
-    def _load_counted(self, batch: TickBatch) -> int:
+    def _load_counted(self, batch: TickBatch, groups: dict[Key, RowGroup]) -> int:
         """Load the chunk and count its new rows per group into coverage; returns what this call adds to the
-        transaction's inserted rows. The chunk's coverage and time-index summary is made while the server stores
-        its rows: the writer would only wait for the answer then, so the summary costs the load no time."""
-        if self._transaction.careful:
-            groups, minutes = summarize_batch(batch.rows)  # known before the load: does it need a SAVEPOINT?
-            self._time_index.add(minutes)
-            return self._load_carefully(batch, groups)
-        made: list[Summary] = []
-        inserted = self._load_file.load(self.conn, batch.rows, lambda: made.append(summarize_batch(batch.rows)))
-        groups, minutes = made[0] if made else summarize_batch(batch.rows)
-        self._time_index.add(minutes)
-        if len(groups) > 1 and 0 < inserted < batch.count:  # partly there already: which groups' rows were new?
-            return self._write_again_carefully(batch, groups)
-        self._count(groups, inserted)
+        transaction's inserted rows."""
+        several = len(groups) > 1
+        careful = several and self._transaction.careful
+        if careful:
+            with self.conn.cursor() as cursor:
+                cursor.execute("SAVEPOINT tick_chunk")
+        inserted = self._load_file.load(self.conn, batch.rows)
+        if several and 0 < inserted < batch.count:  # partly there already: which groups' rows were new is unknown
+            if not careful:
+                return self._write_again_carefully(batch, groups)
+            with self.conn.cursor() as cursor:
+                cursor.execute("ROLLBACK TO SAVEPOINT tick_chunk")
+            inserted = self._load_by_group(batch, groups)
+        elif several:
+            if inserted:  # all new (the live stream); all duplicates (a redelivery) count nothing
+                for group in groups.values():
+                    self._coverage.add(group, group.count)
+        else:
+            self._coverage.add(next(iter(groups.values())), inserted)
         self._transaction.add(batch, groups, inserted)
         return inserted
 
@@ -188,32 +194,8 @@ class TickStore:
         self._coverage.clear()
         self._transaction = _LoadedChunks(careful=True)
         for chunk, chunk_groups in [*chunks, (batch, groups)]:
-            self._load_carefully(chunk, chunk_groups)
+            self._load_counted(chunk, chunk_groups)
         return self._transaction.inserted - reported
-
-    def _load_carefully(self, batch: TickBatch, groups: dict[Key, RowGroup]) -> int:
-        several = len(groups) > 1
-        if several:
-            with self.conn.cursor() as cursor:
-                cursor.execute("SAVEPOINT tick_chunk")
-        inserted = self._load_file.load(self.conn, batch.rows)
-        if several and 0 < inserted < batch.count:
-            with self.conn.cursor() as cursor:
-                cursor.execute("ROLLBACK TO SAVEPOINT tick_chunk")
-            inserted = self._load_by_group(batch, groups)
-        else:
-            self._count(groups, inserted)
-        self._transaction.add(batch, groups, inserted)
-        return inserted
-
-    def _count(self, groups: dict[Key, RowGroup], inserted: int) -> None:
-        """The new rows per group of a chunk whose total tells them: one group, or several all new (the live
-        stream) or all duplicates (a redelivery, nothing to count)."""
-        if len(groups) == 1:
-            self._coverage.add(next(iter(groups.values())), inserted)
-        elif inserted:
-            for group in groups.values():
-                self._coverage.add(group, group.count)
 
     def _load_by_group(self, batch: TickBatch, groups: dict[Key, RowGroup]) -> int:
         inserted = 0
