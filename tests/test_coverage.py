@@ -84,6 +84,50 @@ def test_coverage_counts_each_stored_row_once_per_script_and_utc_day(ingestor: T
     assert coverage_rows(db) == counted_from_ticks(db)
 
 
+def statements(conn: pymysql.Connection, *names: str) -> dict[str, int]:
+    """How many statements of each kind (Com_load, Com_savepoint …) this session ran."""
+    with conn.cursor() as cursor:
+        cursor.execute("SHOW SESSION STATUS WHERE Variable_name IN (" + ",".join(["%s"] * len(names)) + ")", names)
+        return {name: int(value) for name, value in cursor.fetchall()}
+
+
+def test_a_new_or_redelivered_chunk_of_several_groups_is_one_load_and_nothing_else(
+        db_settings: DatabaseSettings, db: pymysql.Connection) -> None:
+    """The live stream's chunks (all new) and a redelivered message (all duplicates) need no SAVEPOINT: a round
+    trip per chunk, which a loaded machine makes expensive."""
+    broker = make_broker(db)
+    btc, eth = make_script(db, broker, "BTCUSDT"), make_script(db, broker, "ETHUSDT")
+    store = TickStore(connect(db_settings, local_infile=True), use_load_data=True)
+    try:
+        message = batch(ticks(btc, range(1, 101)), ticks(eth, range(1, 31)))  # four (script, day) groups
+        results = [store.write(message), store.write(message)]
+        store.commit()
+        ran = statements(store.conn, "Com_load", "Com_savepoint", "Com_rollback_to_savepoint")
+    finally:
+        store.close()
+    assert [(r.inserted, r.duplicates) for r in results] == [(130, 0), (0, 130)]
+    assert ran == {"Com_load": 2, "Com_savepoint": 0, "Com_rollback_to_savepoint": 0}
+    assert coverage_rows(db) == counted_from_ticks(db)
+
+
+def test_a_partly_stored_chunk_after_others_writes_the_transaction_again_exactly(
+        ingestor: TickIngestor, db: pymysql.Connection) -> None:
+    """Chunks of one invocation, the third partly stored by the first (within the same transaction) and partly
+    new: the transaction is rolled back and written again chunk by chunk, every row counted once."""
+    broker = make_broker(db)
+    btc, eth = make_script(db, broker, "BTCUSDT"), make_script(db, broker, "ETHUSDT")
+    first_us = MIDNIGHT_US - 500_000_000  # 1,200 ids a script at 1 s each: both scripts cross midnight
+    first = batch(ticks(btc, range(1, 601), first_us), ticks(eth, range(1, 601), first_us))
+    second = batch(ticks(btc, range(601, 1201), first_us + 600_000_000),
+                   ticks(eth, range(601, 1201), first_us + 600_000_000))
+    third = batch(ticks(btc, range(301, 1801), first_us + 300_000_000))  # 301..1200 stored by now, 1201.. new
+    outcome = ingestor.store([first, second, third])
+    assert coverage_rows(db) == counted_from_ticks(db)
+    assert (outcome.stored, outcome.duplicates) == (3000, 900)
+    assert sum(row[0] for row in coverage_rows(db).values()) == 3000
+    assert coverage_rows(db)[(btc, date(2024, 10, 4))][:3] == (1300, 501, 1800)
+
+
 def test_ticks_of_unknown_scripts_are_not_counted(ingestor: TickIngestor, db: pymysql.Connection) -> None:
     btc = make_script(db, make_broker(db), "BTCUSDT")
     ingestor.store([batch(ticks(btc, range(1, 11)), ticks(btc + 1000, range(1, 11)))])

@@ -14,8 +14,12 @@ needs no counts: a minute's bounds are widened by every row offered, stored or d
 `TickStore` also keeps tick_coverage (tickstream.coverage) in the same transaction, exactly: it needs, per
 (script, UTC day), how many rows were really inserted, and a statement only reports its total. A chunk of one
 (script, day) group — or one whose rows are all new, or all duplicates — is loaded in one statement and its total
-is the answer; only a chunk with several groups that is partly stored already (a redelivery mixed with new rows) is
-rolled back to a savepoint and loaded again group by group.
+is the answer. Only a chunk with several groups that is partly stored already (a redelivery mixed with new rows)
+needs more: which groups' rows were new is unknown. Such a chunk is rare (a full message is a chunk of its own, so a
+redelivered one is all duplicates), so the common chunk is one LOAD and nothing else — no SAVEPOINT before it, a
+round trip per chunk that a loaded machine makes expensive — and the rare one rolls the whole transaction back and
+writes its chunks again carefully: each chunk of several groups after a SAVEPOINT, and when partly stored, rolled
+back to it and loaded again group by group.
 """
 
 from __future__ import annotations
@@ -123,6 +127,7 @@ class TickStore:
         self._load_file = LoadDataFile() if use_load_data else None
         self._coverage = CoverageDelta() if keep_coverage else None
         self._time_index = time_index.TimeIndexDelta() if keep_coverage else None
+        self._transaction = _LoadedChunks()
 
     @property
     def method(self) -> str:
@@ -144,8 +149,8 @@ class TickStore:
     def write(self, batch: TickBatch, summary: Summary | None = None) -> InsertResult:
         """Store the batch (duplicates skipped) in the open transaction; the caller commits or rolls back.
 
-        `summary` is `coverage.summarize_batch(batch.rows)` when the caller already has it (the ingest computes it
-        on the handler's thread, in parallel with the previous chunk's load)."""
+        `summary` is `coverage.summarize_batch(batch.rows)` when the caller already has it (the
+        ingest computes it on the handler's thread, in parallel with the previous chunk's load)."""
         if not batch.count:
             return InsertResult(0, 0)
         if self._coverage is None:
@@ -158,26 +163,45 @@ class TickStore:
         return InsertResult(inserted, batch.count - inserted)
 
     def _load_counted(self, batch: TickBatch, groups: dict[Key, RowGroup]) -> int:
-        load, coverage = self._load_file.load, self._coverage
-        if len(groups) == 1:
-            inserted = load(self.conn, batch.rows)
-            coverage.add(next(iter(groups.values())), inserted)
-            return inserted
-        with self.conn.cursor() as cursor:
-            cursor.execute("SAVEPOINT tick_chunk")
-        inserted = load(self.conn, batch.rows)
-        if inserted == batch.count:  # all new (the live stream): every group's rows were stored
-            for group in groups.values():
-                coverage.add(group, group.count)
-            return inserted
-        if inserted == 0:  # all there already (a redelivery): nothing to count
-            return 0
-        with self.conn.cursor() as cursor:  # partly there already: which groups' rows were new is unknown
-            cursor.execute("ROLLBACK TO SAVEPOINT tick_chunk")
+        """Load the chunk and count its new rows per group into coverage; returns what this call adds to the
+        transaction's inserted rows."""
+        several = len(groups) > 1
+        careful = several and self._transaction.careful
+        if careful:
+            with self.conn.cursor() as cursor:
+                cursor.execute("SAVEPOINT tick_chunk")
+        inserted = self._load_file.load(self.conn, batch.rows)
+        if several and 0 < inserted < batch.count:  # partly there already: which groups' rows were new is unknown
+            if not careful:
+                return self._write_again_carefully(batch, groups)
+            with self.conn.cursor() as cursor:
+                cursor.execute("ROLLBACK TO SAVEPOINT tick_chunk")
+            inserted = self._load_by_group(batch, groups)
+        elif several:
+            if inserted:  # all new (the live stream); all duplicates (a redelivery) count nothing
+                for group in groups.values():
+                    self._coverage.add(group, group.count)
+        else:
+            self._coverage.add(next(iter(groups.values())), inserted)
+        self._transaction.add(batch, groups, inserted)
+        return inserted
+
+    def _write_again_carefully(self, batch: TickBatch, groups: dict[Key, RowGroup]) -> int:
+        """Roll the transaction back (nothing of it is committed; its coverage waits in memory for COMMIT) and load
+        its chunks again, this one last, each of several groups after a SAVEPOINT; so until COMMIT."""
+        chunks, reported = self._transaction.chunks, self._transaction.inserted
+        self.conn.rollback()
+        self._coverage.clear()
+        self._transaction = _LoadedChunks(careful=True)
+        for chunk, chunk_groups in [*chunks, (batch, groups)]:
+            self._load_counted(chunk, chunk_groups)
+        return self._transaction.inserted - reported
+
+    def _load_by_group(self, batch: TickBatch, groups: dict[Key, RowGroup]) -> int:
         inserted = 0
         for key, rows in rows_by_group(batch.rows).items():
-            stored = load(self.conn, rows)
-            coverage.add(groups[key], stored)
+            stored = self._load_file.load(self.conn, rows)
+            self._coverage.add(groups[key], stored)
             inserted += stored
         return inserted
 
@@ -200,11 +224,13 @@ class TickStore:
             self._time_index.write(self.conn)
             self._coverage.write(self.conn)
         self.conn.commit()
+        self._transaction = _LoadedChunks()
         if self._coverage is not None:
             self._coverage.clear()
             self._time_index.clear()
 
     def rollback(self) -> None:
+        self._transaction = _LoadedChunks()
         if self._coverage is not None:
             self._coverage.clear()
             self._time_index.clear()
@@ -222,6 +248,21 @@ class TickStore:
             self._load_file.close()
         with contextlib.suppress(pymysql.err.Error):
             self.conn.close()
+
+
+class _LoadedChunks:
+    """The chunks the open transaction loaded with coverage, to load them again should one come back partly stored
+    (`TickStore._write_again_carefully`). They hold no copy of a message of ≥ `tickstream.ingest.CHUNK_ROWS` rows:
+    such a chunk is the decoded message itself."""
+
+    def __init__(self, careful: bool = False) -> None:
+        self.careful = careful
+        self.chunks: list[tuple[TickBatch, dict[Key, RowGroup]]] = []
+        self.inserted = 0
+
+    def add(self, batch: TickBatch, groups: dict[Key, RowGroup], inserted: int) -> None:
+        self.chunks.append((batch, groups))
+        self.inserted += inserted
 
 
 def _rollback_quietly(conn: pymysql.Connection) -> None:
