@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pymysql
 import pytest
 
+from tests.mariadb_control import MariaDBServer, private_server
 from tickstream.db import connect
 from tickstream.migrate import migrate
 from tickstream.settings import DatabaseSettings, database_settings
@@ -26,10 +27,10 @@ SIMULATOR_HOSTS = frozenset({"127.0.0.1"})
 os.environ["EXCHANGE_HOST_ALLOWLIST"] = ",".join(SIMULATOR_HOSTS)
 
 
-@pytest.fixture(scope="session")
-def db_settings() -> Iterator[DatabaseSettings]:
-    """A fresh database on the real server named by DB_HOST/DB_PORT/DB_USER/DB_PASSWORD, dropped afterwards."""
-    server = database_settings()
+
+@contextlib.contextmanager
+def throwaway_database(server: DatabaseSettings) -> Iterator[DatabaseSettings]:
+    """A fresh, migrated database on `server` (its host, port and credentials), dropped afterwards."""
     settings = DatabaseSettings(server.host, server.port, server.user, server.password,
                                 f"tickstream_test_{uuid.uuid4().hex[:10]}")
     migrate(settings)
@@ -41,21 +42,47 @@ def db_settings() -> Iterator[DatabaseSettings]:
 
 
 @pytest.fixture(scope="session")
-def db_env(db_settings: DatabaseSettings) -> dict[str, str]:
-    """The environment a tickstream process needs to reach the test database."""
+def db_settings() -> Iterator[DatabaseSettings]:
+    """A fresh database on the real server named by DB_HOST/DB_PORT/DB_USER/DB_PASSWORD, dropped afterwards."""
+    with throwaway_database(database_settings()) as settings:
+        yield settings
+
+
+@pytest.fixture(scope="session")
+def own_mariadb() -> Iterator[MariaDBServer]:
+    """A MariaDB server of this test process's own (started on first use), for the tests that stop the server or
+    change its global settings: the other process of `make test` keeps using the shared one meanwhile."""
+    with private_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def own_db_settings(own_mariadb: MariaDBServer) -> Iterator[DatabaseSettings]:
+    """As `db_settings`, on `own_mariadb`."""
+    with throwaway_database(own_mariadb.root) as settings:
+        yield settings
+
+
+def database_env(settings: DatabaseSettings) -> dict[str, str]:
+    """The environment a tickstream process needs to reach the database of `settings`."""
     return {
-        "DB_HOST": db_settings.host,
-        "DB_PORT": str(db_settings.port),
-        "DB_USER": db_settings.user,
-        "DB_PASSWORD": db_settings.password,
-        "DB_NAME": db_settings.name,
+        "DB_HOST": settings.host,
+        "DB_PORT": str(settings.port),
+        "DB_USER": settings.user,
+        "DB_PASSWORD": settings.password,
+        "DB_NAME": settings.name,
     }
 
 
-@pytest.fixture
-def db(db_settings: DatabaseSettings) -> Iterator[pymysql.Connection]:
-    """An autocommit connection to an empty schema."""
-    conn = connect(db_settings, autocommit=True)
+@pytest.fixture(scope="session")
+def db_env(db_settings: DatabaseSettings) -> dict[str, str]:
+    """The environment a tickstream process needs to reach the test database."""
+    return database_env(db_settings)
+
+
+def emptied_connection(settings: DatabaseSettings) -> Iterator[pymysql.Connection]:
+    """An autocommit connection to the database of `settings`, every table emptied first; closed afterwards."""
+    conn = connect(settings, autocommit=True)
     with conn.cursor() as cursor:
         for table in ("ticks", "tick_coverage", "tick_minutes", "gaps", "producer_status", "jobs", "candles_1m"):
             cursor.execute(f"DELETE FROM {table}")
@@ -64,6 +91,18 @@ def db(db_settings: DatabaseSettings) -> Iterator[pymysql.Connection]:
     yield conn
     with contextlib.suppress(pymysql.err.Error):  # a test may have closed it (e.g. before stopping MariaDB)
         conn.close()
+
+
+@pytest.fixture
+def db(db_settings: DatabaseSettings) -> Iterator[pymysql.Connection]:
+    """An autocommit connection to an empty schema."""
+    yield from emptied_connection(db_settings)
+
+
+@pytest.fixture
+def own_db(own_db_settings: DatabaseSettings) -> Iterator[pymysql.Connection]:
+    """As `db`, on `own_mariadb`."""
+    yield from emptied_connection(own_db_settings)
 
 
 def make_broker(conn: pymysql.Connection, name: str = "Binance Test", api_config: str = "{}",
