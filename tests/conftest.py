@@ -27,6 +27,34 @@ SIMULATOR_HOSTS = frozenset({"127.0.0.1"})
 os.environ["EXCHANGE_HOST_ALLOWLIST"] = ",".join(SIMULATOR_HOSTS)
 
 
+def _localstack_of_this_worker() -> None:
+    """`make test` runs two pytest-xdist workers, each with its own session LocalStack: the configured port plus the
+    worker's number, its state in a directory of the worker's name. Set here, before anything reads the settings,
+    so every process a test starts (producer, demo, ...) gets the worker's LocalStack too."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        return
+    from infra.localstack_config import settings_from_env
+
+    configured = settings_from_env()
+    port = configured.port + int(worker.removeprefix("gw"))
+    os.environ.update({"LOCALSTACK_PORT": str(port), "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+                       "TICKSTREAM_LOCALSTACK_DIR": str(configured.state_dir / worker)})
+
+
+_localstack_of_this_worker()
+# `make test` hands the workers a file at a time in collection order (`--dist loadfile --no-loadscope-reorder`):
+# the longest files go first, so that neither worker is left with a long one at the end. From --durations of
+# full runs, longest first; the other files follow in their usual order.
+LONGEST_FILES_FIRST = ("test_drills.py", "test_sam_local.py", "test_bad_input.py", "test_producer.py",
+                       "test_pipeline_e2e.py", "test_venue_okx.py", "test_api_limits.py", "test_deployment_checks.py",
+                       "test_venue_binance_usdm.py", "test_make_demo.py", "test_console_browser.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: position for position, name in enumerate(LONGEST_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the order within a file is kept
+
 
 @contextlib.contextmanager
 def throwaway_database(server: DatabaseSettings) -> Iterator[DatabaseSettings]:
