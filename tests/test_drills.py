@@ -8,7 +8,7 @@ mapping, the local executor's host process) writes to MariaDB. Mid-run one thing
 trade-id set must equal the simulator's emitted set exactly: no id missing, none that was never emitted, and as many
 rows as ids emitted (the primary key rules out duplicate rows; redelivered ticks it absorbed are counted).
 
-The drills get a LocalStack of their own (a free port, state under TICKSTREAM_LOCALSTACK_DIR/drills): one drill
+The drills get a LocalStack of their own (a free port, state in drills/ beside the session LocalStack's): one drill
 restarts it, which would break stacks other modules deployed on the session's LocalStack. Likewise a MariaDB of
 their own (`own_mariadb`): one drill stops it, while `make test`'s other process goes on using the shared server.
 They connect to it as a dedicated user with a random password, so the last test can look for that password in
