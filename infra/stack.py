@@ -8,6 +8,7 @@ polled every 0.25 s: ``aws cloudformation deploy`` / ``samlocal deploy`` take 24
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -107,20 +108,32 @@ def sam_build(settings: LocalStackSettings, template: Path, work_dir: Path) -> P
     if digest is None:
         return _build_into(settings, template, work_dir / "build")
     cached = BUILD_CACHE / digest
-    if (cached / "template.yaml").is_file():
-        cached.touch()  # in use: not removed for another BUILD_KEPT_SECONDS
-    else:
-        BUILD_CACHE.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{digest}.", dir=BUILD_CACHE))
-        _build_into(settings, template, staging)
-        if build_digest(settings, template) != digest:  # a file changed while sam read them: keep it out of the cache
-            return _relink(work_dir, staging)
-        try:
-            staging.rename(cached)
-        except OSError:  # built meanwhile by another deploy (same inputs, so the same build): keep that one
-            shutil.rmtree(staging, ignore_errors=True)
-        _forget_old_builds()
+    with _build_lock(digest):
+        if (cached / "template.yaml").is_file():
+            cached.touch()  # in use: not removed for another BUILD_KEPT_SECONDS
+        else:
+            staging = Path(tempfile.mkdtemp(prefix=f".{digest}.", dir=BUILD_CACHE))
+            _build_into(settings, template, staging)
+            if build_digest(settings, template) != digest:  # a file changed while sam read them: not cached
+                return _relink(work_dir, staging)
+            try:
+                staging.rename(cached)
+            except OSError:  # built meanwhile by a deploy that did not wait for the lock: keep that one
+                shutil.rmtree(staging, ignore_errors=True)
+            _forget_old_builds()
     return _relink(work_dir, cached)
+
+
+@contextlib.contextmanager
+def _build_lock(digest: str) -> Iterator[None]:
+    """One build of the same inputs at a time on this machine: a deploy beside it (`make test` runs two test
+    processes, both deploying template.yaml at the start) waits and reuses that build instead of making its own."""
+    BUILD_CACHE.mkdir(parents=True, exist_ok=True)
+    path = BUILD_CACHE / f".{digest}.lock"
+    with path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        path.touch()  # in use: not removed for another BUILD_KEPT_SECONDS
+        yield
 
 
 def _relink(work_dir: Path, build: Path) -> Path:
@@ -163,12 +176,15 @@ def build_digest(settings: LocalStackSettings, template: Path) -> str | None:
 
 
 def _forget_old_builds() -> None:
-    """Builds (and the staging directories of builds that crashed) unused for BUILD_KEPT_SECONDS."""
+    """Builds (and the staging directories of builds that crashed, and lock files) unused for BUILD_KEPT_SECONDS."""
     cutoff = time.time() - BUILD_KEPT_SECONDS
     for entry in BUILD_CACHE.iterdir():
         with contextlib.suppress(OSError):
             if entry.stat().st_mtime < cutoff:
-                shutil.rmtree(entry, ignore_errors=True)
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:  # a build's lock file, touched whenever it is taken
+                    entry.unlink()
 
 
 def sam_package(settings: LocalStackSettings, built_template: Path, work_dir: Path, stack_name: str) -> Path:

@@ -17,7 +17,9 @@ import pytest
 from infra.localstack import is_healthy, start_localstack, stop_localstack
 from infra.localstack_config import REPO_ROOT, LocalStackSettings, aws_client, settings_from_env
 from infra.stack import DEFAULT_STACK_NAME, DEFAULT_TEMPLATE, deploy_stack
+from tests.conftest import database_env
 from tests.producer_harness import fresh_queue
+from tickstream.settings import DatabaseSettings
 
 EXECUTOR_FIXTURE_TEMPLATE = Path(__file__).parent / "fixtures" / "executor_stack" / "template.yaml"
 # template.yaml's defaults (30 s timeout, 180 s visibility) take 5 x 180 s to dead-letter a poison message;
@@ -71,11 +73,10 @@ def executor_stack(deploy: Deployer, tmp_path_factory: pytest.TempPathFactory) -
     return {**outputs, "RecordDir": str(record_dir)}
 
 
-@pytest.fixture(scope="session")
-def tickstream_stack(deploy: Deployer, db_env: dict[str, str]) -> dict[str, str]:
-    """The real template.yaml, deployed unchanged, wired to the session's test database (db_env), with short
-    timeouts (TEST_*_SECONDS above)."""
-    parameters = {
+def tickstream_stack_parameters(db_env: Mapping[str, str]) -> dict[str, str]:
+    """template.yaml's parameters for a test stack wired to the database of `db_env`, with short timeouts
+    (TEST_*_SECONDS above)."""
+    return {
         "DbHost": db_env["DB_HOST"],
         "DbPort": db_env["DB_PORT"],
         "DbUser": db_env["DB_USER"],
@@ -86,7 +87,20 @@ def tickstream_stack(deploy: Deployer, db_env: dict[str, str]) -> dict[str, str]
         "TicksQueueVisibilityTimeoutSeconds": str(TEST_VISIBILITY_TIMEOUT_SECONDS),
         "ApiToken": TEST_API_TOKEN,
     }
-    return deploy(REPO_ROOT / "template.yaml", "tickstream-test", parameters)
+
+
+@pytest.fixture(scope="session")
+def tickstream_stack(deploy: Deployer, db_env: dict[str, str]) -> dict[str, str]:
+    """The real template.yaml, deployed unchanged, wired to the session's test database (db_env)."""
+    return deploy(REPO_ROOT / "template.yaml", "tickstream-test", tickstream_stack_parameters(db_env))
+
+
+@pytest.fixture(scope="session")
+def own_db_stack(deploy: Deployer, own_db_settings: DatabaseSettings) -> dict[str, str]:
+    """As `tickstream_stack`, wired to the database on the process's own MariaDB (`own_mariadb`), for the tests
+    that stop that server."""
+    return deploy(REPO_ROOT / "template.yaml", "tickstream-own-db",
+                  tickstream_stack_parameters(database_env(own_db_settings)))
 
 
 @pytest.fixture(scope="session")

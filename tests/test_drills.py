@@ -8,9 +8,11 @@ mapping, the local executor's host process) writes to MariaDB. Mid-run one thing
 trade-id set must equal the simulator's emitted set exactly: no id missing, none that was never emitted, and as many
 rows as ids emitted (the primary key rules out duplicate rows; redelivered ticks it absorbed are counted).
 
-The drills get a LocalStack of their own (a free port, state under TICKSTREAM_LOCALSTACK_DIR/drills): one drill
-restarts it, which would break stacks other modules deployed on the session's LocalStack. They connect to MariaDB
-as a dedicated user with a random password, so the last test can look for that password in every log.
+The drills get a LocalStack of their own (a free port, state in drills/ beside the session LocalStack's): one drill
+restarts it, which would break stacks other modules deployed on the session's LocalStack. Likewise a MariaDB of
+their own (`own_mariadb`): one drill stops it, while `make test`'s other process goes on using the shared server.
+They connect to it as a dedicated user with a random password, so the last test can look for that password in
+every log.
 
 Set TICKSTREAM_DRILL_RESULTS=<path> to write the results table there (tests/drill_results.md came from this).
 """
@@ -42,7 +44,7 @@ from tests.drill_harness import (
     kill_worker_mid_invocation,
     results_document,
 )
-from tests.mariadb_control import mariadb_stopped
+from tests.mariadb_control import MariaDBServer, mariadb_stopped
 from tests.producer_harness import wait_for
 from tests.tcp_proxy import TcpProxy
 from tickstream.settings import DatabaseSettings
@@ -52,6 +54,12 @@ TRADE_SECONDS = 30  # per drill, split around the fault
 OUTAGE_SECONDS = 20
 # Below this the drill did not test what it claims (a starved machine); the simulator catches up on short stalls.
 MIN_RATE = 0.8 * TARGET_TICKS_PER_SECOND
+
+
+@pytest.fixture(scope="module")
+def db_settings(own_db_settings: DatabaseSettings) -> DatabaseSettings:
+    """The drills' database (and so the `db` fixture's) is on the drills' own MariaDB, which one of them stops."""
+    return own_db_settings
 
 
 @pytest.fixture(scope="module")
@@ -239,7 +247,7 @@ def test_lambda_worker_killed_mid_batch(start_drill: StartDrill, stack: DrillSta
         assert result.redelivered_ignored > 0, "the committed batch was redelivered and its ticks skipped"
 
 
-def test_mariadb_stopped_for_20_seconds(start_drill: StartDrill, stack: DrillStack, db_settings: DatabaseSettings,
+def test_mariadb_stopped_for_20_seconds(start_drill: StartDrill, stack: DrillStack, own_mariadb: MariaDBServer,
                                         drill_db_user: DatabaseSettings, api_token: str,
                                         results: list[DrillResult]) -> None:
     """MariaDB down for 20 s under load: every ingest invocation fails, SQS keeps the batches and redelivers them
@@ -250,7 +258,7 @@ def test_mariadb_stopped_for_20_seconds(start_drill: StartDrill, stack: DrillSta
         d.start()
         d.trade(8)
         d.db.close()
-        with mariadb_stopped(db_settings):
+        with mariadb_stopped(own_mariadb):
             d.trade(OUTAGE_SECONDS / 2)
             probes = [stack.api("GET", "/health"), stack.api("GET", "/stats", api_token),
                       stack.api("GET", "/brokers", api_token)]

@@ -22,7 +22,7 @@ import requests
 from infra.localstack_config import REPO_ROOT
 from tests.conftest import make_broker, make_script, stored_ticks
 from tests.localstack_fixtures import TEST_API_TOKEN
-from tests.mariadb_control import mariadb_stopped
+from tests.mariadb_control import MariaDBServer, mariadb_stopped
 from tests.producer_harness import wait_for
 from tickstream.codec import pack_ticks
 from tickstream.migrate import migration_ids
@@ -84,18 +84,20 @@ def test_poison_message_reaches_the_dlq_and_its_batch_is_stored(aws: Any, tickst
     aws("sqs").delete_message(QueueUrl=dlq, ReceiptHandle=message["ReceiptHandle"])
 
 
-def test_messages_wait_while_mariadb_is_down(aws: Any, tickstream_stack: dict[str, str], db: pymysql.Connection,
-                                             db_settings: DatabaseSettings) -> None:
-    script = make_script(db, make_broker(db), "PEPEUSDT")
-    db.close()
+def test_messages_wait_while_mariadb_is_down(aws: Any, own_db_stack: dict[str, str], own_db: pymysql.Connection,
+                                             own_mariadb: MariaDBServer, own_db_settings: DatabaseSettings) -> None:
+    """On a stack wired to the process's own MariaDB: the test stops that server (the shared one stays up for the
+    tests running beside it)."""
+    script = make_script(own_db, make_broker(own_db), "PEPEUSDT")
+    own_db.close()
     bodies = list(pack_ticks(ticks(script, range(1, 5001)), max_bytes=8 * 1024))
-    with mariadb_stopped(db_settings):
-        send(aws, tickstream_stack["TicksQueueUrl"], bodies)
+    with mariadb_stopped(own_mariadb):
+        send(aws, own_db_stack["TicksQueueUrl"], bodies)
         time.sleep(8)  # several failed invocations: the batch goes back to the queue each time
-        assert queue_depth(aws, tickstream_stack["TicksQueueUrl"]) > 0
+        assert queue_depth(aws, own_db_stack["TicksQueueUrl"]) > 0
     from tickstream.db import connect
 
-    conn = connect(db_settings, autocommit=True)
+    conn = connect(own_db_settings, autocommit=True)
     try:
         assert wait_for(lambda: count(conn, script) == 5000, timeout=120), "stored once MariaDB was back"
     finally:

@@ -5,6 +5,8 @@ build itself is replaced by a stand-in that counts its calls."""
 from __future__ import annotations
 
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -101,3 +103,26 @@ def test_a_file_edited_during_the_build_keeps_that_build_out_of_the_cache(
     assert stack.sam_build(settings, template, tmp_path / "stack").is_file()
     assert not (tmp_path / "cache" / stack.build_digest(settings, template)).exists()
     assert not [entry for entry in (tmp_path / "cache").iterdir() if not entry.name.startswith(".")]
+
+
+def test_two_deploys_at_once_build_once(source_tree: Path, settings: LocalStackSettings, builds: list[Path],
+                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make test`'s two processes deploy template.yaml at the same moment: the second waits for the first build
+    and links to it instead of building the same inputs again."""
+    built_by_stand_in = stack._build_into
+    building = threading.Event()
+
+    def slow_build(settings: LocalStackSettings, template: Path, build_dir: Path) -> Path:
+        building.set()
+        time.sleep(0.5)  # long enough for the second deploy to arrive while this one builds
+        return built_by_stand_in(settings, template, build_dir)
+
+    monkeypatch.setattr(stack, "_build_into", slow_build)
+    template = source_tree / "template.yaml"
+    first = threading.Thread(target=stack.sam_build, args=(settings, template, tmp_path / "stack-a"))
+    first.start()
+    assert building.wait(timeout=10)
+    second = stack.sam_build(settings, template, tmp_path / "stack-b")
+    first.join(timeout=10)
+    assert len(builds) == 1
+    assert (tmp_path / "stack-a" / "build").resolve() == second.parent.resolve()

@@ -70,19 +70,21 @@ def test_a_failed_write_commits_nothing(store: TickStore, db: pymysql.Connection
     assert stored_ticks(db, script) == []
 
 
-def test_detects_whether_the_server_allows_load_data(db_settings: DatabaseSettings,
-                                                     db: pymysql.Connection) -> None:
-    with db.cursor() as cursor:
+def test_detects_whether_the_server_allows_load_data(own_db_settings: DatabaseSettings,
+                                                     own_db: pymysql.Connection) -> None:
+    """SET GLOBAL on the process's own MariaDB: on the shared one it would turn LOAD DATA off under the tests that
+    `make test` runs beside it."""
+    with own_db.cursor() as cursor:
         cursor.execute("SELECT @@GLOBAL.local_infile")
         (original,) = cursor.fetchone()
         try:
             cursor.execute("SET GLOBAL local_infile = 0")  # how MySQL 8 and RDS ship
-            conn = connect(db_settings, local_infile=True)
+            conn = connect(own_db_settings, local_infile=True)
             assert not server_allows_load_data(conn)
             assert TickStore(conn).method == "insert_ignore"
             conn.close()
             cursor.execute("SET GLOBAL local_infile = 1")
-            conn = connect(db_settings, local_infile=True)
+            conn = connect(own_db_settings, local_infile=True)
             assert TickStore(conn).method == "load_data"
             conn.close()
         finally:
