@@ -347,7 +347,8 @@ CONFIG_SUFFIXES = (".env", ".example", ".cfg", ".ini", ".toml", ".yaml", ".yml",
 HIGH_ENTROPY_TOKEN = re.compile(r"[A-Za-z0-9+/_=-]{32,}")
 # Random-looking but public: each with the reason it is not a secret.
 PUBLIC_TOKENS = {"AQEBwJnKyrHigUMZj6rYigCgxlaS3SLy0a": "receipt handle of AWS's documented sample SQS event",
-                 "AWS_EXECUTION_ENV=AWS_Lambda_python3": "the Lambda runtime's documented execution environment"}
+                 "AWS_EXECUTION_ENV=AWS_Lambda_python3": "the Lambda runtime's documented execution environment",
+                 "bench/results/": "a committed benchmark result's path (a stage name and a UTC timestamp)"}
 # Compressed tick messages (events/ingest.json) are random-looking by nature; they are data, decoded by the test
 # of that fixture, so they are taken out before the entropy scan (nothing else after the prefix is).
 TICK_MESSAGE = re.compile(re.escape(V2_PREFIX) + r"[A-Za-z0-9+/]+=*")
