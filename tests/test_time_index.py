@@ -158,8 +158,9 @@ def test_stats_reads_only_the_last_minutes_ticks(db: pymysql.Connection) -> None
     insert_ticks_ignore(db, [tick(btc, 1 + i, now_us - 3600_000_000 + i) for i in range(20_000)]  # an hour ago
                         + [tick(btc, 30_000 + i, now_us - 10_000_000 + i) for i in range(40)])  # in the window
     before = handler_reads(db)
-    assert completeness.recent_tick_counts(db, [btc], 60) == {btc: 40}
-    assert set(completeness.sampled_lags(db, [btc], 60, sample=10)) == {btc}
+    bounds = completeness.window_first_ids(db, [btc], 60)
+    assert completeness.recent_tick_counts(db, bounds, 60) == {btc: 40}
+    assert set(completeness.sampled_lags(db, bounds, 60, sample=10)) == {btc}
     assert handler_reads(db) - before < 200
 
 

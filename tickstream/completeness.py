@@ -231,13 +231,12 @@ def window_first_ids(conn: pymysql.Connection, script_ids: Sequence[int], window
         return {int(row[0]): int(row[1]) for row in cursor.fetchall()}
 
 
-def recent_tick_counts(conn: pymysql.Connection, script_ids: Sequence[int], window_seconds: int) -> dict[int, int]:
-    """Ticks traded in the last `window_seconds` per script (scripts without any are left out): per script that
-    traded in the window's minutes, a primary-key range from its bound in the time index, so the cost follows the
-    trade rate, not the table nor the number of quiet scripts."""
+def recent_tick_counts(conn: pymysql.Connection, bounds: dict[int, int], window_seconds: int) -> dict[int, int]:
+    """Ticks traded in the last `window_seconds` per script of `bounds` (`window_first_ids`; scripts without any
+    are left out): per script a primary-key range from its bound, so the cost follows the trade rate, not the
+    table nor the number of quiet scripts."""
     part = ("(SELECT script_id, COUNT(*) FROM ticks WHERE script_id = %s AND trade_id >= %s"
             " AND traded_at >= UTC_TIMESTAMP(6) - INTERVAL %s SECOND GROUP BY script_id)")
-    bounds = window_first_ids(conn, script_ids, window_seconds)
     rows = _per_script_union(conn, "{}", part, bounds, lambda script_id: (script_id, bounds[script_id],
                                                                           window_seconds))
     return {row[0]: int(row[1]) for row in rows}
@@ -269,15 +268,14 @@ _LAG_PERCENTILES_SQL = (
     " ORDER BY script_id, lag_rank")
 
 
-def sampled_lags(conn: pymysql.Connection, script_ids: Sequence[int], window_seconds: int,
+def sampled_lags(conn: pymysql.Connection, bounds: dict[int, int], window_seconds: int,
                  sample: int = LAG_SAMPLE_TICKS) -> dict[int, tuple[float, float]]:
     """script id → (p50, p99) in ms of stored_at − received_at_producer over the newest `sample` ticks traded in
-    the window, for the scripts that have some; each script's sample a backward primary-key range (bounded below
-    by the time index) that stops after `sample` rows."""
+    the window, for the scripts of `bounds` (`window_first_ids`) that have some; each script's sample a backward
+    primary-key range (bounded below by its bound) that stops after `sample` rows."""
     part = ("(SELECT script_id, TIMESTAMPDIFF(MICROSECOND, received_at_producer, stored_at) AS lag_us FROM ticks"
             " WHERE script_id = %s AND trade_id >= %s AND traded_at >= UTC_TIMESTAMP(6) - INTERVAL %s SECOND"
             " ORDER BY trade_id DESC LIMIT %s)")
-    bounds = window_first_ids(conn, script_ids, window_seconds)
     ranked: dict[int, list[int]] = {}
     for script_id, _rank, lag_us in _per_script_union(conn, _LAG_PERCENTILES_SQL, part, bounds, lambda script_id: (
             script_id, bounds[script_id], window_seconds, sample)):
@@ -291,7 +289,8 @@ def script_stats(conn: pymysql.Connection, script_ids: Sequence[int],
     """The figures of each script, in the order given."""
     totals = tick_totals(conn, script_ids)
     statuses = producer_statuses(conn, script_ids)
-    recent = recent_tick_counts(conn, script_ids, window_seconds)
-    lags = sampled_lags(conn, [script_id for script_id in script_ids if recent.get(script_id)], window_seconds)
+    bounds = window_first_ids(conn, script_ids, window_seconds)
+    recent = recent_tick_counts(conn, bounds, window_seconds)
+    lags = sampled_lags(conn, {script_id: bounds[script_id] for script_id in recent}, window_seconds)
     return [ScriptStats(script_id, totals.get(script_id, NO_TICKS), recent.get(script_id, 0),
                         *lags.get(script_id, (None, None)), statuses.get(script_id)) for script_id in script_ids]
