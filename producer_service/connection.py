@@ -161,6 +161,12 @@ class StreamConnection:
         self.on_connected(self)
         self._read_loop(ws, backoff)
 
+    def _deliver(self, messages: list[bytes], received_us: int, backoff: Backoff) -> None:
+        if messages:
+            backoff.reset()
+            self.frames += len(messages)
+            self.on_frames(self, messages, received_us)
+
     def _read_loop(self, ws: websocket.WebSocket, backoff: Backoff) -> None:
         """Until closed: one `recv` (all the socket holds, up to READ_SIZE) → its messages → `on_frames`."""
         sock, reader = ws.sock, FrameReader()
@@ -177,15 +183,14 @@ class StreamConnection:
             last_heard, self._pinged = time.monotonic(), False
             try:
                 messages = reader.parse(data)
-            except MessageTooBig:
-                self._close_too_big(ws)
+            except FrameError as error:
+                self._deliver(list(error.messages), received_us, backoff)
+                if isinstance(error, MessageTooBig):
+                    self._close_too_big(ws)
                 raise
             if reader.controls:
                 self._answer_controls(ws, reader.controls)  # pings first: delivery may block on a full sink
-            if messages:
-                backoff.reset()
-                self.frames += len(messages)
-                self.on_frames(self, messages, received_us)
+            self._deliver(messages, received_us, backoff)
             if reader.close_reason is not None:
                 raise ConnectionError(f"closed by server: {reader.close_reason!r}")
 
@@ -265,7 +270,10 @@ class StreamConnection:
 
 
 class FrameError(websocket.WebSocketProtocolException):
-    """The server broke RFC 6455 framing; the connection is dropped (and reopened), as websocket-client did."""
+    """The server broke RFC 6455 framing; the connection is dropped (and reopened), as websocket-client did.
+    `messages`: the whole messages of the same read before the bad frame, delivered before the drop."""
+
+    messages: tuple[bytes, ...] = ()
 
 
 class MessageTooBig(FrameError):
@@ -306,9 +314,16 @@ class FrameReader:
         return self._split(data)
 
     def _split(self, buf: bytes) -> list[bytes]:
+        messages: list[bytes] = []
+        try:
+            return self._split_into(buf, messages)
+        except FrameError as error:  # the messages before the bad frame are valid: they go with the error
+            error.messages = tuple(messages)
+            raise
+
+    def _split_into(self, buf: bytes, messages: list[bytes]) -> list[bytes]:
         # The hot loop (per frame): local names, and the common case (a whole, unfragmented text frame with a
         # 7- or 16-bit length) decided by two byte comparisons before anything else.
-        messages: list[bytes] = []
         append = messages.append
         pos, end = 0, len(buf)
         assembling = self._fragments is not None

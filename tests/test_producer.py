@@ -548,6 +548,14 @@ def test_frame_reader_stops_at_a_close_frame() -> None:
     assert empty.parse(server_frame(OPCODE_CLOSE, b"")) == [] and empty.close_reason == ""
 
 
+def test_frame_reader_keeps_the_messages_read_before_a_framing_error() -> None:
+    """Valid messages in the same read as a bad frame are not lost with the connection: they go with the error."""
+    reader = FrameReader()
+    with pytest.raises(FrameError) as error:
+        reader.parse(text(b'{"ok":1}') + text(b"masked", mask=b"abcd") + text(b'{"never":1}'))
+    assert error.value.messages == (b'{"ok":1}',)
+
+
 @pytest.mark.parametrize(
     "wire",
     [
