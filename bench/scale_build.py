@@ -19,7 +19,7 @@ from datetime import UTC, date, datetime, timedelta
 import pymysql
 
 from bench.common import BENCH_DB_PREFIX
-from tickstream import time_index
+from tickstream import coverage, time_index
 from tickstream.db import connect
 from tickstream.migrate import migrate
 from tickstream.settings import DatabaseSettings, database_settings
@@ -190,6 +190,7 @@ def build_or_reuse(total_rows: int, workers: int = 2) -> tuple[DatabaseSettings,
     conn = connect(db, autocommit=True)
     try:
         remove_appended(conn)
+        coverage.recount_totals(conn)  # the build and remove_appended write coverage around the ingest
     finally:
         conn.close()
     return db, reused

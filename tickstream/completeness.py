@@ -2,10 +2,10 @@
 per-script figures of /stats and GET /scripts/{id}.
 
 Every read here costs O(scripts), O(days asked) or O(gaps asked), never O(stored ticks): totals come from
-tick_coverage (kept by the ingest, tickstream.coverage), what the producer is doing from producer_status, and the
-lag percentiles from a bounded sample (the newest `LAG_SAMPLE_TICKS` ticks of each script traded in the window,
-read backwards on the primary key down to the bound the time index gives). Plain functions over an (autocommit)
-pymysql connection.
+tick_totals and tick_coverage (kept by the ingest, tickstream.coverage), what the producer is doing from
+producer_status, and the lag percentiles from a bounded sample (the newest `LAG_SAMPLE_TICKS` ticks of each script
+traded in the window, read backwards on the primary key down to the bound the time index gives). Plain functions
+over an (autocommit) pymysql connection.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 import pymysql
 
-from tickstream.coverage import CoverageDay, coverage_days
+from tickstream.coverage import MISSING_INDEX, CoverageDay, coverage_days
 
 STATS_WINDOW_SECONDS = 60
 LAG_SAMPLE_TICKS = 1000  # per script: enough for a p99 (the 10th largest), bounded however busy the script is
@@ -79,19 +79,18 @@ class ProducerStatus:
 
 @dataclass(frozen=True, slots=True)
 class TickTotals:
-    """A script's stored ticks, from tick_coverage."""
+    """A script's stored ticks, from tick_totals and tick_coverage."""
 
     tick_count: int
     first_trade_id: int | None
     last_trade_id: int | None
     first_trade_at: datetime | None
     last_trade_at: datetime | None
-    days: int
     incomplete_days: int
     missing_trades: int
 
 
-NO_TICKS = TickTotals(0, None, None, None, None, 0, 0, 0)
+NO_TICKS = TickTotals(0, None, None, None, None, 0, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,18 +188,33 @@ def coverage_report(conn: pymysql.Connection, script_id: int, first_day: date, l
 
 # --- per-script figures: /stats and GET /scripts/{id} -------------------------------------------------------------
 
+# Per script: its totals (tick_totals) and its incomplete days from the `missing` index (a range over the
+# incomplete ones only).
+_TOTALS_SQL = (
+    "SELECT totals.script_id, totals.stored, totals.first_trade_id, totals.last_trade_id, totals.first_traded_at,"
+    " totals.last_traded_at, COALESCE(incomplete.days, 0), COALESCE(incomplete.missing, 0) FROM tick_totals AS totals"
+    " LEFT JOIN (SELECT script_id, COUNT(*) AS days, SUM(missing) AS missing FROM tick_coverage"
+    f"            FORCE INDEX ({MISSING_INDEX}) WHERE script_id IN {{ids}} AND missing > 0 GROUP BY script_id)"
+    " AS incomplete"
+    "   ON incomplete.script_id = totals.script_id"
+    " WHERE totals.script_id IN {ids}")
+
+
 def tick_totals(conn: pymysql.Connection, script_ids: Sequence[int]) -> dict[int, TickTotals]:
-    """Per script with coverage: O(days) rows of tick_coverage each, no tick read."""
+    """Per script with stored ticks, in one statement: O(scripts + incomplete days), never O(days) or a tick."""
     if not script_ids:
         return {}
     with conn.cursor() as cursor:
-        cursor.execute(
-            "SELECT script_id, SUM(stored), MIN(first_trade_id), MAX(last_trade_id), MIN(first_traded_at),"
-            " MAX(last_traded_at), COUNT(*), SUM(last_trade_id - first_trade_id + 1 > stored),"
-            " SUM(GREATEST(CAST(last_trade_id - first_trade_id + 1 AS SIGNED) - CAST(stored AS SIGNED), 0))"
-            f" FROM tick_coverage WHERE script_id IN {_in_list(script_ids)} GROUP BY script_id", list(script_ids))
+        cursor.execute(_TOTALS_SQL.format(ids=_in_list(script_ids)), [*script_ids, *script_ids])
         return {row[0]: TickTotals(int(row[1]), int(row[2]), int(row[3]), _utc(row[4]), _utc(row[5]), int(row[6]),
-                                   int(row[7]), int(row[8])) for row in cursor.fetchall()}
+                                   int(row[7])) for row in cursor.fetchall()}
+
+
+def covered_days(conn: pymysql.Connection, script_id: int) -> int:
+    """The script's UTC days with stored ticks (a range of tick_coverage's primary key: O(its days))."""
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT COUNT(*) FROM tick_coverage WHERE script_id = %s", (script_id,))
+        return int(cursor.fetchone()[0])
 
 
 _STATUS_COLUMNS = ("script_id, broker_id, state, detail, connection, last_trade_id, last_traded_at, backfill_done,"

@@ -8,9 +8,11 @@ were new, and a statement only ever holds rows of one (script, day) when the spl
 engine, not a count made beforehand, decides which one stored a row).
 
 For a venue with contiguous trade ids (Binance), expected = last_trade_id − first_trade_id + 1 and
-missing = expected − stored. The audit's read side lives here too: `incomplete_days` (from tick_coverage only) and
-`missing_ranges` (a keyset walk over the primary key between two ids, in bounded chunks), plus `boundary_gaps`
-(ids missing between one day's last id and the next day's first).
+missing = expected − stored (an indexed generated column, so incomplete days are an index range). Every writer of
+tick_coverage also adds what it changes to the script's row of `tick_totals` (`add_to_totals`), in the same
+transaction: a script's stored ticks without summing its days. The audit's read side lives here too:
+`incomplete_days` (from tick_coverage only) and `missing_ranges` (a keyset walk over the primary key between two
+ids, in bounded chunks), plus `boundary_gaps` (ids missing between one day's last id and the next day's first).
 
 Data stored before coverage existed (or written around the ingest): `python -m tickstream.coverage rebuild`
 widens the time index from the ticks (tickstream.time_index.reindex, a walk of the primary key), then recounts
@@ -35,6 +37,7 @@ DAY_US = 86_400_000_000
 MINUTE_US = time_index.MINUTE_US
 _EPOCH = datetime(1970, 1, 1)
 _EPOCH_DAY = date(1970, 1, 1)
+MISSING_INDEX = "ix_tick_coverage_missing"  # (script_id, missing): the optimizer would rather walk every day
 MISSING_RANGES_CHUNK_ROWS = 50_000  # ids read per statement by the audit's walk: bounded work per round trip
 _FIELDS = 8  # a row's tab-separated fields (tickstream.codec's row format)
 
@@ -186,9 +189,104 @@ class CoverageDelta:
         with conn.cursor() as cursor:
             cursor.execute(_UPSERT_SQL.format(values=",".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(groups))),
                            values)
+            add_to_totals(cursor, groups)
 
     def clear(self) -> None:
         self._groups = {}
+
+
+# --- per-script totals ------------------------------------------------------------------------------------------
+
+_TOTALS_COLUMNS = "stored, first_trade_id, last_trade_id, first_traded_at, last_traded_at"
+_ADD_TO_TOTALS_SQL = (
+    f"INSERT INTO tick_totals (script_id, {_TOTALS_COLUMNS}) VALUES {{values}} ON DUPLICATE KEY UPDATE"
+    " stored = stored + VALUES(stored), first_trade_id = LEAST(first_trade_id, VALUES(first_trade_id)),"
+    " last_trade_id = GREATEST(last_trade_id, VALUES(last_trade_id)),"
+    " first_traded_at = LEAST(first_traded_at, VALUES(first_traded_at)),"
+    " last_traded_at = GREATEST(last_traded_at, VALUES(last_traded_at))")
+_SUMMED_COVERAGE = ("SUM(stored), MIN(first_trade_id), MAX(last_trade_id), MIN(first_traded_at),"
+                    " MAX(last_traded_at)")
+
+
+def add_to_totals(cursor: pymysql.cursors.Cursor, groups: Sequence[RowGroup]) -> None:
+    """Add the new rows of `groups` to their scripts' totals, in the caller's transaction and after its
+    tick_coverage upsert (every writer locks tick_minutes, then tick_coverage, then tick_totals, each in key
+    order). Relative, so two writers of one script never lose each other's counts."""
+    per_script: dict[int, RowGroup] = {}
+    for group in groups:
+        known = per_script.get(group.script_id)
+        per_script[group.script_id] = group if known is None else known.merged(group)
+    values: list[object] = []
+    for script_id in sorted(per_script):
+        group = per_script[script_id]
+        values += [script_id, group.count, group.first_trade_id, group.last_trade_id,
+                   _time(group.first_traded_us), _time(group.last_traded_us)]
+    if values:
+        cursor.execute(_ADD_TO_TOTALS_SQL.format(values=", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(per_script))),
+                       values)
+
+
+def remove_days_before(cursor: pymysql.cursors.Cursor, script_id: int, day: date) -> None:
+    """Delete the script's coverage before `day` and take it off the script's totals (the retention): the removed
+    days' ticks subtracted, the lowest id and time those of the first day left, read with a lock (so an ingest
+    writing that day, or a day before it, has committed first or comes after)."""
+    cursor.execute("SELECT COALESCE(SUM(stored), 0) FROM tick_coverage WHERE script_id = %s AND day < %s"
+                   " FOR UPDATE", (script_id, day))
+    (removed,) = cursor.fetchone()
+    if not removed:
+        return
+    cursor.execute("DELETE FROM tick_coverage WHERE script_id = %s AND day < %s", (script_id, day))
+    cursor.execute("SELECT first_trade_id, first_traded_at FROM tick_coverage WHERE script_id = %s ORDER BY day"
+                   " LIMIT 1 FOR UPDATE", (script_id,))
+    first = cursor.fetchone()
+    if first is None:
+        cursor.execute("DELETE FROM tick_totals WHERE script_id = %s", (script_id,))
+    else:
+        cursor.execute("UPDATE tick_totals SET stored = stored - %s, first_trade_id = %s, first_traded_at = %s"
+                       " WHERE script_id = %s", (removed, *first, script_id))
+
+
+def recount_totals(conn: pymysql.Connection, script_ids: Sequence[int] | None = None) -> int:
+    """Set each script's totals to its coverage rows summed up (all scripts without `script_ids`); returns how many
+    were wrong. The repair for coverage written without totals: by an ingest of the previous version during a
+    deploy (the maintenance schedule runs this), by `rebuild`, by hand.
+
+    Exact beside a running ingest: per script one REPEATABLE READ transaction that share-locks the script's
+    coverage rows and the gap after them before it writes. An ingest that changed one of them first has committed
+    (its totals with it) by the time the lock is granted; one that comes later waits, then adds to the new totals.
+    O(coverage rows), never a tick.
+    """
+    conn.commit()  # no transaction open: the isolation level set below is the next one's
+    if script_ids is None:
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT script_id FROM tick_coverage UNION SELECT script_id FROM tick_totals")
+            script_ids = sorted(row[0] for row in cursor.fetchall())
+        conn.commit()
+    return sum(_recount_script_totals(conn, script_id) for script_id in script_ids)
+
+
+def _recount_script_totals(conn: pymysql.Connection, script_id: int) -> bool:
+    with conn.cursor() as cursor:
+        cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        conn.begin()
+        try:
+            cursor.execute(f"SELECT {_SUMMED_COVERAGE} FROM tick_coverage WHERE script_id = %s LOCK IN SHARE MODE",
+                           (script_id,))
+            summed = cursor.fetchone()
+            cursor.execute(f"SELECT {_TOTALS_COLUMNS} FROM tick_totals WHERE script_id = %s FOR UPDATE",
+                           (script_id,))
+            known = cursor.fetchone()
+            wrong = (summed if summed[0] is not None else None) != known
+            if wrong and summed[0] is None:
+                cursor.execute("DELETE FROM tick_totals WHERE script_id = %s", (script_id,))
+            elif wrong:
+                cursor.execute(f"REPLACE INTO tick_totals (script_id, {_TOTALS_COLUMNS}) VALUES"
+                               " (%s, %s, %s, %s, %s, %s)", (script_id, *summed))
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+    return wrong
 
 
 # --- reading coverage (the API, the audit) -----------------------------------------------------------------------
@@ -247,10 +345,11 @@ def coverage_days(conn: pymysql.Connection, script_id: int, first_day: date | No
 
 
 def incomplete_days(conn: pymysql.Connection, script_id: int) -> list[CoverageDay]:
-    """The script's days where expected > stored, oldest first: what an audit must walk (tick_coverage only)."""
+    """The script's days where expected > stored, oldest first: what an audit must walk (an index range of
+    tick_coverage over the incomplete days only)."""
     with conn.cursor() as cursor:
-        cursor.execute(f"SELECT {_DAY_COLUMNS} FROM tick_coverage WHERE script_id = %s"
-                       " AND last_trade_id - first_trade_id + 1 > stored ORDER BY day", (script_id,))
+        cursor.execute(f"SELECT {_DAY_COLUMNS} FROM tick_coverage FORCE INDEX ({MISSING_INDEX})"
+                       " WHERE script_id = %s AND missing > 0 ORDER BY day", (script_id,))
         days = [_coverage_day(row) for row in cursor.fetchall()]
     conn.commit()  # end the read view: a non-autocommit caller's next look sees newer coverage
     return days
@@ -329,7 +428,8 @@ class RebuildResult:
 def rebuild(conn: pymysql.Connection, script_ids: Sequence[int] | None = None) -> RebuildResult:
     """Widen each script's time index to its stored ticks, then recount its tick_coverage, one transaction per
     day (each a primary-key range between the lowest and highest id of the day's buckets). Safe while the ingest
-    runs: see `time_index.reindex` and `rebuild_day`."""
+    runs: see `time_index.reindex` and `rebuild_day`. Last, the scripts' totals are recounted from their coverage
+    (`recount_totals`)."""
     if script_ids is None:
         with conn.cursor() as cursor:
             cursor.execute("SELECT id FROM scripts ORDER BY id")
@@ -343,6 +443,7 @@ def rebuild(conn: pymysql.Connection, script_ids: Sequence[int] | None = None) -
             ticks += rebuild_day(conn, script_id, day)
             days += 1
             day = _next_day_with_ticks(conn, script_id, day + timedelta(days=1))
+    recount_totals(conn, script_ids)
     return RebuildResult(len(script_ids), days, ticks)
 
 

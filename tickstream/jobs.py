@@ -23,7 +23,7 @@ from typing import Any
 
 import pymysql
 
-from tickstream import time_index
+from tickstream import coverage, time_index
 from tickstream.catalog import transaction as _transaction
 
 log = logging.getLogger(__name__)
@@ -272,7 +272,7 @@ def _purge_script_chunk(cursor: pymysql.cursors.Cursor, script_id: int, start: i
     straggler = cursor.fetchone()[0]
     if straggler is not None:
         return deleted, straggler
-    for table in ("tick_coverage", "gaps", "producer_status", "candles_1m", "tick_minutes"):
+    for table in ("tick_coverage", "tick_totals", "gaps", "producer_status", "candles_1m", "tick_minutes"):
         cursor.execute(f"DELETE FROM {table} WHERE script_id = %s", (script_id,))  # fixed table names
     cursor.execute("DELETE FROM scripts WHERE id = %s", (script_id,))
     return deleted, None
@@ -328,8 +328,7 @@ def _retention_step(conn: pymysql.Connection, job_id: int, chunk_rows: int, days
             end = None if last is None or last < start else _chunk_end(cursor, script_id, start,
                                                                       chunk_rows - deleted, last)
             if end is None:  # nothing (more) of this script before the cutoff
-                cursor.execute("DELETE FROM tick_coverage WHERE script_id = %s AND day < %s",
-                               (script_id, cutoff.date()))
+                coverage.remove_days_before(cursor, script_id, cutoff.date())
                 for table in ("candles_1m", "tick_minutes"):  # the candle cache, the time index
                     cursor.execute(f"DELETE FROM {table} WHERE script_id = %s AND minute < %s",  # fixed names
                                    (script_id, time_index.minute_of(cutoff)))

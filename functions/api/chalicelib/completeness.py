@@ -46,8 +46,9 @@ def get_script(script_id: int) -> ScriptDetailOut:
         if script is None:
             raise not_found(f"no script with id {script_id}")
         (stats,) = completeness.script_stats(conn, [script_id])
-    return ScriptDetailOut(**dataclasses.asdict(script), ticks=ScriptTicksOut(**dataclasses.asdict(stats.totals)),
-                           status=_status_out(stats.status))
+        days = completeness.covered_days(conn, script_id)
+    return ScriptDetailOut(**dataclasses.asdict(script), status=_status_out(stats.status),
+                           ticks=ScriptTicksOut(**dataclasses.asdict(stats.totals), days=days))
 
 
 def stats() -> StatsOut:
