@@ -2,7 +2,7 @@
 
 For each size (default 1M, 10M, 100M rows; bench.scale_build, kept between runs) it measures, through the same
 ingest handler as stage 2 and the same API over HTTP (`chalice local`) as the tests:
-- ingest rows/s appending to the hot symbols, against the same into an empty table, in interleaved pairs (goal
+- ingest rows/s appending to the hot symbols, against the same into an empty table, in ABBA-ordered pairs (goal
   ≥ 0.9×, the median of the pairs' ratios);
 - p50/p99 of /stats (after the same 60,000 ticks traded in the last minute at every size), a full page of 100
   ticks with from/to (one hour) in the middle of the 30 days, 30 days of coverage and /gaps (each
@@ -61,7 +61,7 @@ BATCH_MESSAGES = 20
 TOKEN = "bench-scale-token"
 SLOW_READ_SECONDS = 2.0  # a read slower than this is sampled 3 times only (it would take minutes otherwise)
 DATABASE_WAIT_SECONDS = 600  # other sessions' drills stop MariaDB for minutes at a time
-INGEST_PAIRS = 5
+INGEST_PAIRS = 6  # even: as many pairs with the empty table first as with the full one first
 RECENT_TICKS = 60_000  # traded in the minute before the reads (1,000 a second): what /stats counts and samples
 ENDPOINTS = ("stats", "tick page", "coverage 30 days", "gaps")
 
@@ -105,22 +105,23 @@ def now_us() -> int:
     return int(datetime.now(UTC).timestamp() * 1_000_000)
 
 
-def empty_table_ingest(rows: int) -> dict[str, float]:
-    with bench_database("scale_empty") as db:
-        conn = connect(db, autocommit=True)
-        ids = make_scripts(conn, scale_build.HOT).values()
-        conn.close()
-        return timed_ingest(db, fresh_ticks(dict.fromkeys(ids, 1), rows))
-
-
 def paired_ingest(db: DatabaseSettings, conn: pymysql.Connection, rows: int) -> dict[str, Any]:
-    """INGEST_PAIRS back-to-back pairs: `rows` into a fresh empty table, then as many appended to this table's hot
-    scripts; the ratio is the median of the pairs' ratios, so load that drifts over minutes shifts both sides."""
+    """INGEST_PAIRS pairs: `rows` into a fresh empty table and as many appended to this table's hot scripts, in
+    ABBA order (empty first in even pairs, full first in odd ones), the empty database made before and dropped after
+    both runs of its pair: what comes before a run (the DDL, the other run's writes still being flushed) falls on
+    both sides alike. The ratio is the median of the pairs' ratios, so load that drifts over minutes shifts both."""
     pairs = []
-    for _ in range(INGEST_PAIRS):
-        empty = empty_table_ingest(rows)["rows_per_s"]
-        full = timed_ingest(db, fresh_ticks(hot_next_ids(conn), rows))["rows_per_s"]
-        pairs.append({"empty_rows_per_s": empty, "rows_per_s": full, "ratio": full / empty})
+    for number in range(INGEST_PAIRS):
+        with bench_database("scale_empty") as empty_db:
+            empty_conn = connect(empty_db, autocommit=True)
+            empty_ids = dict.fromkeys(make_scripts(empty_conn, scale_build.HOT).values(), 1)
+            empty_conn.close()
+            targets = {"empty": (empty_db, empty_ids), "full": (db, hot_next_ids(conn))}
+            order = ("empty", "full") if number % 2 == 0 else ("full", "empty")
+            speed = {side: timed_ingest(targets[side][0], fresh_ticks(targets[side][1], rows))["rows_per_s"]
+                     for side in order}
+        pairs.append({"empty_rows_per_s": speed["empty"], "rows_per_s": speed["full"], "first": order[0],
+                      "ratio": speed["full"] / speed["empty"]})
     return {"rows_per_s": statistics.median(p["rows_per_s"] for p in pairs),
             "empty_rows_per_s": statistics.median(p["empty_rows_per_s"] for p in pairs),
             "ratio": statistics.median(p["ratio"] for p in pairs), "pairs": pairs}

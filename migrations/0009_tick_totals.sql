@@ -2,7 +2,8 @@
 -- What /stats and GET /scripts/{id} need per script, at a cost of O(scripts), not O(scripts x days):
 -- `tick_totals` holds each script's tick_coverage rows summed up: stored ticks, lowest/highest id and time. It is
 -- kept in the same transaction as the coverage rows it sums, by relative updates (stored = stored + n, LEAST,
--- GREATEST) from the ingest and the retention, so writers that race never lose each other's counts. `missing` turns a day's
+-- GREATEST) from the ingest and the retention, so writers that race never lose each other's counts; the ingest
+-- also counts what it stores per minute there. `missing` turns a day's
 -- expected − stored into an indexed column, so a script's incomplete days are an index range, not a scan of its
 -- days. An ingest still on the previous version during a deploy does not add to tick_totals; the maintenance
 -- schedule recounts every script's totals from tick_coverage (tickstream.coverage.recount_totals).
@@ -13,6 +14,11 @@ CREATE TABLE tick_totals (
     last_trade_id    BIGINT UNSIGNED NOT NULL,
     first_traded_at  DATETIME(6)     NOT NULL,
     last_traded_at   DATETIME(6)     NOT NULL,
+    -- Ticks stored per UTC minute of the database clock, in the minute of the last write that stored some and the
+    -- one before it: what /stats shows as arriving, without counting rows.
+    stored_minute              INT    NOT NULL DEFAULT 0,  -- minutes since the epoch; signed, so differences are
+    stored_in_minute           BIGINT NOT NULL DEFAULT 0,
+    stored_in_previous_minute  BIGINT NOT NULL DEFAULT 0,
     PRIMARY KEY (script_id)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4;
 

@@ -237,3 +237,44 @@ def test_writers_racing_on_one_script_and_the_recount_keep_totals_exact(db: pymy
     assert from_ticks(db, btc)[0] == len(expected)
     assert totals_row(db, btc) == summed_coverage(db, btc) == from_ticks(db, btc)
     assert coverage.recount_totals(db, [btc]) == 0
+
+
+def test_ticks_stored_per_minute_follow_the_database_clock(db: pymysql.Connection,
+                                                           db_settings: DatabaseSettings) -> None:
+    """What the ingest stores is counted in the database clock's minute: the last complete one and this one, also
+    for a write that waited across the minute's end; no tick is counted when /stats reads them."""
+    broker = make_broker(db)
+    btc, eth = make_script(db, broker, "BTCUSDT"), make_script(db, broker, "ETHUSDT")
+    minute = 29_000_000  # minutes since the epoch (2025-02-20)
+    writer = TickStore(connect(db_settings, local_infile=True))
+    next_id = iter(range(1, 10**6))
+
+    def store(script_id: int, count: int, at_second: float) -> None:
+        with writer.conn.cursor() as cursor:  # the session's clock (UTC_TIMESTAMP follows it)
+            cursor.execute("SET timestamp = %s", (minute * 60 + at_second,))
+        writer.insert(TickBatch.from_ticks(ticks(script_id, [next(next_id) for _ in range(count)])))
+
+    def per_minute(at_second: float) -> dict[int, tuple[int, int]]:
+        with db.cursor() as cursor:
+            cursor.execute("SET timestamp = %s", (minute * 60 + at_second,))
+        figures = completeness.tick_totals(db, [btc, eth])
+        return {s: (figures[s].stored_last_minute, figures[s].stored_this_minute) for s in figures}
+
+    try:
+        store(btc, 10, 5)
+        store(btc, 20, 30)
+        store(eth, 7, 59)
+        assert per_minute(59.5) == {btc: (0, 30), eth: (0, 7)}
+        store(btc, 5, 61)  # the next minute: the 30 become the last complete minute's
+        assert per_minute(62) == {btc: (30, 5), eth: (7, 0)}
+        store(btc, 4, 59.9)  # a write whose clock was read before the minute's end, committed after
+        store(btc, 0 + 3, 62)
+        assert per_minute(63) == {btc: (34, 8), eth: (7, 0)}
+        assert per_minute(130) == {btc: (8, 0), eth: (0, 0)}
+        store(btc, 2, 60 * 5)  # minutes later: the counts start afresh
+        assert per_minute(60 * 5 + 1) == {btc: (0, 2), eth: (0, 0)}
+        store_batches(db_settings, [ticks(btc, range(1, 11))])  # duplicates only: nothing stored, nothing counted
+        assert per_minute(60 * 5 + 2) == {btc: (0, 2), eth: (0, 0)}
+    finally:
+        writer.close()
+    assert totals_row(db, btc)[0] == 10 + 20 + 5 + 4 + 3 + 2

@@ -17,7 +17,7 @@ from typing import Any
 
 import pymysql
 
-from tickstream.coverage import MISSING_INDEX, CoverageDay, coverage_days
+from tickstream.coverage import DATABASE_MINUTE, MISSING_INDEX, CoverageDay, coverage_days
 
 STATS_WINDOW_SECONDS = 60
 LAG_SAMPLE_TICKS = 1000  # per script: enough for a p99 (the 10th largest), bounded however busy the script is
@@ -88,16 +88,17 @@ class TickTotals:
     last_trade_at: datetime | None
     incomplete_days: int
     missing_trades: int
+    stored_last_minute: int  # in the last complete UTC minute of the database clock
+    stored_this_minute: int  # so far in the current one
 
 
-NO_TICKS = TickTotals(0, None, None, None, None, 0, 0)
+NO_TICKS = TickTotals(0, None, None, None, None, 0, 0, 0, 0)
 
 
 @dataclass(frozen=True, slots=True)
 class ScriptStats:
     script_id: int
     totals: TickTotals
-    ticks_last_minute: int
     lag_p50_ms: float | None
     lag_p99_ms: float | None
     status: ProducerStatus | None
@@ -188,11 +189,15 @@ def coverage_report(conn: pymysql.Connection, script_id: int, first_day: date, l
 
 # --- per-script figures: /stats and GET /scripts/{id} -------------------------------------------------------------
 
-# Per script: its totals (tick_totals) and its incomplete days from the `missing` index (a range over the
-# incomplete ones only).
+# Per script: its totals (tick_totals: what it stored in the last complete minute and in this one by the database
+# clock) and its incomplete days from the `missing` index (a range over the incomplete ones only).
 _TOTALS_SQL = (
     "SELECT totals.script_id, totals.stored, totals.first_trade_id, totals.last_trade_id, totals.first_traded_at,"
-    " totals.last_traded_at, COALESCE(incomplete.days, 0), COALESCE(incomplete.missing, 0) FROM tick_totals AS totals"
+    " totals.last_traded_at, COALESCE(incomplete.days, 0), COALESCE(incomplete.missing, 0),"
+    f" CASE {DATABASE_MINUTE} - totals.stored_minute WHEN 0 THEN totals.stored_in_previous_minute"
+    "   WHEN 1 THEN totals.stored_in_minute ELSE 0 END,"
+    f" IF({DATABASE_MINUTE} = totals.stored_minute, totals.stored_in_minute, 0)"
+    " FROM tick_totals AS totals"
     " LEFT JOIN (SELECT script_id, COUNT(*) AS days, SUM(missing) AS missing FROM tick_coverage"
     f"            FORCE INDEX ({MISSING_INDEX}) WHERE script_id IN {{ids}} AND missing > 0 GROUP BY script_id)"
     " AS incomplete"
@@ -207,7 +212,7 @@ def tick_totals(conn: pymysql.Connection, script_ids: Sequence[int]) -> dict[int
     with conn.cursor() as cursor:
         cursor.execute(_TOTALS_SQL.format(ids=_in_list(script_ids)), [*script_ids, *script_ids])
         return {row[0]: TickTotals(int(row[1]), int(row[2]), int(row[3]), _utc(row[4]), _utc(row[5]), int(row[6]),
-                                   int(row[7])) for row in cursor.fetchall()}
+                                   int(row[7]), int(row[8]), int(row[9])) for row in cursor.fetchall()}
 
 
 def covered_days(conn: pymysql.Connection, script_id: int) -> int:
@@ -243,17 +248,6 @@ def window_first_ids(conn: pymysql.Connection, script_ids: Sequence[int], window
                        " AND minute >= TIMESTAMPDIFF(MINUTE, '1970-01-01', UTC_TIMESTAMP(6) - INTERVAL %s SECOND)"
                        " GROUP BY script_id", [*script_ids, window_seconds])
         return {int(row[0]): int(row[1]) for row in cursor.fetchall()}
-
-
-def recent_tick_counts(conn: pymysql.Connection, bounds: dict[int, int], window_seconds: int) -> dict[int, int]:
-    """Ticks traded in the last `window_seconds` per script of `bounds` (`window_first_ids`; scripts without any
-    are left out): per script a primary-key range from its bound, so the cost follows the trade rate, not the
-    table nor the number of quiet scripts."""
-    part = ("(SELECT script_id, COUNT(*) FROM ticks WHERE script_id = %s AND trade_id >= %s"
-            " AND traded_at >= UTC_TIMESTAMP(6) - INTERVAL %s SECOND GROUP BY script_id)")
-    rows = _per_script_union(conn, "{}", part, bounds, lambda script_id: (script_id, bounds[script_id],
-                                                                          window_seconds))
-    return {row[0]: int(row[1]) for row in rows}
 
 
 def _per_script_union(conn: pymysql.Connection, outer: str, part: str, script_ids: Sequence[int],
@@ -303,8 +297,6 @@ def script_stats(conn: pymysql.Connection, script_ids: Sequence[int],
     """The figures of each script, in the order given."""
     totals = tick_totals(conn, script_ids)
     statuses = producer_statuses(conn, script_ids)
-    bounds = window_first_ids(conn, script_ids, window_seconds)
-    recent = recent_tick_counts(conn, bounds, window_seconds)
-    lags = sampled_lags(conn, {script_id: bounds[script_id] for script_id in recent}, window_seconds)
-    return [ScriptStats(script_id, totals.get(script_id, NO_TICKS), recent.get(script_id, 0),
-                        *lags.get(script_id, (None, None)), statuses.get(script_id)) for script_id in script_ids]
+    lags = sampled_lags(conn, window_first_ids(conn, script_ids, window_seconds), window_seconds)
+    return [ScriptStats(script_id, totals.get(script_id, NO_TICKS), *lags.get(script_id, (None, None)),
+                        statuses.get(script_id)) for script_id in script_ids]

@@ -198,20 +198,35 @@ class CoverageDelta:
 # --- per-script totals ------------------------------------------------------------------------------------------
 
 _TOTALS_COLUMNS = "stored, first_trade_id, last_trade_id, first_traded_at, last_traded_at"
+DATABASE_MINUTE = "TIMESTAMPDIFF(MINUTE, '1970-01-01', UTC_TIMESTAMP())"  # the database clock's minute
+# The per-minute counters follow the database clock: a write in the counted minute adds to it, one in the next
+# minute moves it to the previous one, a later one starts afresh; a write that waited on the row lock across a minute
+# boundary (its clock read before the boundary) adds to the previous minute. Assigned in this order, each reads the
+# columns as they were (stored_minute last).
 _ADD_TO_TOTALS_SQL = (
-    f"INSERT INTO tick_totals (script_id, {_TOTALS_COLUMNS}) VALUES {{values}} ON DUPLICATE KEY UPDATE"
+    f"INSERT INTO tick_totals (script_id, {_TOTALS_COLUMNS}, stored_minute, stored_in_minute) VALUES {{values}}"
+    " ON DUPLICATE KEY UPDATE"
     " stored = stored + VALUES(stored), first_trade_id = LEAST(first_trade_id, VALUES(first_trade_id)),"
     " last_trade_id = GREATEST(last_trade_id, VALUES(last_trade_id)),"
     " first_traded_at = LEAST(first_traded_at, VALUES(first_traded_at)),"
-    " last_traded_at = GREATEST(last_traded_at, VALUES(last_traded_at))")
+    " last_traded_at = GREATEST(last_traded_at, VALUES(last_traded_at)),"
+    " stored_in_previous_minute = CASE VALUES(stored_minute) - stored_minute"
+    "   WHEN 0 THEN stored_in_previous_minute WHEN 1 THEN stored_in_minute"
+    "   WHEN -1 THEN stored_in_previous_minute + VALUES(stored_in_minute)"
+    "   ELSE IF(VALUES(stored_minute) > stored_minute, 0, stored_in_previous_minute) END,"
+    " stored_in_minute = CASE WHEN VALUES(stored_minute) = stored_minute"
+    "   THEN stored_in_minute + VALUES(stored_in_minute)"
+    "   WHEN VALUES(stored_minute) > stored_minute THEN VALUES(stored_in_minute) ELSE stored_in_minute END,"
+    " stored_minute = GREATEST(stored_minute, VALUES(stored_minute))")
+_TOTALS_ROW = f"(%s, %s, %s, %s, %s, %s, {DATABASE_MINUTE}, %s)"
 _SUMMED_COVERAGE = ("SUM(stored), MIN(first_trade_id), MAX(last_trade_id), MIN(first_traded_at),"
                     " MAX(last_traded_at)")
 
 
 def add_to_totals(cursor: pymysql.cursors.Cursor, groups: Sequence[RowGroup]) -> None:
-    """Add the new rows of `groups` to their scripts' totals, in the caller's transaction and after its
-    tick_coverage upsert (every writer locks tick_minutes, then tick_coverage, then tick_totals, each in key
-    order). Relative, so two writers of one script never lose each other's counts."""
+    """Add the new rows of `groups` to their scripts' totals and this minute's stored count, in the caller's
+    transaction and after its tick_coverage upsert (every writer locks tick_minutes, then tick_coverage, then
+    tick_totals, each in key order). Relative, so two writers of one script never lose each other's counts."""
     per_script: dict[int, RowGroup] = {}
     for group in groups:
         known = per_script.get(group.script_id)
@@ -220,10 +235,9 @@ def add_to_totals(cursor: pymysql.cursors.Cursor, groups: Sequence[RowGroup]) ->
     for script_id in sorted(per_script):
         group = per_script[script_id]
         values += [script_id, group.count, group.first_trade_id, group.last_trade_id,
-                   _time(group.first_traded_us), _time(group.last_traded_us)]
+                   _time(group.first_traded_us), _time(group.last_traded_us), group.count]
     if values:
-        cursor.execute(_ADD_TO_TOTALS_SQL.format(values=", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(per_script))),
-                       values)
+        cursor.execute(_ADD_TO_TOTALS_SQL.format(values=", ".join([_TOTALS_ROW] * len(per_script))), values)
 
 
 def remove_days_before(cursor: pymysql.cursors.Cursor, script_id: int, day: date) -> None:
@@ -279,9 +293,12 @@ def _recount_script_totals(conn: pymysql.Connection, script_id: int) -> bool:
             wrong = (summed if summed[0] is not None else None) != known
             if wrong and summed[0] is None:
                 cursor.execute("DELETE FROM tick_totals WHERE script_id = %s", (script_id,))
-            elif wrong:
-                cursor.execute(f"REPLACE INTO tick_totals (script_id, {_TOTALS_COLUMNS}) VALUES"
-                               " (%s, %s, %s, %s, %s, %s)", (script_id, *summed))
+            elif wrong:  # the per-minute counters stay: they count what was stored, not what is there
+                cursor.execute(f"INSERT INTO tick_totals (script_id, {_TOTALS_COLUMNS})"
+                               " VALUES (%s, %s, %s, %s, %s, %s) ON DUPLICATE KEY UPDATE stored = VALUES(stored),"
+                               " first_trade_id = VALUES(first_trade_id), last_trade_id = VALUES(last_trade_id),"
+                               " first_traded_at = VALUES(first_traded_at), last_traded_at = VALUES(last_traded_at)",
+                               (script_id, *summed))
             conn.commit()
         except BaseException:
             conn.rollback()

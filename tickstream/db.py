@@ -12,16 +12,32 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import pymysql
 import pymysql.connections
+import pymysql.converters
+from pymysql.constants import FIELD_TYPE
 from pymysql.protocol import LoadLocalPacketWrapper
 
 from tickstream.settings import DatabaseSettings
 
 # Connection errors that mean "the server went away", after which a fresh connection may succeed.
 CONNECTION_ERRORS = (pymysql.err.OperationalError, pymysql.err.InterfaceError)
+
+
+def _datetime(text: str) -> datetime | str:
+    """A DATETIME or TIMESTAMP as the server sends it ('YYYY-MM-DD HH:MM:SS[.ffffff]'): read by the C parser, ~15×
+    faster than pymysql's regex (/stats reads hundreds per request); what it cannot read (a zero date) goes to
+    pymysql's own converter, as before."""
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return pymysql.converters.convert_datetime(text)
+
+
+CONVERSIONS = {**pymysql.converters.conversions, FIELD_TYPE.DATETIME: _datetime, FIELD_TYPE.TIMESTAMP: _datetime}
 
 
 class LocalFileRefused(pymysql.err.DatabaseError):
@@ -90,6 +106,7 @@ def connect(db: DatabaseSettings, *, database: bool = True, autocommit: bool = F
         local_infile=local_infile,
         connect_timeout=connect_timeout,
         init_command="SET time_zone = '+00:00'",
+        conv=CONVERSIONS,
         **tls_arguments(db),
     )
 

@@ -69,7 +69,8 @@ def _script_stats_out(script: catalog.Script, stats: completeness.ScriptStats) -
         script_id=script.id, broker_id=script.broker_id, name=script.name, trading_symbol=script.trading_symbol,
         is_active=script.is_active, tick_count=totals.tick_count, first_trade_at=totals.first_trade_at,
         last_trade_at=totals.last_trade_at, incomplete_days=totals.incomplete_days,
-        missing_trades=totals.missing_trades, ticks_last_minute=stats.ticks_last_minute,
+        missing_trades=totals.missing_trades, ticks_last_minute=totals.stored_last_minute,
+        ticks_this_minute=totals.stored_this_minute,
         lag_ms_p50=stats.lag_p50_ms, lag_ms_p99=stats.lag_p99_ms, status=_status_out(stats.status),
     )
 

@@ -464,6 +464,8 @@ class ScriptTicksOut(Out):
     days: int = Field(description="UTC days with stored ticks")
     incomplete_days: int = Field(description="days whose ids between first and last are not all stored")
     missing_trades: int = Field(description="over all days: expected (last − first + 1) − stored")
+    stored_last_minute: int = Field(description="ticks stored during the last complete UTC minute (database clock)")
+    stored_this_minute: int = Field(description="ticks stored so far in the current UTC minute (database clock)")
 
 
 class ScriptDetailOut(ScriptOut):
@@ -511,9 +513,11 @@ class ScriptStatsOut(Out):
     last_trade_at: datetime | None
     incomplete_days: int
     missing_trades: int
-    ticks_last_minute: int = Field(description="ticks traded in the last minute (database clock)")
+    ticks_last_minute: int = Field(description="ticks stored during the last complete UTC minute (database clock;"
+                                               " counted by the ingest as it stores them, no tick is counted)")
+    ticks_this_minute: int = Field(description="ticks stored so far in the current UTC minute (database clock)")
     lag_ms_p50: float | None = Field(description="stored_at − received_at_producer over the newest ≤ 1,000 ticks"
-                                                 " of the last minute")
+                                                 " traded in the last window_seconds")
     lag_ms_p99: float | None
     status: ProducerStatusOut | None = Field(description="null until the producer reports this script")
 
