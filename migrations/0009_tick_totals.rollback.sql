@@ -1,2 +1,2 @@
-ALTER TABLE tick_coverage DROP KEY ix_tick_coverage_missing, DROP COLUMN missing;
+ALTER TABLE tick_coverage DROP KEY ix_tick_coverage_incomplete, DROP COLUMN incomplete, DROP COLUMN missing;
 DROP TABLE tick_totals;

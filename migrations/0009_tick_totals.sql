@@ -22,10 +22,14 @@ CREATE TABLE tick_totals (
     PRIMARY KEY (script_id)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4;
 
+-- A day's expected − stored, and whether that is more than none: incomplete days are an index range, of all
+-- scripts (/stats) or of one (the audit), ordered by day.
 ALTER TABLE tick_coverage
     ADD COLUMN missing BIGINT GENERATED ALWAYS AS (GREATEST(CAST(last_trade_id AS SIGNED)
         - CAST(first_trade_id AS SIGNED) + 1 - CAST(stored AS SIGNED), 0)) STORED,
-    ADD KEY ix_tick_coverage_missing (script_id, missing);
+    ADD COLUMN incomplete BOOL GENERATED ALWAYS AS (CAST(last_trade_id AS SIGNED)
+        - CAST(first_trade_id AS SIGNED) + 1 > CAST(stored AS SIGNED)) STORED,
+    ADD KEY ix_tick_coverage_incomplete (incomplete, script_id);
 
 INSERT INTO tick_totals (script_id, stored, first_trade_id, last_trade_id, first_traded_at, last_traded_at)
 SELECT script_id, SUM(stored), MIN(first_trade_id), MAX(last_trade_id), MIN(first_traded_at), MAX(last_traded_at)

@@ -181,7 +181,7 @@ def test_stats_reads_do_not_grow_with_the_ticks_table(db: pymysql.Connection) ->
 
     def reads() -> int:
         before = handler_reads(db)
-        stats = completeness.script_stats(db, scripts)
+        stats = completeness.script_stats(db)
         assert all(s.lag_p50_ms is not None for s in stats)
         return handler_reads(db) - before
 

@@ -403,13 +403,15 @@ def test_overview_redrive_button_moves_the_dlq_back(console: Console, server: Lo
 
 
 def seed_coverage(db: pymysql.Connection, script_id: int, day: date, first_id: int, last_id: int, stored: int) -> None:
-    """A tick_coverage row as the ingest keeps it (the page reads only this table and the ledger, not ticks)."""
+    """A tick_coverage row and the script's totals as the ingest keeps them (the page reads only these and the
+    ledger, not ticks)."""
     start = datetime.combine(day, datetime.min.time())
     with db.cursor() as cursor:
         cursor.execute("INSERT INTO tick_coverage (script_id, day, stored, first_trade_id, last_trade_id,"
                        " first_traded_at, last_traded_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
                        (script_id, day, stored, first_id, last_id, start + timedelta(seconds=1),
                         start + timedelta(hours=23, minutes=59)))
+    coverage.recount_totals(db, [script_id])
 
 
 def seed_gap(db: pymysql.Connection, script_id: int, first_id: int, last_id: int, state: str, attempts: int,

@@ -42,6 +42,11 @@ def totals_row(conn: pymysql.Connection, script_id: int) -> tuple | None:
     return None if row is None else tuple(row)
 
 
+def totals_of(conn: pymysql.Connection, script_id: int) -> completeness.TickTotals:
+    (stats,) = completeness.script_stats(conn, script_id)
+    return stats.totals
+
+
 def summed_coverage(conn: pymysql.Connection, script_id: int) -> tuple | None:
     with conn.cursor() as cursor:
         cursor.execute("SELECT SUM(stored), MIN(first_trade_id), MAX(last_trade_id), MIN(first_traded_at),"
@@ -111,7 +116,7 @@ def test_totals_follow_the_ingest_redeliveries_retention_and_purge(db: pymysql.C
     cutoff = jobs.retention_cutoff(3, NOW)
     for script_id in (btc, eth):
         assert totals_row(db, script_id) == summed_coverage(db, script_id) == from_ticks(db, script_id)
-    (figures,) = completeness.tick_totals(db, [btc]).values()
+    figures = totals_of(db, btc)
     assert (figures.tick_count, figures.first_trade_at) == (1500, cutoff)
     assert (figures.incomplete_days, figures.missing_trades) == (0, 0)
 
@@ -127,7 +132,7 @@ def test_incomplete_days_are_counted_from_the_missing_index(db: pymysql.Connecti
     broker = make_broker(db)
     btc = make_script(db, broker, "BTCUSDT")
     store_batches(db_settings, [ticks(btc, [i for i in range(1, 1501) if i % 100 != 7 or i > 1000])])
-    (figures,) = completeness.tick_totals(db, [btc]).values()
+    figures = totals_of(db, btc)
     assert (figures.tick_count, figures.incomplete_days, figures.missing_trades) == (1490, 2, 10)
     for n in range(1, 301):  # complete days long before: the audit's look at incomplete days never reads them
         add_coverage_by_hand(db, btc, NOW.date() - timedelta(days=30 + n), 10, 10 * n, 10 * n + 9)
@@ -137,7 +142,7 @@ def test_incomplete_days_are_counted_from_the_missing_index(db: pymysql.Connecti
 
 
 def test_stats_totals_do_not_grow_with_the_days_kept(db: pymysql.Connection) -> None:
-    """3 days of coverage per script, then 400: the totals' reads stay the same (they summed every day before)."""
+    """3 days of coverage per script, then 400: /stats' reads stay the same (they summed every day before)."""
     broker = make_broker(db)
     scripts = [make_script(db, broker, f"S{n}USDT") for n in range(3)]
     last_day = NOW.date()
@@ -150,8 +155,8 @@ def test_stats_totals_do_not_grow_with_the_days_kept(db: pymysql.Connection) -> 
 
     def reads() -> int:
         before = handler_reads(db)
-        figures = completeness.tick_totals(db, scripts)
-        assert {totals.tick_count for totals in figures.values()} == {1000 * days}
+        figures = completeness.script_stats(db)
+        assert [stats.totals.tick_count for stats in figures] == [1000 * days] * len(scripts)
         return handler_reads(db) - before
 
     days = 3
@@ -257,8 +262,8 @@ def test_ticks_stored_per_minute_follow_the_database_clock(db: pymysql.Connectio
     def per_minute(at_second: float) -> dict[int, tuple[int, int]]:
         with db.cursor() as cursor:
             cursor.execute("SET timestamp = %s", (minute * 60 + at_second,))
-        figures = completeness.tick_totals(db, [btc, eth])
-        return {s: (figures[s].stored_last_minute, figures[s].stored_this_minute) for s in figures}
+        return {stats.script.id: (stats.totals.stored_last_minute, stats.totals.stored_this_minute)
+                for stats in completeness.script_stats(db)}
 
     try:
         store(btc, 10, 5)

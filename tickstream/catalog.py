@@ -263,7 +263,7 @@ def _scripts_for_new_type(cursor: pymysql.cursors.Cursor, broker: Broker, new_ty
     # share-locked it) has committed by now. Locking the scripts here could deadlock with update_script, which
     # locks its script and then the broker.
     cursor.execute(f"SELECT {_SCRIPT_COLUMNS} FROM scripts WHERE broker_id = %s ORDER BY id", (broker.id,))
-    scripts = [_script(row) for row in cursor.fetchall()]
+    scripts = [script_of(row) for row in cursor.fetchall()]
     if any(_has_ticks(cursor, script.id, lock=True) for script in scripts):
         raise IdentityLocked(f"broker {broker.id} has scripts with ticks, so its type cannot change")
     return scripts
@@ -295,11 +295,14 @@ def delete_broker(conn: pymysql.Connection, broker_id: int) -> DeleteResult | No
 # --- scripts -------------------------------------------------------------------------------------------------
 
 _SCRIPT_COLUMNS = "id, broker_id, name, trading_symbol, additional_data, is_active, created_at, updated_at"
+# The same columns of a table named {table}, for a statement that joins scripts with what describes them.
+SCRIPT_COLUMNS = ", ".join(f"{{table}}.{column}" for column in _SCRIPT_COLUMNS.split(", "))
 _SCRIPT_UPDATABLE = {"broker_id": "int", "name": "text", "trading_symbol": "text", "additional_data": "json",
                      "is_active": "bool"}
 
 
-def _script(row: Sequence[Any]) -> Script:
+def script_of(row: Sequence[Any]) -> Script:
+    """A Script from a row of its columns in `SCRIPT_COLUMNS`' order."""
     return Script(row[0], row[1], row[2], row[3], _json_object(row[4]), bool(row[5]), _utc(row[6]), _utc(row[7]))
 
 
@@ -309,14 +312,14 @@ def list_scripts(conn: pymysql.Connection, broker_id: int | None = None) -> list
             cursor.execute(f"SELECT {_SCRIPT_COLUMNS} FROM scripts ORDER BY id")
         else:
             cursor.execute(f"SELECT {_SCRIPT_COLUMNS} FROM scripts WHERE broker_id = %s ORDER BY id", (broker_id,))
-        return [_script(row) for row in cursor.fetchall()]
+        return [script_of(row) for row in cursor.fetchall()]
 
 
 def get_script(conn: pymysql.Connection, script_id: int) -> Script | None:
     with conn.cursor() as cursor:
         cursor.execute(f"SELECT {_SCRIPT_COLUMNS} FROM scripts WHERE id = %s", (script_id,))
         row = cursor.fetchone()
-    return _script(row) if row else None
+    return script_of(row) if row else None
 
 
 def create_script(conn: pymysql.Connection, *, broker_id: int, name: str, trading_symbol: str,
@@ -356,7 +359,7 @@ def update_script(conn: pymysql.Connection, script_id: int, changes: Mapping[str
             row = cursor.fetchone()
             if row is None:
                 return None
-            script = _script(row)
+            script = script_of(row)
             moved = _identity_changes(script, changes, _broker_type(cursor, script.broker_id))
             if moved and _has_ticks(cursor, script_id, lock=True):
                 raise IdentityLocked(f"script {script_id} has ticks, so its {' and '.join(moved)} cannot change")

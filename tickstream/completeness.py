@@ -17,7 +17,9 @@ from typing import Any
 
 import pymysql
 
-from tickstream.coverage import DATABASE_MINUTE, MISSING_INDEX, CoverageDay, coverage_days
+from tickstream import catalog
+from tickstream.catalog import Script
+from tickstream.coverage import DATABASE_MINUTE, INCOMPLETE_INDEX, CoverageDay, coverage_days
 
 STATS_WINDOW_SECONDS = 60
 LAG_SAMPLE_TICKS = 1000  # per script: enough for a p99 (the 10th largest), bounded however busy the script is
@@ -97,7 +99,7 @@ NO_TICKS = TickTotals(0, None, None, None, None, 0, 0, 0, 0)
 
 @dataclass(frozen=True, slots=True)
 class ScriptStats:
-    script_id: int
+    script: Script
     totals: TickTotals
     lag_p50_ms: float | None
     lag_p99_ms: float | None
@@ -106,10 +108,6 @@ class ScriptStats:
 
 def _utc(value: datetime | None) -> datetime | None:
     return None if value is None else value.replace(tzinfo=UTC)
-
-
-def _in_list(values: Sequence[int]) -> str:
-    return "(" + ", ".join(["%s"] * len(values)) + ")"
 
 
 # --- the gap ledger ----------------------------------------------------------------------------------------------
@@ -189,30 +187,41 @@ def coverage_report(conn: pymysql.Connection, script_id: int, first_day: date, l
 
 # --- per-script figures: /stats and GET /scripts/{id} -------------------------------------------------------------
 
-# Per script: its totals (tick_totals: what it stored in the last complete minute and in this one by the database
-# clock) and its incomplete days from the `missing` index (a range over the incomplete ones only).
-_TOTALS_SQL = (
-    "SELECT totals.script_id, totals.stored, totals.first_trade_id, totals.last_trade_id, totals.first_traded_at,"
-    " totals.last_traded_at, COALESCE(incomplete.days, 0), COALESCE(incomplete.missing, 0),"
-    f" CASE {DATABASE_MINUTE} - totals.stored_minute WHEN 0 THEN totals.stored_in_previous_minute"
-    "   WHEN 1 THEN totals.stored_in_minute ELSE 0 END,"
-    f" IF({DATABASE_MINUTE} = totals.stored_minute, totals.stored_in_minute, 0)"
-    " FROM tick_totals AS totals"
-    " LEFT JOIN (SELECT script_id, COUNT(*) AS days, SUM(missing) AS missing FROM tick_coverage"
-    f"            FORCE INDEX ({MISSING_INDEX}) WHERE script_id IN {{ids}} AND missing > 0 GROUP BY script_id)"
-    " AS incomplete"
-    "   ON incomplete.script_id = totals.script_id"
-    " WHERE totals.script_id IN {ids}")
+# One row per script (ordered by id; `{where}` narrows it to one): the script, its totals (tick_totals: what it
+# stored in the last complete minute and in this one by the database clock), its incomplete days (an index range
+# over the incomplete days only) and the producer's status: one statement, O(scripts + incomplete days).
+_STATUS_COLUMNS = ("broker_id, state, detail, connection, last_trade_id, last_traded_at, backfill_done,"
+                   " backfill_total, lag_ms_p50, lag_ms_p99, reported_at")
+_SCRIPT_FIGURES_SQL = (
+    f"SELECT {catalog.SCRIPT_COLUMNS.format(table='s')},"
+    " t.stored, t.first_trade_id, t.last_trade_id, t.first_traded_at, t.last_traded_at,"
+    " COALESCE(i.days, 0), COALESCE(i.missing, 0),"
+    f" CASE {DATABASE_MINUTE} - t.stored_minute WHEN 0 THEN t.stored_in_previous_minute"
+    "   WHEN 1 THEN t.stored_in_minute ELSE 0 END,"
+    f" IF({DATABASE_MINUTE} = t.stored_minute, t.stored_in_minute, 0),"
+    " p.script_id, " + ", ".join(f"p.{column}" for column in _STATUS_COLUMNS.split(", ")) +
+    " FROM scripts AS s"
+    " LEFT JOIN tick_totals AS t ON t.script_id = s.id"
+    " LEFT JOIN producer_status AS p ON p.script_id = s.id"
+    " LEFT JOIN (SELECT script_id, COUNT(*) AS days, SUM(missing) AS missing"
+    f"           FROM tick_coverage FORCE INDEX ({INCOMPLETE_INDEX}) WHERE incomplete {{and_script}}"
+    "            GROUP BY script_id) AS i ON i.script_id = s.id"
+    " {where} ORDER BY s.id")
+_SCRIPT_COLUMN_COUNT = len(catalog.SCRIPT_COLUMNS.split(", "))
 
 
-def tick_totals(conn: pymysql.Connection, script_ids: Sequence[int]) -> dict[int, TickTotals]:
-    """Per script with stored ticks, in one statement: O(scripts + incomplete days), never O(days) or a tick."""
-    if not script_ids:
-        return {}
-    with conn.cursor() as cursor:
-        cursor.execute(_TOTALS_SQL.format(ids=_in_list(script_ids)), [*script_ids, *script_ids])
-        return {row[0]: TickTotals(int(row[1]), int(row[2]), int(row[3]), _utc(row[4]), _utc(row[5]), int(row[6]),
-                                   int(row[7]), int(row[8]), int(row[9])) for row in cursor.fetchall()}
+def _totals(row: Sequence[Any]) -> TickTotals:
+    if row[0] is None:
+        return NO_TICKS
+    return TickTotals(int(row[0]), int(row[1]), int(row[2]), _utc(row[3]), _utc(row[4]), int(row[5]), int(row[6]),
+                      int(row[7]), int(row[8]))
+
+
+def _status(row: Sequence[Any]) -> ProducerStatus | None:
+    if row[0] is None:
+        return None
+    return ProducerStatus(row[0], row[1], row[2], row[3], row[4], row[5], _utc(row[6]), row[7], row[8], row[9],
+                          row[10], _utc(row[11]))
 
 
 def covered_days(conn: pymysql.Connection, script_id: int) -> int:
@@ -222,29 +231,15 @@ def covered_days(conn: pymysql.Connection, script_id: int) -> int:
         return int(cursor.fetchone()[0])
 
 
-_STATUS_COLUMNS = ("script_id, broker_id, state, detail, connection, last_trade_id, last_traded_at, backfill_done,"
-                   " backfill_total, lag_ms_p50, lag_ms_p99, reported_at")
-
-
-def producer_statuses(conn: pymysql.Connection, script_ids: Sequence[int]) -> dict[int, ProducerStatus]:
-    if not script_ids:
-        return {}
-    with conn.cursor() as cursor:
-        cursor.execute(f"SELECT {_STATUS_COLUMNS} FROM producer_status WHERE script_id IN {_in_list(script_ids)}",
-                       list(script_ids))
-        return {row[0]: ProducerStatus(row[0], row[1], row[2], row[3], row[4], row[5], _utc(row[6]), row[7],
-                                       row[8], row[9], row[10], _utc(row[11])) for row in cursor.fetchall()}
-
-
 def window_first_ids(conn: pymysql.Connection, script_ids: Sequence[int], window_seconds: int) -> dict[int, int]:
     """script id → a lower trade-id bound for its ticks traded in the last `window_seconds` (the lowest first id of
     the window's minutes in the time index), for the scripts that traded in them only: one statement, an index
-    range of at most a few minutes per script."""
+    range of at most a few minutes per script (an IN list: a join would read every minute of each script)."""
     if not script_ids:
         return {}
     with conn.cursor() as cursor:
         cursor.execute("SELECT script_id, MIN(first_trade_id) FROM tick_minutes"
-                       f" WHERE script_id IN {_in_list(script_ids)}"
+                       f" WHERE script_id IN ({', '.join(['%s'] * len(script_ids))})"
                        " AND minute >= TIMESTAMPDIFF(MINUTE, '1970-01-01', UTC_TIMESTAMP(6) - INTERVAL %s SECOND)"
                        " GROUP BY script_id", [*script_ids, window_seconds])
         return {int(row[0]): int(row[1]) for row in cursor.fetchall()}
@@ -292,11 +287,19 @@ def sampled_lags(conn: pymysql.Connection, bounds: dict[int, int], window_second
     return {script_id: (lags[0] / 1000, lags[-1] / 1000) for script_id, lags in ranked.items()}
 
 
-def script_stats(conn: pymysql.Connection, script_ids: Sequence[int],
+def script_stats(conn: pymysql.Connection, script_id: int | None = None,
                  window_seconds: int = STATS_WINDOW_SECONDS) -> list[ScriptStats]:
-    """The figures of each script, in the order given."""
-    totals = tick_totals(conn, script_ids)
-    statuses = producer_statuses(conn, script_ids)
-    lags = sampled_lags(conn, window_first_ids(conn, script_ids, window_seconds), window_seconds)
-    return [ScriptStats(script_id, totals.get(script_id, NO_TICKS), *lags.get(script_id, (None, None)),
-                        statuses.get(script_id)) for script_id in script_ids]
+    """The figures of every script by id, or of `script_id` only ([] when there is no such script): three
+    statements whatever the number of scripts, days or trades."""
+    if script_id is None:
+        sql, params = _SCRIPT_FIGURES_SQL.format(and_script="", where=""), []
+    else:
+        sql, params = _SCRIPT_FIGURES_SQL.format(and_script="AND script_id = %s", where="WHERE s.id = %s"), [
+            script_id, script_id]
+    with conn.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    lags = sampled_lags(conn, window_first_ids(conn, [row[0] for row in rows], window_seconds), window_seconds)
+    split = _SCRIPT_COLUMN_COUNT
+    return [ScriptStats(catalog.script_of(row[:split]), _totals(row[split:split + 9]),
+                        *lags.get(row[0], (None, None)), _status(row[split + 9:])) for row in rows]

@@ -8,7 +8,8 @@ were new, and a statement only ever holds rows of one (script, day) when the spl
 engine, not a count made beforehand, decides which one stored a row).
 
 For a venue with contiguous trade ids (Binance), expected = last_trade_id − first_trade_id + 1 and
-missing = expected − stored (an indexed generated column, so incomplete days are an index range). Every writer of
+missing = expected − stored (generated columns, and an index on whether it is more than none, so incomplete days
+are an index range). Every writer of
 tick_coverage also adds what it changes to the script's row of `tick_totals` (`add_to_totals`), in the same
 transaction: a script's stored ticks without summing its days. The audit's read side lives here too:
 `incomplete_days` (from tick_coverage only) and `missing_ranges` (a keyset walk over the primary key between two
@@ -37,7 +38,7 @@ DAY_US = 86_400_000_000
 MINUTE_US = time_index.MINUTE_US
 _EPOCH = datetime(1970, 1, 1)
 _EPOCH_DAY = date(1970, 1, 1)
-MISSING_INDEX = "ix_tick_coverage_missing"  # (script_id, missing): the optimizer would rather walk every day
+INCOMPLETE_INDEX = "ix_tick_coverage_incomplete"  # (incomplete, script_id): else the optimizer walks every day
 MISSING_RANGES_CHUNK_ROWS = 50_000  # ids read per statement by the audit's walk: bounded work per round trip
 _FIELDS = 8  # a row's tab-separated fields (tickstream.codec's row format)
 
@@ -365,8 +366,8 @@ def incomplete_days(conn: pymysql.Connection, script_id: int) -> list[CoverageDa
     """The script's days where expected > stored, oldest first: what an audit must walk (an index range of
     tick_coverage over the incomplete days only)."""
     with conn.cursor() as cursor:
-        cursor.execute(f"SELECT {_DAY_COLUMNS} FROM tick_coverage FORCE INDEX ({MISSING_INDEX})"
-                       " WHERE script_id = %s AND missing > 0 ORDER BY day", (script_id,))
+        cursor.execute(f"SELECT {_DAY_COLUMNS} FROM tick_coverage FORCE INDEX ({INCOMPLETE_INDEX})"
+                       " WHERE incomplete AND script_id = %s ORDER BY day", (script_id,))
         days = [_coverage_day(row) for row in cursor.fetchall()]
     conn.commit()  # end the read view: a non-autocommit caller's next look sees newer coverage
     return days

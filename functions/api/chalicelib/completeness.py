@@ -42,20 +42,19 @@ def _gap_out(gap: completeness.Gap) -> GapOut:
 
 def get_script(script_id: int) -> ScriptDetailOut:
     with database.connection() as conn:
-        script = catalog.get_script(conn, script_id)
-        if script is None:
+        found = completeness.script_stats(conn, script_id)
+        if not found:
             raise not_found(f"no script with id {script_id}")
-        (stats,) = completeness.script_stats(conn, [script_id])
         days = completeness.covered_days(conn, script_id)
-    return ScriptDetailOut(**dataclasses.asdict(script), status=_status_out(stats.status),
+    (stats,) = found
+    return ScriptDetailOut(**dataclasses.asdict(stats.script), status=_status_out(stats.status),
                            ticks=ScriptTicksOut(**dataclasses.asdict(stats.totals), days=days))
 
 
 def stats() -> StatsOut:
     with database.connection() as conn:
-        scripts = catalog.list_scripts(conn)
-        per_script = completeness.script_stats(conn, [script.id for script in scripts])
-    rows = [_script_stats_out(script, figures) for script, figures in zip(scripts, per_script, strict=True)]
+        per_script = completeness.script_stats(conn)
+    rows = [_script_stats_out(figures) for figures in per_script]
     depths = queues.queue_depths()  # outside the database lock: SQS may be slow to answer
     return StatsOut(
         generated_at=datetime.now(UTC), window_seconds=completeness.STATS_WINDOW_SECONDS, scripts=rows,
@@ -63,8 +62,8 @@ def stats() -> StatsOut:
     )
 
 
-def _script_stats_out(script: catalog.Script, stats: completeness.ScriptStats) -> ScriptStatsOut:
-    totals = stats.totals
+def _script_stats_out(stats: completeness.ScriptStats) -> ScriptStatsOut:
+    script, totals = stats.script, stats.totals
     return ScriptStatsOut(
         script_id=script.id, broker_id=script.broker_id, name=script.name, trading_symbol=script.trading_symbol,
         is_active=script.is_active, tick_count=totals.tick_count, first_trade_at=totals.first_trade_at,
