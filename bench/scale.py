@@ -62,7 +62,7 @@ BATCH_MESSAGES = 20
 TOKEN = "bench-scale-token"
 SLOW_READ_SECONDS = 2.0  # a read slower than this is sampled 3 times only (it would take minutes otherwise)
 DATABASE_WAIT_SECONDS = 600  # other sessions' drills stop MariaDB for minutes at a time
-INGEST_PAIRS = 6  # even: as many pairs with the empty table first as with the full one first
+INGEST_PAIRS = 10  # even: as many pairs with the empty table first as with the full one first
 RECENT_TICKS = 60_000  # traded in the minute before the reads (1,000 a second): what /stats counts and samples
 ENDPOINTS = ("stats", "tick page", "coverage 30 days", "gaps")
 
