@@ -12,7 +12,7 @@ import pytest
 
 from tests.api_fixtures import InProcessApi
 from tests.conftest import make_broker, make_script
-from tickstream import completeness
+from tickstream import completeness, coverage
 from tickstream.codec import TickBatch
 from tickstream.db import connect
 from tickstream.settings import DatabaseSettings
@@ -180,6 +180,7 @@ def test_stats_reads_do_not_grow_with_the_ticks_table(db: pymysql.Connection) ->
                                      for i in range(first_id, first_id + 15_000 * (1 + (first_id > 1)))])
 
     def reads() -> int:
+        coverage.rebuild(db)  # the rows were written around the ingest: their coverage and totals as it keeps them
         before = handler_reads(db)
         stats = completeness.script_stats(db)
         assert all(s.lag_p50_ms is not None for s in stats)
@@ -209,3 +210,25 @@ def test_a_page_of_one_scripts_gaps_is_an_index_range_not_a_sort(db: pymysql.Con
             cursor.execute(f"EXPLAIN SELECT * FROM gaps WHERE {where} ORDER BY id DESC LIMIT 101")
             plan = cursor.fetchall()
             assert all("filesort" not in (row[-1] or "") for row in plan), (where, plan)
+
+
+def statements_run(conn: pymysql.Connection) -> int:
+    with conn.cursor() as cursor:
+        cursor.execute("SHOW SESSION STATUS LIKE 'Questions'")
+        return int(cursor.fetchone()[1])
+
+
+def test_stats_of_scripts_idle_in_the_window_is_one_statement(db: pymysql.Connection) -> None:
+    """Scripts whose newest stored trade is older than the window get no lag sample and no window bounds: /stats
+    is then the one figures statement, each of its rows one server-built JSON document."""
+    broker = make_broker(db)
+    scripts = [make_script(db, broker, f"I{n}USDT") for n in range(3)]
+    now_us = int(datetime.now(UTC).timestamp() * 1e6)
+    insert_ticks_ignore(db, [Tick(script, 1, "1.5", "2", False, now_us - DAY_US, now_us, now_us)
+                             for script in scripts])
+    coverage.rebuild(db)
+    before = statements_run(db)
+    stats = completeness.script_stats(db)
+    assert statements_run(db) - before == 1 + 1  # the figures, and the SHOW itself
+    assert [(s.script.id, s.totals.tick_count, s.lag_p50_ms) for s in stats] == [(n, 1, None) for n in scripts]
+    assert all(s.totals.last_trade_at.tzinfo is UTC and s.script.created_at.tzinfo is UTC for s in stats)

@@ -23,6 +23,7 @@ from typing import Any
 import pymysql
 
 from tickstream import time_index
+from tickstream.db import as_utc
 from tickstream.venues import DEFAULT_TYPE, VENUES
 
 DEFAULT_STREAM = "aggTrade"
@@ -124,16 +125,14 @@ BrokerCheck = Callable[["Broker", list["Script"]], None]
 
 # --- helpers -------------------------------------------------------------------------------------------------
 
-def _utc(value: datetime | None) -> datetime | None:
-    return None if value is None else value.replace(tzinfo=UTC)
-
-
 def _db_time(value: datetime) -> datetime:
     """A naive UTC datetime, as the UTC session compares DATETIME columns."""
     return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
 
 
-def _json_object(text: str | bytes | None) -> dict[str, Any]:
+def _json_object(text: str | bytes | dict[str, Any] | None) -> dict[str, Any]:
+    if isinstance(text, dict):  # already decoded: the column read inside a server-built JSON document
+        return text
     try:
         value = json.loads(text) if text else {}
     except ValueError:
@@ -203,7 +202,7 @@ _BROKER_UPDATABLE = {"type": "text", "name": "text", "api_config": "json", "is_a
 
 
 def _broker(row: Sequence[Any]) -> Broker:
-    return Broker(row[0], row[1], row[2], _json_object(row[3]), bool(row[4]), _utc(row[5]), _utc(row[6]))
+    return Broker(row[0], row[1], row[2], _json_object(row[3]), bool(row[4]), as_utc(row[5]), as_utc(row[6]))
 
 
 def list_brokers(conn: pymysql.Connection) -> list[Broker]:
@@ -303,7 +302,7 @@ _SCRIPT_UPDATABLE = {"broker_id": "int", "name": "text", "trading_symbol": "text
 
 def script_of(row: Sequence[Any]) -> Script:
     """A Script from a row of its columns in `SCRIPT_COLUMNS`' order."""
-    return Script(row[0], row[1], row[2], row[3], _json_object(row[4]), bool(row[5]), _utc(row[6]), _utc(row[7]))
+    return Script(row[0], row[1], row[2], row[3], _json_object(row[4]), bool(row[5]), as_utc(row[6]), as_utc(row[7]))
 
 
 def list_scripts(conn: pymysql.Connection, broker_id: int | None = None) -> list[Script]:
@@ -522,5 +521,5 @@ def _add_time_range(where: list[str], params: list[Any], start: datetime | None,
 
 
 def _stored_tick(row: Sequence[Any]) -> StoredTick:
-    return StoredTick(row[0], _decimal_text(row[1]), _decimal_text(row[2]), bool(row[3]), _utc(row[4]),
-                      _utc(row[5]), _utc(row[6]), _utc(row[7]))
+    return StoredTick(row[0], _decimal_text(row[1]), _decimal_text(row[2]), bool(row[3]), as_utc(row[4]),
+                      as_utc(row[5]), as_utc(row[6]), as_utc(row[7]))

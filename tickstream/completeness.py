@@ -10,9 +10,10 @@ over an (autocommit) pymysql connection.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any
 
 import pymysql
@@ -20,6 +21,7 @@ import pymysql
 from tickstream import catalog
 from tickstream.catalog import Script
 from tickstream.coverage import DATABASE_MINUTE, INCOMPLETE_INDEX, CoverageDay, coverage_days
+from tickstream.db import as_utc
 
 STATS_WINDOW_SECONDS = 60
 LAG_SAMPLE_TICKS = 1000  # per script: enough for a p99 (the 10th largest), bounded however busy the script is
@@ -106,10 +108,6 @@ class ScriptStats:
     status: ProducerStatus | None
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    return None if value is None else value.replace(tzinfo=UTC)
-
-
 # --- the gap ledger ----------------------------------------------------------------------------------------------
 
 _GAP_COLUMNS = ("id, script_id, first_trade_id, last_trade_id, next_trade_id, cause, state, attempts, last_error,"
@@ -118,7 +116,7 @@ _GAP_COLUMNS = ("id, script_id, first_trade_id, last_trade_id, next_trade_id, ca
 
 def _gap(row: Sequence[object]) -> Gap:
     return Gap(int(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4]), row[5], row[6], int(row[7]), row[8],
-               int(row[9]), _utc(row[10]), _utc(row[11]), _utc(row[12]))
+               int(row[9]), as_utc(row[10]), as_utc(row[11]), as_utc(row[12]))
 
 
 def list_gaps(conn: pymysql.Connection, *, script_id: int | None = None, state: str | None = None,
@@ -189,17 +187,20 @@ def coverage_report(conn: pymysql.Connection, script_id: int, first_day: date, l
 
 # One row per script (ordered by id; `{where}` narrows it to one): the script, its totals (tick_totals: what it
 # stored in the last complete minute and in this one by the database clock), its incomplete days (an index range
-# over the incomplete days only) and the producer's status: one statement, O(scripts + incomplete days).
+# over the incomplete days only), the producer's status, and whether it traded in the lag window: one statement,
+# O(scripts + incomplete days). Each row is one JSON array built by the server: pymysql decodes values in Python, a
+# few µs each, and /stats has ~30 per script; one string per row decoded by the json module costs a fraction.
 _STATUS_COLUMNS = ("broker_id, state, detail, connection, last_trade_id, last_traded_at, backfill_done,"
                    " backfill_total, lag_ms_p50, lag_ms_p99, reported_at")
 _SCRIPT_FIGURES_SQL = (
-    f"SELECT {catalog.SCRIPT_COLUMNS.format(table='s')},"
+    f"SELECT JSON_ARRAY({catalog.SCRIPT_COLUMNS.format(table='s')},"
     " t.stored, t.first_trade_id, t.last_trade_id, t.first_traded_at, t.last_traded_at,"
     " COALESCE(i.days, 0), COALESCE(i.missing, 0),"
     f" CASE {DATABASE_MINUTE} - t.stored_minute WHEN 0 THEN t.stored_in_previous_minute"
     "   WHEN 1 THEN t.stored_in_minute ELSE 0 END,"
     f" IF({DATABASE_MINUTE} = t.stored_minute, t.stored_in_minute, 0),"
-    " p.script_id, " + ", ".join(f"p.{column}" for column in _STATUS_COLUMNS.split(", ")) +
+    " p.script_id, " + ", ".join(f"p.{column}" for column in _STATUS_COLUMNS.split(", ")) + ","
+    " COALESCE(t.last_traded_at >= UTC_TIMESTAMP(6) - INTERVAL %s SECOND, 0))"
     " FROM scripts AS s"
     " LEFT JOIN tick_totals AS t ON t.script_id = s.id"
     " LEFT JOIN producer_status AS p ON p.script_id = s.id"
@@ -208,20 +209,33 @@ _SCRIPT_FIGURES_SQL = (
     "            GROUP BY script_id) AS i ON i.script_id = s.id"
     " {where} ORDER BY s.id")
 _SCRIPT_COLUMN_COUNT = len(catalog.SCRIPT_COLUMNS.split(", "))
+_TOTALS_AT, _STATUS_AT = _SCRIPT_COLUMN_COUNT, _SCRIPT_COLUMN_COUNT + 9
+# Where the row holds DATETIME values (JSON carries them as text): the script's created/updated, the totals'
+# first/last traded, the status' last traded and reported.
+_DATETIME_POSITIONS = (6, 7, _TOTALS_AT + 3, _TOTALS_AT + 4, _STATUS_AT + 6, _STATUS_AT + 11)
+
+
+def _figures_row(document: str | bytes) -> list[Any]:
+    """One row of _SCRIPT_FIGURES_SQL as pymysql would have given it (its DATETIME values as datetimes)."""
+    row = json.loads(document)
+    for position in _DATETIME_POSITIONS:
+        if row[position] is not None:
+            row[position] = datetime.fromisoformat(row[position] + "+00:00")  # aware at once: UTC
+    return row
 
 
 def _totals(row: Sequence[Any]) -> TickTotals:
     if row[0] is None:
         return NO_TICKS
-    return TickTotals(int(row[0]), int(row[1]), int(row[2]), _utc(row[3]), _utc(row[4]), int(row[5]), int(row[6]),
+    return TickTotals(int(row[0]), int(row[1]), int(row[2]), as_utc(row[3]), as_utc(row[4]), int(row[5]), int(row[6]),
                       int(row[7]), int(row[8]))
 
 
 def _status(row: Sequence[Any]) -> ProducerStatus | None:
     if row[0] is None:
         return None
-    return ProducerStatus(row[0], row[1], row[2], row[3], row[4], row[5], _utc(row[6]), row[7], row[8], row[9],
-                          row[10], _utc(row[11]))
+    return ProducerStatus(row[0], row[1], row[2], row[3], row[4], row[5], as_utc(row[6]), row[7], row[8], row[9],
+                          row[10], as_utc(row[11]))
 
 
 def covered_days(conn: pymysql.Connection, script_id: int) -> int:
@@ -292,14 +306,15 @@ def script_stats(conn: pymysql.Connection, script_id: int | None = None,
     """The figures of every script by id, or of `script_id` only ([] when there is no such script): three
     statements whatever the number of scripts, days or trades."""
     if script_id is None:
-        sql, params = _SCRIPT_FIGURES_SQL.format(and_script="", where=""), []
+        sql, params = _SCRIPT_FIGURES_SQL.format(and_script="", where=""), [window_seconds]
     else:
         sql, params = _SCRIPT_FIGURES_SQL.format(and_script="AND script_id = %s", where="WHERE s.id = %s"), [
-            script_id, script_id]
+            window_seconds, script_id, script_id]
     with conn.cursor() as cursor:
         cursor.execute(sql, params)
-        rows = cursor.fetchall()
-    lags = sampled_lags(conn, window_first_ids(conn, [row[0] for row in rows], window_seconds), window_seconds)
-    split = _SCRIPT_COLUMN_COUNT
-    return [ScriptStats(catalog.script_of(row[:split]), _totals(row[split:split + 9]),
-                        *lags.get(row[0], (None, None)), _status(row[split + 9:])) for row in rows]
+        rows = [_figures_row(document) for (document,) in cursor.fetchall()]
+    # only the scripts whose newest stored trade is in the window can have ticks traded in it
+    traded = [row[0] for row in rows if row[-1]]
+    lags = sampled_lags(conn, window_first_ids(conn, traded, window_seconds), window_seconds)
+    return [ScriptStats(catalog.script_of(row[:_TOTALS_AT]), _totals(row[_TOTALS_AT:_STATUS_AT]),
+                        *lags.get(row[0], (None, None)), _status(row[_STATUS_AT:-1])) for row in rows]

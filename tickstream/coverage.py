@@ -27,12 +27,13 @@ import itertools
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import NamedTuple
 
 import pymysql
 
 from tickstream import time_index
+from tickstream.db import as_utc
 
 DAY_US = 86_400_000_000
 MINUTE_US = time_index.MINUTE_US
@@ -338,13 +339,9 @@ _DAY_COLUMNS = ("script_id, day, stored, first_trade_id, last_trade_id, first_tr
                 " audited_at")
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    return None if value is None else value.replace(tzinfo=UTC)
-
-
 def _coverage_day(row: Sequence[object]) -> CoverageDay:
-    return CoverageDay(int(row[0]), row[1], int(row[2]), int(row[3]), int(row[4]), _utc(row[5]), _utc(row[6]),
-                       _utc(row[7]))
+    return CoverageDay(int(row[0]), row[1], int(row[2]), int(row[3]), int(row[4]), as_utc(row[5]), as_utc(row[6]),
+                       as_utc(row[7]))
 
 
 def coverage_days(conn: pymysql.Connection, script_id: int, first_day: date | None = None,

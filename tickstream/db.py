@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pymysql
@@ -35,6 +35,12 @@ def _datetime(text: str) -> datetime | str:
         return datetime.fromisoformat(text)
     except ValueError:
         return pymysql.converters.convert_datetime(text)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """A DATETIME read from the database (UTC by convention: every writer stores UTC) as an aware datetime; one
+    already aware is returned as it is (`replace` costs ~2 µs, which a read of many rows notices)."""
+    return value if value is None or value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 CONVERSIONS = {**pymysql.converters.conversions, FIELD_TYPE.DATETIME: _datetime, FIELD_TYPE.TIMESTAMP: _datetime}

@@ -25,6 +25,7 @@ import pymysql
 
 from tickstream import coverage, time_index
 from tickstream.catalog import transaction as _transaction
+from tickstream.db import as_utc
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +69,7 @@ _JOB_COLUMNS = ("id, kind, broker_id, script_id, state, cursor_trade_id, rows_de
 
 
 def _job(row: tuple[Any, ...]) -> Job:
-    return Job(*row[:8], _utc(row[8]), _utc(row[9]), _utc(row[10]))
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    return None if value is None else value.replace(tzinfo=UTC)
+    return Job(*row[:8], as_utc(row[8]), as_utc(row[9]), as_utc(row[10]))
 
 
 def get_job(conn: pymysql.Connection, job_id: int) -> Job | None:
