@@ -303,8 +303,9 @@ def sampled_lags(conn: pymysql.Connection, bounds: dict[int, int], window_second
 
 def script_stats(conn: pymysql.Connection, script_id: int | None = None,
                  window_seconds: int = STATS_WINDOW_SECONDS) -> list[ScriptStats]:
-    """The figures of every script by id, or of `script_id` only ([] when there is no such script): three
-    statements whatever the number of scripts, days or trades."""
+    """The figures of every script by id, or of `script_id` only ([] when there is no such script): one
+    statement, and two more (the window bounds and the lag sample, per 100 scripts) when some traded in the window;
+    never more with more days or trades."""
     if script_id is None:
         sql, params = _SCRIPT_FIGURES_SQL.format(and_script="", where=""), [window_seconds]
     else:

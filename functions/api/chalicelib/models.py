@@ -454,7 +454,8 @@ class ProducerStatusOut(Out):
 
 
 class ScriptTicksOut(Out):
-    """The script's stored ticks, from the per-day coverage (no tick is counted)."""
+    """The script's stored ticks, from its totals (tick_totals, kept by every writer) and its per-day coverage
+    (no tick is counted)."""
 
     tick_count: int
     first_trade_id: int | None
@@ -508,7 +509,7 @@ class ScriptStatsOut(Out):
     name: str
     trading_symbol: str
     is_active: bool
-    tick_count: int = Field(description="stored ticks, from the per-day coverage")
+    tick_count: int = Field(description="stored ticks, from the script's totals (no tick is counted)")
     first_trade_at: datetime | None
     last_trade_at: datetime | None
     incomplete_days: int
