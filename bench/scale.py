@@ -65,6 +65,9 @@ DATABASE_WAIT_SECONDS = 600  # other sessions' drills stop MariaDB for minutes a
 INGEST_PAIRS = 10  # even: as many pairs with the empty table first as with the full one first
 RECENT_TICKS = 60_000  # traded in the minute before the reads (1,000 a second): what /stats counts and samples
 ENDPOINTS = ("stats", "tick page", "coverage 30 days", "gaps")
+QUIESCE_SECONDS = 120  # the longest wait for the server to flush and purge before a timed ingest
+QUIESCED_PAGES = 100  # dirty pages and undo logs left that count as a quiet server
+FLUSH_IO_CAPACITY = 20_000  # pages/s while quiescing (the default 200 would take minutes after a run)
 
 
 def run(sizes: Sequence[int], ingest_rows: int, samples: int, workers: int = 2) -> StageResult:
@@ -109,8 +112,9 @@ def now_us() -> int:
 def paired_ingest(db: DatabaseSettings, conn: pymysql.Connection, rows: int) -> dict[str, Any]:
     """INGEST_PAIRS pairs: `rows` into a fresh empty table and as many appended to this table's hot scripts, in
     ABBA order (empty first in even pairs, full first in odd ones), the empty database made before and dropped after
-    both runs of its pair: what comes before a run (the DDL, the other run's writes still being flushed) falls on
-    both sides alike. The ratio is the median of the pairs' ratios, so load that drifts over minutes shifts both."""
+    both runs of its pair, and the server quiesced before each run (`quiesce`): what comes before a run (the DDL,
+    the other run's writes still being flushed) falls on both sides alike.
+    The ratio is the median of the pairs' ratios, so load that drifts over minutes shifts both."""
     pairs = []
     for number in range(INGEST_PAIRS):
         with bench_database("scale_empty") as empty_db:
@@ -119,13 +123,44 @@ def paired_ingest(db: DatabaseSettings, conn: pymysql.Connection, rows: int) -> 
             empty_conn.close()
             targets = {"empty": (empty_db, empty_ids), "full": (db, hot_next_ids(conn))}
             order = ("empty", "full") if number % 2 == 0 else ("full", "empty")
-            speed = {side: timed_ingest(targets[side][0], fresh_ticks(targets[side][1], rows))["rows_per_s"]
-                     for side in order}
+            speed = {}
+            for side in order:
+                quiesce(conn)
+                speed[side] = timed_ingest(targets[side][0], fresh_ticks(targets[side][1], rows))["rows_per_s"]
         pairs.append({"empty_rows_per_s": speed["empty"], "rows_per_s": speed["full"], "first": order[0],
                       "ratio": speed["full"] / speed["empty"]})
     return {"rows_per_s": statistics.median(p["rows_per_s"] for p in pairs),
             "empty_rows_per_s": statistics.median(p["empty_rows_per_s"] for p in pairs),
             "ratio": statistics.median(p["ratio"] for p in pairs), "pairs": pairs}
+
+
+def quiesce(conn: pymysql.Connection) -> None:
+    """Flush every dirty page and let the purge finish before a timed run, so each starts from the same server
+    state: otherwise a run that falls on the server's checkpoint flushing (of earlier runs' pages, which competes
+    for the two cores) is slower by chance, whichever table it writes. Needs the privilege to set globals; without
+    it the run starts at once."""
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT @@GLOBAL.innodb_max_dirty_pages_pct, @@GLOBAL.innodb_io_capacity,"
+                       " @@GLOBAL.innodb_io_capacity_max")
+        previous = cursor.fetchone()
+        try:
+            cursor.execute("SET GLOBAL innodb_io_capacity_max = %s", (2 * FLUSH_IO_CAPACITY,))
+            cursor.execute("SET GLOBAL innodb_io_capacity = %s", (FLUSH_IO_CAPACITY,))
+            cursor.execute("SET GLOBAL innodb_max_dirty_pages_pct = 0")
+        except pymysql.err.OperationalError:  # no SUPER / SYSTEM_VARIABLES_ADMIN
+            return
+        try:
+            deadline = time.monotonic() + QUIESCE_SECONDS
+            while time.monotonic() < deadline:
+                cursor.execute("SHOW GLOBAL STATUS WHERE Variable_name IN"
+                               " ('Innodb_buffer_pool_pages_dirty', 'Innodb_history_list_length')")
+                if all(int(value) < QUIESCED_PAGES for _, value in cursor.fetchall()):
+                    return
+                time.sleep(0.2)
+        finally:
+            cursor.execute("SET GLOBAL innodb_max_dirty_pages_pct = %s", (previous[0],))
+            cursor.execute("SET GLOBAL innodb_io_capacity = %s", (previous[1],))
+            cursor.execute("SET GLOBAL innodb_io_capacity_max = %s", (previous[2],))
 
 
 def timed_ingest(db: DatabaseSettings, ticks: Sequence[Tick]) -> dict[str, float]:

@@ -388,7 +388,7 @@ def _stop_mid_backfill(start_drill: StartDrill, stack: DrillStack, token: str, r
         (stopped,) = [g for g in d.gaps(BURST_SYMBOL) if g["first_trade_id"] == gap["first_trade_id"]]
         restart_producer(d, down_seconds=2)
         done = d.wait_for_gap(BURST_SYMBOL, lambda g: g["first_trade_id"] == gap["first_trade_id"]
-                              and g["state"] == "filled", timeout=90)
+                              and g["state"] == "filled", timeout=180)
         d.trade(3)
         d.stop_trading()
         redriven = redrive_until_stored(d, stack, token, timeout=120)[0]
