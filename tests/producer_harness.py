@@ -142,8 +142,10 @@ def start_trading(sim: ExchangeSimulator, producer: RunningProducer, rate: float
     """Let the exchange trade once every producer connection is subscribed, so every emitted id is expected."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        connections = [conn for feed in producer.service.feeds.values() for conn in feed.connections]
-        if connections and all(conn.frames > 0 for conn in connections):  # the SUBSCRIBE was acknowledged
+        feeds = list(producer.service.feeds.values())
+        # A feed whose connections are not open yet would pass an all() over connections: every feed needs one.
+        if feeds and all(feed.connections and all(conn.frames > 0 for conn in feed.connections)  # SUBSCRIBE acked
+                         for feed in feeds):
             sim.config.rate = rate
             return
         time.sleep(0.05)
