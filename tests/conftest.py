@@ -112,8 +112,8 @@ def emptied_connection(settings: DatabaseSettings) -> Iterator[pymysql.Connectio
     """An autocommit connection to the database of `settings`, every table emptied first; closed afterwards."""
     conn = connect(settings, autocommit=True)
     with conn.cursor() as cursor:
-        for table in ("ticks", "tick_coverage", "tick_totals", "tick_minutes", "gaps", "producer_status", "jobs",
-                      "candles_1m"):
+        for table in ("ticks", "tick_coverage", "tick_totals", "tick_lags", "tick_minutes", "gaps", "producer_status",
+                      "jobs", "candles_1m"):
             cursor.execute(f"DELETE FROM {table}")
         cursor.execute("DELETE FROM scripts")
         cursor.execute("DELETE FROM brokers")

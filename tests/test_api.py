@@ -13,8 +13,10 @@ import yaml
 
 from tests.api_fixtures import API_DIR, REPO_ROOT, TOKEN, InProcessApi, load_api_app, reset_api_state
 from tickstream import catalog, coverage, jobs
+from tickstream.db import connect
 from tickstream.secrets import SecretCache
-from tickstream.tick_store import insert_ticks_ignore
+from tickstream.settings import DatabaseSettings
+from tickstream.tick_store import TickStore, insert_ticks_ignore
 from tickstream.ticks import Tick
 
 pytest_plugins = ["tests.api_fixtures"]
@@ -549,44 +551,49 @@ def test_time_range_is_inclusive_exclusive_in_iso_or_epoch_ms(api: InProcessApi,
 
 # --- stats -----------------------------------------------------------------------------------------------------
 
-def insert_with_lags(conn: pymysql.Connection, script_id: int, lags_ms: list[int], age: timedelta) -> None:
-    """Ticks traded `age` ago (by the DB clock) whose stored_at − received_at_producer are `lags_ms`."""
-    with conn.cursor() as cursor:
-        for trade_id, lag in enumerate(lags_ms, start=1):
-            cursor.execute(
-                "INSERT INTO ticks (script_id, trade_id, price, quantity, is_buyer_maker, traded_at, event_at,"
-                " received_at_producer, stored_at) VALUES (%s, %s, '1.5', '2', 0,"
-                " UTC_TIMESTAMP(6) - INTERVAL %s MICROSECOND, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6),"
-                " UTC_TIMESTAMP(6) + INTERVAL %s MICROSECOND)",
-                (script_id, trade_id + (10_000 if age else 0), int(age.total_seconds() * 1e6), lag * 1000),
-            )
+def store_with_lags(settings: DatabaseSettings, script_id: int, lags_ms: list[int], first_id: int,
+                    age: timedelta = timedelta(0)) -> None:
+    """Ticks traded `age` ago stored by the ingest's writer, one batch each (so each is in the lag sample),
+    `lags_ms` after the producer received them."""
+    now_us = int(datetime.now(UTC).timestamp() * 1e6)
+    traded_us = now_us - int(age.total_seconds() * 1e6)
+    store = TickStore(connect(settings, local_infile=True), clock=lambda: now_us)
+    try:
+        for trade_id, lag in enumerate(lags_ms, start=first_id):
+            store.insert_ticks([Tick(script_id, trade_id, "1.5", "2", False, traded_us, traded_us,
+                                     now_us - lag * 1000)])
+    finally:
+        store.close()
 
 
-def test_stats_counts_times_and_lag_percentiles(api: InProcessApi, db: pymysql.Connection) -> None:
+def test_stats_counts_times_and_lag_percentiles(api: InProcessApi, db: pymysql.Connection,
+                                               db_settings: DatabaseSettings) -> None:
     broker = new_broker(api)
     busy = new_script(api, broker["id"], "BTCUSDT")
     quiet = new_script(api, broker["id"], "ETHUSDT")
     idle = new_script(api, broker["id"], "PEPEUSDT")
-    insert_with_lags(db, busy["id"], list(range(1, 101)), timedelta(0))  # lags 1..100 ms, traded now
-    insert_with_lags(db, busy["id"], [5000] * 20, timedelta(minutes=5))  # old: counted in totals only
-    insert_with_lags(db, quiet["id"], [40], timedelta(0))
-    coverage.rebuild(db)  # written around the ingest: counted the way a deploy counts older data
+    old = int((datetime.now(UTC) - timedelta(minutes=5)).timestamp() * 1e6)
+    insert_ticks_ignore(db, [Tick(busy["id"], 10_000 + n, "1.5", "2", False, old, old, old) for n in range(20)])
+    coverage.rebuild(db)  # written around the ingest (counted the way a deploy counts older data): no lags
+    store_with_lags(db_settings, busy["id"], list(range(1, 101)), 1, age=timedelta(minutes=1))  # lags 1..100 ms
+    store_with_lags(db_settings, quiet["id"], [40], 1)
     reply = api.get("/stats")
     assert reply.status == 200
     stats = reply.json()
     rows = {row["script_id"]: row for row in stats["scripts"]}
     assert set(rows) == {busy["id"], quiet["id"], idle["id"]}
-    # written around the ingest: counted in the totals (the rebuild), never as stored in a minute
-    assert (rows[busy["id"]]["tick_count"], rows[busy["id"]]["ticks_last_minute"]) == (120, 0)
-    assert (rows[busy["id"]]["lag_ms_p50"], rows[busy["id"]]["lag_ms_p99"]) == (50.0, 99.0)
+    busy_row = rows[busy["id"]]
+    # the 20 written around the ingest are in the totals (the rebuild), never counted as stored in a minute
+    assert (busy_row["tick_count"], busy_row["ticks_last_minute"] + busy_row["ticks_this_minute"]) == (120, 100)
+    assert (busy_row["lag_ms_p50"], busy_row["lag_ms_p99"]) == (50.0, 99.0)
     assert (rows[quiet["id"]]["lag_ms_p50"], rows[quiet["id"]]["lag_ms_p99"]) == (40.0, 40.0)
-    assert rows[busy["id"]]["trading_symbol"] == "BTCUSDT"
-    first, last = rows[busy["id"]]["first_trade_at"], rows[busy["id"]]["last_trade_at"]
-    assert datetime.fromisoformat(last) - datetime.fromisoformat(first) >= timedelta(minutes=4, seconds=50)
+    assert busy_row["trading_symbol"] == "BTCUSDT"
+    first, last = busy_row["first_trade_at"], busy_row["last_trade_at"]
+    assert datetime.fromisoformat(last) - datetime.fromisoformat(first) >= timedelta(minutes=3, seconds=50)
     idle_row = rows[idle["id"]]
     assert (idle_row["tick_count"], idle_row["ticks_this_minute"], idle_row["first_trade_at"]) == (0, 0, None)
     assert (idle_row["lag_ms_p50"], idle_row["lag_ms_p99"]) == (None, None)
-    assert stats["window_seconds"] == 60
+    assert stats["window_seconds"] == 120
 
 
 def test_stats_reports_why_queue_depths_are_missing(api: InProcessApi) -> None:

@@ -58,6 +58,8 @@ def add_side_rows(conn: pymysql.Connection, script_id: int, day: date, state: st
         cursor.execute("INSERT INTO tick_coverage (script_id, day, stored, first_trade_id, last_trade_id,"
                        " first_traded_at, last_traded_at) VALUES (%s, %s, 1, 1, 1, %s, %s)",
                        (script_id, day, day, day))
+        cursor.execute("INSERT IGNORE INTO tick_lags (script_id, bucket_us, minute, in_minute) VALUES (%s, 1000, 0, 1)",
+                       (script_id,))
         cursor.execute("INSERT INTO gaps (script_id, first_trade_id, last_trade_id, next_trade_id, cause, state,"
                        " filled_at, updated_at) VALUES (%s, %s, %s, %s, 'audit', %s, %s, %s)",
                        (script_id, hash(day) % 10**9, 1, 1, state, finished.replace(tzinfo=None),
@@ -81,8 +83,8 @@ def test_purge_deletes_the_script_and_its_rows_in_chunks_and_nothing_else(db: py
     assert (result.done, result.rows_deleted) == (True, 25_000)
     done = jobs.get_job(db, job.id)
     assert (done.state, done.rows_deleted, done.finished_at is not None) == ("done", 25_000, True)
-    for table, column in (("ticks", "script_id"), ("tick_coverage", "script_id"), ("gaps", "script_id"),
-                          ("scripts", "id")):
+    for table, column in (("ticks", "script_id"), ("tick_coverage", "script_id"), ("tick_lags", "script_id"),
+                          ("gaps", "script_id"), ("scripts", "id")):
         assert scalar(db, f"SELECT COUNT(*) FROM {table} WHERE {column} = %s", (doomed,)) == 0
         assert scalar(db, f"SELECT COUNT(*) FROM {table} WHERE {column} = %s", (kept,)) > 0
     assert scalar(db, "SELECT COUNT(*) FROM ticks WHERE script_id = %s", (kept,)) == 3_000

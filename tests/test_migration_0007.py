@@ -133,7 +133,7 @@ def test_chunked_populate_makes_the_single_statements_rows_and_rolls_back(old_ta
     assert len(old_table.expected) > 200 and old_table.days_before_today == 7
     counter = ChunkCounter()
     assert migrate(old_table.settings, should_stop=counter) == ["0007_tick_minutes", "0008_jobs_broker",
-                                                                "0009_tick_totals"]
+                                                                "0009_tick_totals", "0010_tick_lags"]
     assert stored_spans(conn) == old_table.expected
     assert counter.asked == old_table.days_before_today + old_table.scripts + 1  # + once before the index's drop
     assert indexes(conn) == {"PRIMARY"} and "tick_minutes_fill" not in tables(conn)
@@ -244,6 +244,6 @@ def test_migrate_function_fails_the_deploy_at_its_deadline_and_finishes_on_the_n
         assert "ix_ticks_script_traded_at" in indexes(old_table.conn)
         handler.handler(event, ClockedContext())
         assert responses[-1]["Status"] == "SUCCESS"
-        assert responses[-1]["Data"]["Applied"] == "0007_tick_minutes,0008_jobs_broker,0009_tick_totals"
+        assert responses[-1]["Data"]["Applied"] == "0007_tick_minutes,0008_jobs_broker,0009_tick_totals,0010_tick_lags"
     load_settings.cache_clear()
     assert stored_spans(old_table.conn) == old_table.expected

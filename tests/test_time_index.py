@@ -141,28 +141,6 @@ def test_retention_deletes_old_ticks_that_arrived_after_newer_ones(db: pymysql.C
     assert min(minute for _, minute in stored_spans(db)) >= time_index.minute_of(cutoff)  # old buckets gone
 
 
-def handler_reads(conn: pymysql.Connection) -> int:
-    with conn.cursor() as cursor:
-        cursor.execute("SHOW SESSION STATUS LIKE 'Handler_read%'")
-        return sum(int(value) for _, value in cursor.fetchall())
-
-
-def test_stats_reads_only_the_last_minutes_ticks(db: pymysql.Connection) -> None:
-    """The last minute's lag sample reads the window's rows (from the time index's bound on the primary key), not
-    the 20,000 older ones below them."""
-    from tickstream import completeness
-
-    broker = make_broker(db)
-    btc = make_script(db, broker, "BTCUSDT")
-    now_us = int(datetime.now(UTC).timestamp() * 1_000_000)
-    insert_ticks_ignore(db, [tick(btc, 1 + i, now_us - 3600_000_000 + i) for i in range(20_000)]  # an hour ago
-                        + [tick(btc, 30_000 + i, now_us - 10_000_000 + i) for i in range(40)])  # in the window
-    before = handler_reads(db)
-    bounds = completeness.window_first_ids(db, [btc], 60)
-    assert set(completeness.sampled_lags(db, bounds, 60, sample=10)) == {btc}
-    assert handler_reads(db) - before < 200
-
-
 # --- pacing --------------------------------------------------------------------------------------------------
 
 def test_a_job_pauses_three_times_each_chunks_work_so_it_holds_a_quarter_of_the_server(

@@ -3,29 +3,26 @@ per-script figures of /stats and GET /scripts/{id}.
 
 Every read here costs O(scripts), O(days asked) or O(gaps asked), never O(stored ticks): totals come from
 tick_totals and tick_coverage (kept by the ingest, tickstream.coverage), what the producer is doing from
-producer_status, and the lag percentiles from a bounded sample (the newest `LAG_SAMPLE_TICKS` ticks of each script
-traded in the window, read backwards on the primary key down to the bound the time index gives). Plain functions
-over an (autocommit) pymysql connection.
+producer_status, and the lag percentiles from the lag histograms the ingest keeps (tickstream.lags: a few rows per
+script that stored ticks in the last minute or two). Plain functions over an (autocommit) pymysql connection.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
 import pymysql
 
-from tickstream import catalog
+from tickstream import catalog, lags
 from tickstream.catalog import Script
 from tickstream.coverage import DATABASE_MINUTE, INCOMPLETE_INDEX, CoverageDay, coverage_days
 from tickstream.db import as_utc
 
-STATS_WINDOW_SECONDS = 60
-LAG_SAMPLE_TICKS = 1000  # per script: enough for a p99 (the 10th largest), bounded however busy the script is
-LAG_SAMPLE_SCRIPTS_PER_STATEMENT = 100
+STATS_WINDOW_SECONDS = 120  # the lag percentiles' look-back: the current and the previous database-clock minute
 COVERAGE_GAPS_LIMIT = 1000  # gaps returned with one coverage answer; `gaps_truncated` says when there were more
 _STRADDLING_GAPS = 10  # gaps starting before the asked ids that may still reach into them
 
@@ -187,7 +184,8 @@ def coverage_report(conn: pymysql.Connection, script_id: int, first_day: date, l
 
 # One row per script (ordered by id; `{where}` narrows it to one): the script, its totals (tick_totals: what it
 # stored in the last complete minute and in this one by the database clock), its incomplete days (an index range
-# over the incomplete days only), the producer's status, and whether it traded in the lag window: one statement,
+# over the incomplete days only), the producer's status, and whether it stored ticks in the lag percentiles'
+# minutes (tickstream.lags): one statement,
 # O(scripts + incomplete days). Each row is one JSON array built by the server: pymysql decodes values in Python, a
 # few µs each, and /stats has ~30 per script; one string per row decoded by the json module costs a fraction.
 _STATUS_COLUMNS = ("broker_id, state, detail, connection, last_trade_id, last_traded_at, backfill_done,"
@@ -200,7 +198,7 @@ _SCRIPT_FIGURES_SQL = (
     "   WHEN 1 THEN t.stored_in_minute ELSE 0 END,"
     f" IF({DATABASE_MINUTE} = t.stored_minute, t.stored_in_minute, 0),"
     " p.script_id, " + ", ".join(f"p.{column}" for column in _STATUS_COLUMNS.split(", ")) + ","
-    " COALESCE(t.last_traded_at >= UTC_TIMESTAMP(6) - INTERVAL %s SECOND, 0))"
+    f" COALESCE(t.stored_minute >= {DATABASE_MINUTE} - 1, 0))"
     " FROM scripts AS s"
     " LEFT JOIN tick_totals AS t ON t.script_id = s.id"
     " LEFT JOIN producer_status AS p ON p.script_id = s.id"
@@ -245,77 +243,18 @@ def covered_days(conn: pymysql.Connection, script_id: int) -> int:
         return int(cursor.fetchone()[0])
 
 
-def window_first_ids(conn: pymysql.Connection, script_ids: Sequence[int], window_seconds: int) -> dict[int, int]:
-    """script id → a lower trade-id bound for its ticks traded in the last `window_seconds` (the lowest first id of
-    the window's minutes in the time index), for the scripts that traded in them only: one statement, an index
-    range of at most a few minutes per script (an IN list: a join would read every minute of each script)."""
-    if not script_ids:
-        return {}
-    with conn.cursor() as cursor:
-        cursor.execute("SELECT script_id, MIN(first_trade_id) FROM tick_minutes"
-                       f" WHERE script_id IN ({', '.join(['%s'] * len(script_ids))})"
-                       " AND minute >= TIMESTAMPDIFF(MINUTE, '1970-01-01', UTC_TIMESTAMP(6) - INTERVAL %s SECOND)"
-                       " GROUP BY script_id", [*script_ids, window_seconds])
-        return {int(row[0]): int(row[1]) for row in cursor.fetchall()}
-
-
-def _per_script_union(conn: pymysql.Connection, outer: str, part: str, script_ids: Sequence[int],
-                      params: Callable[[int], tuple[object, ...]]) -> list[tuple[Any, ...]]:
-    """The rows of `outer` around a UNION ALL of `part` (one SELECT per script, its parameters from `params`), for
-    every script: one statement per `LAG_SAMPLE_SCRIPTS_PER_STATEMENT` scripts."""
-    rows: list[tuple[Any, ...]] = []
-    ordered = list(script_ids)
-    step = LAG_SAMPLE_SCRIPTS_PER_STATEMENT
-    for start in range(0, len(ordered), step):
-        chunk = ordered[start:start + step]
-        with conn.cursor() as cursor:
-            cursor.execute(outer.format(" UNION ALL ".join([part] * len(chunk))),
-                           [value for script_id in chunk for value in params(script_id)])
-            rows.extend(cursor.fetchall())
-    return rows
-
-
-# Nearest rank (the ceil(p × n)-th smallest of n) of p50 and p99 per script, ranked by the server over each
-# script's sample, so two rows per script cross the wire instead of the whole sample.
-_LAG_PERCENTILES_SQL = (
-    "SELECT script_id, lag_rank, lag_us FROM ("
-    " SELECT script_id, lag_us, ROW_NUMBER() OVER (PARTITION BY script_id ORDER BY lag_us) AS lag_rank,"
-    " COUNT(*) OVER (PARTITION BY script_id) AS sample_size FROM ({}) AS sample) AS ranked"
-    " WHERE lag_rank IN (GREATEST(1, CEIL(0.5 * sample_size)), GREATEST(1, CEIL(0.99 * sample_size)))"
-    " ORDER BY script_id, lag_rank")
-
-
-def sampled_lags(conn: pymysql.Connection, bounds: dict[int, int], window_seconds: int,
-                 sample: int = LAG_SAMPLE_TICKS) -> dict[int, tuple[float, float]]:
-    """script id → (p50, p99) in ms of stored_at − received_at_producer over the newest `sample` ticks traded in
-    the window, for the scripts of `bounds` (`window_first_ids`) that have some; each script's sample a backward
-    primary-key range (bounded below by its bound) that stops after `sample` rows."""
-    part = ("(SELECT script_id, TIMESTAMPDIFF(MICROSECOND, received_at_producer, stored_at) AS lag_us FROM ticks"
-            " WHERE script_id = %s AND trade_id >= %s AND traded_at >= UTC_TIMESTAMP(6) - INTERVAL %s SECOND"
-            " ORDER BY trade_id DESC LIMIT %s)")
-    ranked: dict[int, list[int]] = {}
-    for script_id, _rank, lag_us in _per_script_union(conn, _LAG_PERCENTILES_SQL, part, bounds, lambda script_id: (
-            script_id, bounds[script_id], window_seconds, sample)):
-        ranked.setdefault(int(script_id), []).append(int(lag_us))
-    # one row when both ranks are the same (a sample of one), else p50's then p99's
-    return {script_id: (lags[0] / 1000, lags[-1] / 1000) for script_id, lags in ranked.items()}
-
-
-def script_stats(conn: pymysql.Connection, script_id: int | None = None,
-                 window_seconds: int = STATS_WINDOW_SECONDS) -> list[ScriptStats]:
+def script_stats(conn: pymysql.Connection, script_id: int | None = None) -> list[ScriptStats]:
     """The figures of every script by id, or of `script_id` only ([] when there is no such script): one
-    statement, and two more (the window bounds and the lag sample, per 100 scripts) when some traded in the window;
-    never more with more days or trades."""
+    statement, and one more (the lag histograms) when some stored ticks in the last minute or two; never more with
+    more scripts, days or trades."""
     if script_id is None:
-        sql, params = _SCRIPT_FIGURES_SQL.format(and_script="", where=""), [window_seconds]
+        sql, params = _SCRIPT_FIGURES_SQL.format(and_script="", where=""), []
     else:
         sql, params = _SCRIPT_FIGURES_SQL.format(and_script="AND script_id = %s", where="WHERE s.id = %s"), [
-            window_seconds, script_id, script_id]
+            script_id, script_id]
     with conn.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(sql, params or None)
         rows = [_figures_row(document) for (document,) in cursor.fetchall()]
-    # only the scripts whose newest stored trade is in the window can have ticks traded in it
-    traded = [row[0] for row in rows if row[-1]]
-    lags = sampled_lags(conn, window_first_ids(conn, traded, window_seconds), window_seconds)
+    lag_ms = lags.percentiles_ms(conn, [row[0] for row in rows if row[-1]])
     return [ScriptStats(catalog.script_of(row[:_TOTALS_AT]), _totals(row[_TOTALS_AT:_STATUS_AT]),
-                        *lags.get(row[0], (None, None)), _status(row[_STATUS_AT:-1])) for row in rows]
+                        *lag_ms.get(row[0], (None, None)), _status(row[_STATUS_AT:-1])) for row in rows]

@@ -11,7 +11,8 @@ For a venue with contiguous trade ids (Binance), expected = last_trade_id − fi
 missing = expected − stored (generated columns, and an index on whether it is more than none, so incomplete days
 are an index range). Every writer of
 tick_coverage also adds what it changes to the script's row of `tick_totals` (`add_to_totals`), in the same
-transaction: a script's stored ticks without summing its days. The audit's read side lives here too:
+transaction: a script's stored ticks without summing its days; the ingest's delta also counts the lags of the rows
+it stores (tickstream.lags), sampled by `summarize_batch`. The audit's read side lives here too:
 `incomplete_days` (from tick_coverage only) and `missing_ranges` (a keyset walk over the primary key between two
 ids, in bounded chunks), plus `boundary_gaps` (ids missing between one day's last id and the next day's first).
 
@@ -23,17 +24,19 @@ coverage day by day (each day a primary-key range from the time index's bounds),
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import NamedTuple
 
 import pymysql
 
-from tickstream import time_index
+from tickstream import lags, time_index
 from tickstream.db import as_utc
+from tickstream.lags import DATABASE_MINUTE
 
 DAY_US = 86_400_000_000
 MINUTE_US = time_index.MINUTE_US
@@ -48,7 +51,8 @@ Key = tuple[int, int]  # (script_id, UTC day as days since the epoch)
 
 @dataclass(frozen=True, slots=True)
 class RowGroup:
-    """The rows of one (script, UTC day) in a batch: how many, and their id and time span."""
+    """The rows of one (script, UTC day) in a batch: how many, their id and time span, and the received_at_producer
+of a sample of them (tickstream.lags, as the rows hold them)."""
 
     script_id: int
     day: int
@@ -57,12 +61,14 @@ class RowGroup:
     last_trade_id: int
     first_traded_us: int
     last_traded_us: int
+    received_sample: tuple[bytes, ...] = dataclasses.field(default=(), compare=False)
 
     def merged(self, other: RowGroup) -> RowGroup:
         return RowGroup(self.script_id, self.day, self.count + other.count,
                         min(self.first_trade_id, other.first_trade_id), max(self.last_trade_id, other.last_trade_id),
                         min(self.first_traded_us, other.first_traded_us),
-                        max(self.last_traded_us, other.last_traded_us))
+                        max(self.last_traded_us, other.last_traded_us),
+                        self.received_sample + other.received_sample)
 
 
 class Summary(NamedTuple):
@@ -87,30 +93,41 @@ def summarize_batch(rows: bytes) -> Summary:
     The hot path of coverage and the time index (~0.5 µs per row, run on the handler's thread while the writer
     loads the previous chunk): one split of the whole batch, then per block of consecutive rows of one script,
     min/max over C-level lists; only a block whose times span two minutes is split row by row (a live stream's
-    block of ~1,000 rows is a second or less of one script's trades, so few do).
+    block of ~1,000 rows is a second or less of one script's trades, so few do). The lag sample: the rows on the
+    batch's stride of `lags.SAMPLE_STRIDE`, and a group's first row when none of its rows is on it.
     """
     fields = rows.replace(b"\n", b"\t").split(b"\t")
     scripts, ids, times = fields[0:-1:_FIELDS], fields[1:-1:_FIELDS], fields[5:-1:_FIELDS]
+    received = fields[7:-1:_FIELDS]
     groups: dict[Key, RowGroup] = {}
     minutes: dict[time_index.Bucket, time_index.Span] = {}
+    samples: dict[Key, list[bytes]] = {}
+    firsts: dict[Key, bytes] = {}
     position = 0
     for script, block in itertools.groupby(scripts):
         count = len(list(block))
-        block_ids, block_times = ids[position:position + count], times[position:position + count]
-        position += count
+        start, end = position, position + count
+        block_ids, block_times = ids[start:end], times[start:end]
+        position = end
         (first_id, last_id), (first_time, last_time) = _span(block_ids), _span(block_times)
         script_id = int(script)
+        key = (script_id, first_time // DAY_US)
+        firsts.setdefault(key, received[start])
+        samples.setdefault(key, []).extend(received[start + -start % lags.SAMPLE_STRIDE:end:lags.SAMPLE_STRIDE])
         if first_time // MINUTE_US == last_time // MINUTE_US:
-            _add(groups, RowGroup(script_id, first_time // DAY_US, count, first_id, last_id, first_time, last_time))
+            _add(groups, RowGroup(script_id, key[1], count, first_id, last_id, first_time, last_time))
             time_index.widen(minutes, (script_id, first_time // MINUTE_US), first_id, last_id)
             continue
         same_day = first_time // DAY_US == last_time // DAY_US
         if same_day:
-            _add(groups, RowGroup(script_id, first_time // DAY_US, count, first_id, last_id, first_time, last_time))
-        for trade_id, traded in zip(map(int, block_ids), map(int, block_times), strict=True):
+            _add(groups, RowGroup(script_id, key[1], count, first_id, last_id, first_time, last_time))
+        for trade_id, traded, at in zip(map(int, block_ids), map(int, block_times), received[start:end], strict=True):
             time_index.widen(minutes, (script_id, traded // MINUTE_US), trade_id, trade_id)
-            if not same_day:  # crosses midnight
+            if not same_day:  # crosses midnight: the block's sample counts with its first day
                 _add(groups, RowGroup(script_id, traded // DAY_US, 1, trade_id, trade_id, traded, traded))
+                firsts.setdefault((script_id, traded // DAY_US), at)
+    for key, group in groups.items():
+        groups[key] = dataclasses.replace(group, received_sample=tuple(samples.get(key) or (firsts[key],)))
     return Summary(groups, minutes)
 
 
@@ -161,17 +178,19 @@ class CoverageDelta:
 
     Last in the transaction on purpose: the upsert locks the (script, day) rows until COMMIT, so two writers of one
     hot script serialise only for that statement and the commit, not for their loads. Rows go in key order, so two
-    writers never take the same coverage rows in opposite orders (no deadlock between them).
+    writers never take the same coverage rows in opposite orders (no deadlock between them). The lags of the stored
+    groups' samples (tickstream.lags) are taken on `clock` (µs since the epoch) then, just before COMMIT.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], int] = lags.now_us) -> None:
         self._groups: dict[Key, RowGroup] = {}
+        self._clock = clock
 
     def add(self, group: RowGroup, stored: int) -> None:
-        """`group`'s rows were all stored or already there; `stored` of them are new."""
+        """`group`'s rows were all stored or already there; `stored` of them are new (a group of duplicates
+        only adds nothing, its lag sample included)."""
         if stored:
-            _add(self._groups, RowGroup(group.script_id, group.day, stored, group.first_trade_id,
-                                        group.last_trade_id, group.first_traded_us, group.last_traded_us))
+            _add(self._groups, dataclasses.replace(group, count=stored))
 
     def __len__(self) -> int:
         return len(self._groups)
@@ -192,6 +211,10 @@ class CoverageDelta:
             cursor.execute(_UPSERT_SQL.format(values=",".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(groups))),
                            values)
             add_to_totals(cursor, groups)
+            received: dict[int, list[bytes]] = {}
+            for group in groups:
+                received.setdefault(group.script_id, []).extend(group.received_sample)
+            lags.add(cursor, received, self._clock())
 
     def clear(self) -> None:
         self._groups = {}
@@ -200,26 +223,14 @@ class CoverageDelta:
 # --- per-script totals ------------------------------------------------------------------------------------------
 
 _TOTALS_COLUMNS = "stored, first_trade_id, last_trade_id, first_traded_at, last_traded_at"
-DATABASE_MINUTE = "TIMESTAMPDIFF(MINUTE, '1970-01-01', UTC_TIMESTAMP())"  # the database clock's minute
-# The per-minute counters follow the database clock: a write in the counted minute adds to it, one in the next
-# minute moves it to the previous one, a later one starts afresh; a write that waited on the row lock across a minute
-# boundary (its clock read before the boundary) adds to the previous minute. Assigned in this order, each reads the
-# columns as they were (stored_minute last).
 _ADD_TO_TOTALS_SQL = (
     f"INSERT INTO tick_totals (script_id, {_TOTALS_COLUMNS}, stored_minute, stored_in_minute) VALUES {{values}}"
     " ON DUPLICATE KEY UPDATE"
     " stored = stored + VALUES(stored), first_trade_id = LEAST(first_trade_id, VALUES(first_trade_id)),"
     " last_trade_id = GREATEST(last_trade_id, VALUES(last_trade_id)),"
     " first_traded_at = LEAST(first_traded_at, VALUES(first_traded_at)),"
-    " last_traded_at = GREATEST(last_traded_at, VALUES(last_traded_at)),"
-    " stored_in_previous_minute = CASE VALUES(stored_minute) - stored_minute"
-    "   WHEN 0 THEN stored_in_previous_minute WHEN 1 THEN stored_in_minute"
-    "   WHEN -1 THEN stored_in_previous_minute + VALUES(stored_in_minute)"
-    "   ELSE IF(VALUES(stored_minute) > stored_minute, 0, stored_in_previous_minute) END,"
-    " stored_in_minute = CASE WHEN VALUES(stored_minute) = stored_minute"
-    "   THEN stored_in_minute + VALUES(stored_in_minute)"
-    "   WHEN VALUES(stored_minute) > stored_minute THEN VALUES(stored_in_minute) ELSE stored_in_minute END,"
-    " stored_minute = GREATEST(stored_minute, VALUES(stored_minute))")
+    " last_traded_at = GREATEST(last_traded_at, VALUES(last_traded_at)), "
+    + lags.per_minute_counts("stored_minute", "stored_in_minute", "stored_in_previous_minute"))
 _TOTALS_ROW = f"(%s, %s, %s, %s, %s, %s, {DATABASE_MINUTE}, %s)"
 _SUMMED_COVERAGE = ("SUM(stored), MIN(first_trade_id), MAX(last_trade_id), MIN(first_traded_at),"
                     " MAX(last_traded_at)")

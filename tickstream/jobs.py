@@ -269,7 +269,8 @@ def _purge_script_chunk(cursor: pymysql.cursors.Cursor, script_id: int, start: i
     straggler = cursor.fetchone()[0]
     if straggler is not None:
         return deleted, straggler
-    for table in ("tick_coverage", "tick_totals", "gaps", "producer_status", "candles_1m", "tick_minutes"):
+    for table in ("tick_coverage", "tick_totals", "tick_lags", "gaps", "producer_status", "candles_1m",
+                  "tick_minutes"):
         cursor.execute(f"DELETE FROM {table} WHERE script_id = %s", (script_id,))  # fixed table names
     cursor.execute("DELETE FROM scripts WHERE id = %s", (script_id,))
     return deleted, None

@@ -27,12 +27,12 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pymysql
 
-from tickstream import time_index
+from tickstream import lags, time_index
 from tickstream.codec import TickBatch
 from tickstream.coverage import DAY_US, CoverageDelta, Key, RowGroup, Summary, rows_by_group, summarize_batch
 from tickstream.db import Connection
@@ -116,16 +116,17 @@ class TickStore:
     DATA LOCAL needs a connection opened with `local_infile=True`), and keeps tick_coverage and the time index.
 
     `keep_coverage=False` (neither coverage nor the time index) exists only to measure what they cost
-    (bench/ingest.py); the ingest always keeps both.
+    (bench/ingest.py); the ingest always keeps both. `clock` (µs since the epoch) times the stored ticks' lags
+    (tickstream.lags).
     """
 
     def __init__(self, conn: pymysql.Connection, use_load_data: bool | None = None, *,
-                 keep_coverage: bool = True) -> None:
+                 keep_coverage: bool = True, clock: Callable[[], int] = lags.now_us) -> None:
         self.conn = conn
         if use_load_data is None:
             use_load_data = isinstance(conn, Connection) and conn.local_infile and server_allows_load_data(conn)
         self._load_file = LoadDataFile() if use_load_data else None
-        self._coverage = CoverageDelta() if keep_coverage else None
+        self._coverage = CoverageDelta(clock) if keep_coverage else None
         self._time_index = time_index.TimeIndexDelta() if keep_coverage else None
         self._transaction = _LoadedChunks()
 

@@ -517,8 +517,10 @@ class ScriptStatsOut(Out):
     ticks_last_minute: int = Field(description="ticks stored during the last complete UTC minute (database clock;"
                                                " counted by the ingest as it stores them, no tick is counted)")
     ticks_this_minute: int = Field(description="ticks stored so far in the current UTC minute (database clock)")
-    lag_ms_p50: float | None = Field(description="stored_at − received_at_producer over the newest ≤ 1,000 ticks"
-                                                 " traded in the last window_seconds")
+    lag_ms_p50: float | None = Field(description="the ingest's clock at storing − received_at_producer, over a"
+                                                 " sample (every 31st row of a batch, each script's first) of the"
+                                                 " ticks stored in this and the previous UTC minute (database clock),"
+                                                 " rounded down to two significant digits; null: none stored")
     lag_ms_p99: float | None
     status: ProducerStatusOut | None = Field(description="null until the producer reports this script")
 
@@ -582,7 +584,7 @@ class QueuesOut(Out):
 
 class StatsOut(Out):
     generated_at: datetime
-    window_seconds: int
+    window_seconds: int = Field(description="the longest the lag percentiles look back (two UTC minutes)")
     scripts: list[ScriptStatsOut]
     queues: QueuesOut
 
