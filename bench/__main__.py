@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import time
 import traceback
@@ -73,6 +74,8 @@ def timed(name: str, run: Callable[[], StageResult]) -> StageResult:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING)
+    # SIGTERM unwinds like Ctrl-C, so what a stage changed on the server (scale.quiesce's globals) is put back
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     stages = {int(s) for s in args.stages.split(",") if s.strip()}
     started, machine = datetime.now(UTC), machine_info()
     results: list[StageResult] = []

@@ -138,7 +138,8 @@ def quiesce(conn: pymysql.Connection) -> None:
     """Flush every dirty page and let the purge finish before a timed run, so each starts from the same server
     state: otherwise a run that falls on the server's checkpoint flushing (of earlier runs' pages, which competes
     for the two cores) is slower by chance, whichever table it writes. Needs the privilege to set globals; without
-    it the run starts at once."""
+    it the run starts at once. The globals are put back however the wait ends, SIGTERM included (bench's main);
+    only a kill -9 in the middle leaves them changed."""
     with conn.cursor() as cursor:
         cursor.execute("SELECT @@GLOBAL.innodb_max_dirty_pages_pct, @@GLOBAL.innodb_io_capacity,"
                        " @@GLOBAL.innodb_io_capacity_max")

@@ -190,15 +190,22 @@ def coverage_report(conn: pymysql.Connection, script_id: int, first_day: date, l
 # few µs each, and /stats has ~30 per script; one string per row decoded by the json module costs a fraction.
 _STATUS_COLUMNS = ("broker_id, state, detail, connection, last_trade_id, last_traded_at, backfill_done,"
                    " backfill_total, lag_ms_p50, lag_ms_p99, reported_at")
+_SCRIPT_FIELDS = tuple(catalog.SCRIPT_COLUMNS.format(table="s").split(", "))
+_TOTALS_FIELDS = ("t.stored", "t.first_trade_id", "t.last_trade_id", "t.first_traded_at", "t.last_traded_at",
+                  "COALESCE(i.days, 0)", "COALESCE(i.missing, 0)",
+                  f"CASE {DATABASE_MINUTE} - t.stored_minute WHEN 0 THEN t.stored_in_previous_minute"
+                  " WHEN 1 THEN t.stored_in_minute ELSE 0 END",
+                  f"IF({DATABASE_MINUTE} = t.stored_minute, t.stored_in_minute, 0)")
+_STATUS_FIELDS = ("p.script_id", *(f"p.{column}" for column in _STATUS_COLUMNS.split(", ")))
+_STORED_IN_LAG_MINUTES = f"COALESCE(t.stored_minute >= {DATABASE_MINUTE} - 1, 0)"
+_FIGURES = (*_SCRIPT_FIELDS, *_TOTALS_FIELDS, *_STATUS_FIELDS, _STORED_IN_LAG_MINUTES)
+_TOTALS_AT, _STATUS_AT = len(_SCRIPT_FIELDS), len(_SCRIPT_FIELDS) + len(_TOTALS_FIELDS)
+# Where the row holds DATETIME values (JSON carries them as text), found by name so the SQL can change freely.
+_DATETIME_FIELDS = ("s.created_at", "s.updated_at", "t.first_traded_at", "t.last_traded_at", "p.last_traded_at",
+                    "p.reported_at")
+_DATETIME_POSITIONS = tuple(position for position, field in enumerate(_FIGURES) if field in _DATETIME_FIELDS)
 _SCRIPT_FIGURES_SQL = (
-    f"SELECT JSON_ARRAY({catalog.SCRIPT_COLUMNS.format(table='s')},"
-    " t.stored, t.first_trade_id, t.last_trade_id, t.first_traded_at, t.last_traded_at,"
-    " COALESCE(i.days, 0), COALESCE(i.missing, 0),"
-    f" CASE {DATABASE_MINUTE} - t.stored_minute WHEN 0 THEN t.stored_in_previous_minute"
-    "   WHEN 1 THEN t.stored_in_minute ELSE 0 END,"
-    f" IF({DATABASE_MINUTE} = t.stored_minute, t.stored_in_minute, 0),"
-    " p.script_id, " + ", ".join(f"p.{column}" for column in _STATUS_COLUMNS.split(", ")) + ","
-    f" COALESCE(t.stored_minute >= {DATABASE_MINUTE} - 1, 0))"
+    f"SELECT JSON_ARRAY({', '.join(_FIGURES)})"
     " FROM scripts AS s"
     " LEFT JOIN tick_totals AS t ON t.script_id = s.id"
     " LEFT JOIN producer_status AS p ON p.script_id = s.id"
@@ -206,11 +213,6 @@ _SCRIPT_FIGURES_SQL = (
     f"           FROM tick_coverage FORCE INDEX ({INCOMPLETE_INDEX}) WHERE incomplete {{and_script}}"
     "            GROUP BY script_id) AS i ON i.script_id = s.id"
     " {where} ORDER BY s.id")
-_SCRIPT_COLUMN_COUNT = len(catalog.SCRIPT_COLUMNS.split(", "))
-_TOTALS_AT, _STATUS_AT = _SCRIPT_COLUMN_COUNT, _SCRIPT_COLUMN_COUNT + 9
-# Where the row holds DATETIME values (JSON carries them as text): the script's created/updated, the totals'
-# first/last traded, the status' last traded and reported.
-_DATETIME_POSITIONS = (6, 7, _TOTALS_AT + 3, _TOTALS_AT + 4, _STATUS_AT + 6, _STATUS_AT + 11)
 
 
 def _figures_row(document: str | bytes) -> list[Any]:

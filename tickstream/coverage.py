@@ -240,14 +240,13 @@ def add_to_totals(cursor: pymysql.cursors.Cursor, groups: Sequence[RowGroup]) ->
     """Add the new rows of `groups` to their scripts' totals and this minute's stored count, in the caller's
     transaction and after its tick_coverage upsert (every writer locks tick_minutes, then tick_coverage, then
     tick_totals, each in key order). Relative, so two writers of one script never lose each other's counts."""
-    per_script: dict[int, RowGroup] = {}
+    per_script: dict[Key, RowGroup] = {}  # keyed (script, 0): all its days in one
     for group in groups:
-        known = per_script.get(group.script_id)
-        per_script[group.script_id] = group if known is None else known.merged(group)
+        _add(per_script, dataclasses.replace(group, day=0, received_sample=()))
     values: list[object] = []
-    for script_id in sorted(per_script):
-        group = per_script[script_id]
-        values += [script_id, group.count, group.first_trade_id, group.last_trade_id,
+    for key in sorted(per_script):
+        group = per_script[key]
+        values += [group.script_id, group.count, group.first_trade_id, group.last_trade_id,
                    _time(group.first_traded_us), _time(group.last_traded_us), group.count]
     if values:
         cursor.execute(_ADD_TO_TOTALS_SQL.format(values=", ".join([_TOTALS_ROW] * len(per_script))), values)
