@@ -2,8 +2,8 @@
 
 For each size (default 1M, 10M, 100M rows; bench.scale_build, kept between runs) it measures, through the same
 ingest handler as stage 2 and the same API over HTTP (`chalice local`) as the tests:
-- ingest rows/s appending to the hot symbols, against the same into an empty table, in ABBA-ordered pairs (goal
-  ≥ 0.9×, the median of the pairs' ratios);
+- ingest rows/s appending to the hot symbols, against the same (the same trade ids) into an empty table, in
+  ABBA-ordered pairs (goal ≥ 0.9×, the median of the pairs' ratios);
 - p50/p99 of /stats (after the same 60,000 ticks traded in the last minute at every size, every script with a
   producer status), a full page of 100 ticks with from/to (one hour) in the middle of the 30 days, 30 days of
   coverage and /gaps (each only if the API has the route; goal ≤ 50 ms p99 and ≤ 1.5× its figure at the smallest
@@ -112,9 +112,9 @@ def now_us() -> int:
 def paired_ingest(db: DatabaseSettings, conn: pymysql.Connection, rows: int) -> dict[str, Any]:
     """INGEST_PAIRS pairs: `rows` into a fresh empty table and as many appended to this table's hot scripts (the
     same trade ids on both sides), in ABBA order (empty first in even pairs, full first in odd ones), the empty
-    database made before and dropped after both runs of its pair, and the server quiesced before each run (`quiesce`): what comes before a run (the DDL,
-    the other run's writes still being flushed) falls on both sides alike.
-    The ratio is the median of the pairs' ratios, so load that drifts over minutes shifts both."""
+    database made before and dropped after both runs of its pair, and the server quiesced before each run
+    (`quiesce`): what comes before a run (the DDL, the other run's writes still being flushed) falls on both sides
+    alike. The ratio is the median of the pairs' ratios, so load that drifts over minutes shifts both."""
     pairs = []
     for number in range(INGEST_PAIRS):
         with bench_database("scale_empty") as empty_db:
