@@ -105,3 +105,10 @@ def test_every_script_of_an_interleaved_batch_is_sampled_and_the_sample_stays_sm
     assert set(sampled) == {1, 2, 3, 4, 9} and sampled[9] == 1
     assert all(20 <= sampled[script] <= 30 for script in (1, 2, 3, 4)), sampled  # ~3100 / 31 / 4 each
     assert sum(sampled.values()) <= len(rows) // lags.SAMPLE_STRIDE + len(groups)
+
+
+def test_a_script_with_no_row_on_the_stride_is_sampled_by_its_first_row() -> None:
+    rows = [tick(1, n, 10) for n in range(1, 30)] + [tick(2, 1, 20), tick(2, 2, 30)]  # script 2: rows 29 and 30
+    groups = coverage.summarize_batch(TickBatch.from_ticks(rows).rows).groups
+    assert {key[0]: len(group.received_sample) for key, group in groups.items()} == {1: 1, 2: 1}
+    assert groups[next(key for key in groups if key[0] == 2)].received_sample == (str(CLOCK_US - 20_000).encode(),)

@@ -22,7 +22,7 @@ from tickstream.catalog import Script
 from tickstream.coverage import DATABASE_MINUTE, INCOMPLETE_INDEX, CoverageDay, coverage_days
 from tickstream.db import as_utc
 
-STATS_WINDOW_SECONDS = 120  # the lag percentiles' look-back: the current and the previous database-clock minute
+STATS_WINDOW_SECONDS = lags.WINDOW_SECONDS
 COVERAGE_GAPS_LIMIT = 1000  # gaps returned with one coverage answer; `gaps_truncated` says when there were more
 _STRADDLING_GAPS = 10  # gaps starting before the asked ids that may still reach into them
 
@@ -197,7 +197,7 @@ _TOTALS_FIELDS = ("t.stored", "t.first_trade_id", "t.last_trade_id", "t.first_tr
                   " WHEN 1 THEN t.stored_in_minute ELSE 0 END",
                   f"IF({DATABASE_MINUTE} = t.stored_minute, t.stored_in_minute, 0)")
 _STATUS_FIELDS = ("p.script_id", *(f"p.{column}" for column in _STATUS_COLUMNS.split(", ")))
-_STORED_IN_LAG_MINUTES = f"COALESCE(t.stored_minute >= {DATABASE_MINUTE} - 1, 0)"
+_STORED_IN_LAG_MINUTES = f"COALESCE(t.stored_minute >= {lags.FIRST_COUNTED_MINUTE}, 0)"
 _FIGURES = (*_SCRIPT_FIELDS, *_TOTALS_FIELDS, *_STATUS_FIELDS, _STORED_IN_LAG_MINUTES)
 _TOTALS_AT, _STATUS_AT = len(_SCRIPT_FIELDS), len(_SCRIPT_FIELDS) + len(_TOTALS_FIELDS)
 # Where the row holds DATETIME values (JSON carries them as text), found by name so the SQL can change freely.
@@ -250,12 +250,12 @@ def script_stats(conn: pymysql.Connection, script_id: int | None = None) -> list
     statement, and one more (the lag histograms) when some stored ticks in the last minute or two; never more with
     more scripts, days or trades."""
     if script_id is None:
-        sql, params = _SCRIPT_FIGURES_SQL.format(and_script="", where=""), []
+        sql, params = _SCRIPT_FIGURES_SQL.format(and_script="", where=""), None
     else:
         sql, params = _SCRIPT_FIGURES_SQL.format(and_script="AND script_id = %s", where="WHERE s.id = %s"), [
             script_id, script_id]
     with conn.cursor() as cursor:
-        cursor.execute(sql, params or None)
+        cursor.execute(sql, params)
         rows = [_figures_row(document) for (document,) in cursor.fetchall()]
     lag_ms = lags.percentiles_ms(conn, [row[0] for row in rows if row[-1]])
     return [ScriptStats(catalog.script_of(row[:_TOTALS_AT]), _totals(row[_TOTALS_AT:_STATUS_AT]),

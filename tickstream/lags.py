@@ -22,6 +22,8 @@ import pymysql
 
 SAMPLE_STRIDE = 31  # prime: interleaved scripts do not alias onto one script's rows
 DATABASE_MINUTE = "TIMESTAMPDIFF(MINUTE, '1970-01-01', UTC_TIMESTAMP())"  # the database clock's minute
+FIRST_COUNTED_MINUTE = f"{DATABASE_MINUTE} - 1"  # the percentiles count this minute and the one before
+WINDOW_SECONDS = 120  # so they look back at most two minutes
 PERCENTILES = (0.5, 0.99)
 
 
@@ -83,18 +85,16 @@ def percentiles_ms(conn: pymysql.Connection, script_ids: Sequence[int]) -> dict[
             "SELECT script_id, JSON_ARRAYAGG(JSON_ARRAY(bucket_us,"
             f" IF(minute = {DATABASE_MINUTE}, in_minute + in_previous_minute, in_minute)))"
             f" FROM tick_lags WHERE script_id IN ({', '.join(['%s'] * len(script_ids))})"
-            f" AND minute >= {DATABASE_MINUTE} - 1 GROUP BY script_id", list(script_ids))
+            f" AND minute >= {FIRST_COUNTED_MINUTE} GROUP BY script_id", list(script_ids))
         rows = cursor.fetchall()
-    found = {int(script_id): _percentiles_ms(json.loads(buckets)) for script_id, buckets in rows}
-    return {script_id: figures for script_id, figures in found.items() if figures is not None}
+    return {int(script_id): _percentiles_ms(json.loads(buckets)) for script_id, buckets in rows}
 
 
-def _percentiles_ms(buckets: Iterable[Sequence[int]]) -> tuple[float, float] | None:
-    """Nearest rank (the ceil(p × n)-th smallest of n) of p50 and p99 over the bucket counts."""
-    ordered = sorted((bucket, count) for bucket, count in buckets if count > 0)
+def _percentiles_ms(buckets: Iterable[Sequence[int]]) -> tuple[float, float]:
+    """Nearest rank (the ceil(p × n)-th smallest of n) of p50 and p99 over the bucket counts (each row read counts
+    at least one lag: a write in its minute stores one or more)."""
+    ordered = sorted((bucket, count) for bucket, count in buckets)
     total = sum(count for _, count in ordered)
-    if not total:
-        return None
     ranks = [max(1, math.ceil(p * total)) for p in PERCENTILES]
     found: list[float] = []
     seen = 0
